@@ -38,25 +38,11 @@ _POOL_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean"}
 _CLASSIFIER_OPS = {"Gemm", "MatMul", "Conv"}
 # Ops that keep the feature map's layout; a Caffe in-place chain (conv -> BN -> Scale -> ReLU on one blob)
 # becomes such a chain in ONNX, so a user naming the Caffe blob may point at any link of it.
-_ELEMENTWISE_OPS = {
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Clip",
-    "Elu",
-    "Selu",
-    "Sigmoid",
-    "Tanh",
-    "Identity",
-    "Dropout",
-    "BatchNormalization",
-    "Mul",
-    "Add",
-    "Sub",
-    "Div",
-}
+_ACTIVATION_OPS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Elu", "Selu", "Sigmoid", "Tanh"}
+_ELEMENTWISE_OPS = _ACTIVATION_OPS | {"Identity", "Dropout", "BatchNormalization", "Mul", "Add", "Sub", "Div"}
 _CLASS_MAP_ACTIVATIONS = {"Relu", "Identity", "Dropout"}
-_PARAM_SUFFIX = re.compile(r"^[_./:]?(w|weight|weights|b|bias|biases|kernel|\d+)$", re.IGNORECASE)
+_PARAM_SUFFIX = re.compile(r"^[_./:](w|weight|weights|b|bias|biases|kernel|\d+)$", re.IGNORECASE)
+_SMALL_CONSTANT_BYTES = 4096  # constants kept for shape inference (Reshape shapes, Squeeze axes ...)
 
 
 @dataclass(frozen=True)
@@ -131,10 +117,36 @@ class _Graph:
         return set(self.producer) | self.graph_inputs
 
 
+def _without_large_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large initializers replaced by typed inputs: shape inference stays fast and works on
+    models over 2 GB or with external data that was not loaded."""
+    graph = model.graph
+    declared = {v.name for v in graph.input}
+    small, stubs = [], []
+    for init in graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() <= _SMALL_CONSTANT_BYTES:
+            small.append(init)
+        elif init.name not in declared:
+            stubs.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light_graph = onnx.helper.make_graph(
+        list(graph.node),
+        graph.name,
+        [*graph.input, *stubs],
+        list(graph.output),
+        small,
+        value_info=graph.value_info,
+    )
+    light = onnx.helper.make_model(light_graph, opset_imports=list(model.opset_import))
+    light.ir_version = model.ir_version
+    return light
+
+
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Tensor name -> shape (None for unknown dims), from shape inference where it works, else value_info."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(
+            _without_large_constants(model), check_type=False, strict_mode=False
+        )
     except Exception:
         inferred = model
     graph = inferred.graph
@@ -190,7 +202,7 @@ def _pool_check(g: _Graph, index: int) -> str | None:
     if kernel != [shape[2], shape[3]]:
         return f"AveragePool '{label}' kernel {kernel} does not cover its {shape[2]}x{shape[3]} input"
     out_shape = g.shapes.get(node.output[0])
-    if out_shape is not None and len(out_shape) == 4 and out_shape[2:] not in ((1, 1), (None, None)):
+    if out_shape is not None and len(out_shape) == 4 and any(d not in (1, None) for d in out_shape[2:]):
         return f"AveragePool '{label}' output is {out_shape[2]}x{out_shape[3]}, not 1x1"
     return None
 
@@ -480,8 +492,8 @@ def _auto_detect(g: _Graph) -> CamHead:
         raise CamHeadError(
             f"no CAM head found in {g.name}: looked for a 4-D feature map -> GlobalAveragePool or an "
             "AveragePool covering the map -> [Flatten/Reshape] -> Gemm/MatMul/1x1 Conv feeding the output, "
-            "or a 1x1 class "
-            f"Conv -> [Relu] -> global pooling ({detail}); name them with --feature-layer and --fc-layer"
+            f"or a 1x1 class Conv -> [Relu] -> global pooling ({detail}); name them with --feature-layer and "
+            "--fc-layer"
         )
     return _check_channels(g, best)
 
@@ -495,7 +507,7 @@ def _name_pool(g: _Graph) -> list[str]:
     names.update(node.name for node in g.nodes if node.name)
     for init in g.constants:
         names.add(init)
-        match = re.match(r"^(.*?)[_./:]?(w|weight|weights|b|bias|biases|kernel)$", init, re.IGNORECASE)
+        match = re.match(r"^(.*?)[_./:](w|weight|weights|b|bias|biases|kernel)$", init, re.IGNORECASE)
         if match and match.group(1):
             names.add(match.group(1))
     return sorted(names)

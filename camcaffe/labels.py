@@ -33,7 +33,7 @@ _HEADER_WORDS = {"label", "labels", "name", "names", "class", "classes", "class_
 def load_labels(path: str | os.PathLike) -> list[str]:
     """Read a label file; returns the class names in class-index order."""
     text = _read_text(Path(path))
-    if text.lstrip().startswith("["):
+    if text.lstrip()[:1] in ("[", "{"):
         labels = _parse_json(text, path)
     else:
         lines = text.splitlines()
@@ -118,14 +118,17 @@ def _require_no_blank(lines: list[str], path: str | os.PathLike) -> None:
 
 
 def _looks_like_index_csv(content: list[str]) -> bool:
-    """True when every data line is `integer,...` (the first line may be a header)."""
+    """True when every data line is `integer,...` (the first line may be a header), or a header names an
+    `index` column."""
+    if content and "index" in {cell.strip().strip('"').lower() for cell in content[0].split(",")[:2]}:
+        return "," in content[0]
     rows = content[1:] if content and not _INTEGER.match(content[0].split(",", 1)[0]) else content
     return bool(rows) and all("," in row and _INTEGER.match(row.split(",", 1)[0]) for row in rows)
 
 
 def _parse_index_csv(text: str, path: str | os.PathLike) -> list[str]:
     first = text.lstrip().splitlines()[0]
-    has_header = not _INTEGER.match(first.split(",", 1)[0])
+    has_header = not _INTEGER.match(first.split(",", 1)[0].strip('"'))
     try:
         frame = pd.read_csv(
             io.StringIO(text),

@@ -213,10 +213,15 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 def load_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
     """Load an image like caffe.io.load_image: float32 HxWx3 RGB in [0, 1] (HxWx1 when color=False).
 
-    Greyscale files are tiled to 3 channels, alpha is dropped, 16-bit files are scaled by 65535."""
-    rgb = _to_rgb(decode_image(path))
-    unit = _to_unit_float(rgb, path)
+    Greyscale files are tiled to 3 channels, alpha is dropped (with color=False, RGBA is composited over
+    white first, as scikit-image does), 16-bit files are scaled by 65535, EXIF orientation is ignored."""
+    raw = decode_image(path)
+    unit = _to_unit_float(_to_rgb(raw), path)
     if unit.ndim == 3 and not color:
+        if raw.ndim == 3 and raw.shape[2] == 4:
+            # skimage's imread(as_gray=True) composites RGBA over white (rgba2rgb) before rgb2gray
+            alpha = _to_unit_float(raw[:, :, 3:4], path)
+            unit = unit * alpha + (1.0 - alpha)
         unit = unit @ _GRAY_WEIGHTS
     if unit.ndim == 2:
         unit = unit[:, :, np.newaxis]
@@ -241,29 +246,29 @@ def load_image_bgr_uint8(path: str | os.PathLike) -> np.ndarray:
 # Resizing
 
 
-def _linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix of one axis of scipy.ndimage.zoom(order=1, mode='grid-constant', grid_mode=True).
+def _zoom_axis_linear(array: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """One axis of scipy.ndimage.zoom(order=1, mode='grid-constant', cval=0, grid_mode=True), in float64.
 
-    Output pixel centre j maps to x = (j + 0.5) * n_in / n_out - 0.5; x lies between samples floor(x) and
-    floor(x) + 1; a sample outside 0..n_in-1 is the constant 0 (it still takes its share of the weight)."""
+    Output pixel centre j maps to x = (j + 0.5) * n_in / n_out - 0.5, which lies between samples floor(x)
+    and floor(x) + 1, always within -1..n_in; a sample outside 0..n_in-1 is the constant 0 and still takes
+    its share of the weight."""
+    n_in = array.shape[axis]
     x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     left = np.floor(x)
     frac = x - left
-    left = left.astype(np.int64)
-    matrix = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.arange(n_out)
-    for index, weight in ((left, 1.0 - frac), (left + 1, frac)):
+    shape = [1] * array.ndim
+    shape[axis] = n_out
+    out = np.zeros(array.shape[:axis] + (n_out,) + array.shape[axis + 1 :], dtype=np.float64)
+    for index, weight in ((left.astype(np.int64), 1.0 - frac), (left.astype(np.int64) + 1, frac)):
         inside = (index >= 0) & (index < n_in)
-        np.add.at(matrix, (rows[inside], index[inside]), weight[inside])
-    return matrix
+        samples = np.take(array, np.clip(index, 0, n_in - 1), axis=axis).astype(np.float64)
+        out += samples * np.where(inside, weight, 0.0).reshape(shape)
+    return out
 
 
 def _resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Separable linear zoom of an HxWxC array (float64 arithmetic)."""
-    rows = _linear_zoom_matrix(image.shape[0], height)
-    cols = _linear_zoom_matrix(image.shape[1], width)
-    out = np.einsum("ij,jkc->ikc", rows, image.astype(np.float64), optimize=True)
-    return np.einsum("lk,ikc->ilc", cols, out, optimize=True)
+    return _zoom_axis_linear(_zoom_axis_linear(image, height, 0), width, 1)
 
 
 def _resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:

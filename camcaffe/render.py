@@ -102,7 +102,8 @@ def write_image_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise InputFileError(f"output folder {folder} does not exist; create it first")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputFileError(f"output folder {folder} {what}; create it first")
     suffix = target.suffix.lower()
     if not suffix:
         raise InputFileError(f"{target} has no file extension; use .png or .jpg")

@@ -52,12 +52,17 @@ class ConvertedNet:
 def _tensor_names(net: CaffeNet) -> list[list[str]]:
     """ONNX name of each top of each layer: the blob name for its last writer, else blob@layer."""
     last_writer: dict[str, int] = {}
+    input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
     for index, layer in enumerate(net.layers):
         for top in layer.top:
             last_writer[top] = index
     names = []
     for index, layer in enumerate(net.layers):
-        names.append([top if last_writer[top] == index else f"{top}@{layer.name}" for top in layer.top])
+        if layer.type == "Input":
+            names.append(list(layer.top))  # graph inputs keep the blob name, even if rewritten in place
+            continue
+        names.append([top if last_writer[top] == index and top not in input_blobs else f"{top}@{layer.name}"
+                      for top in layer.top])
     return names
 
 
@@ -91,14 +96,9 @@ def _convert(net: CaffeNet, params: ParamSource, options: ConvertOptions, symbol
                 shape = list(net.input_shapes[top])
                 if options.batch is not None:
                     shape[0] = options.batch
-                graph_input = top
-                builder.reserve(graph_input)
-                if name != top:
-                    builder.node("Identity", [graph_input], [name], name=f"{layer.name}/{top}")
-                inputs.append((graph_input, shape))
+                inputs.append((name, shape))
                 current[top], shapes[name] = name, shape
-                shapes[graph_input] = shape
-                batch_led.update({name, graph_input})
+                batch_led.add(name)
             layers[layer.name] = LayerRecord(layer.type, [], list(layer.top), [], [])
             continue
         fn = get_converter(layer.type)

@@ -62,9 +62,9 @@ def batch_norm(ctx: LayerContext) -> list[Shape]:
     # use_global_stats: false normalises with the statistics of the batch itself, as Caffe does.
     axes = [0] + list(range(2, len(shape)))
     x = ctx.inputs[0]
-    batch_mean = ctx.node("ReduceMean", [x, ctx.const("axes", axes)], keepdims=1)
+    batch_mean = ctx.node("ReduceMean", [x], axes=axes, keepdims=1)
     centred = ctx.node("Sub", [x, batch_mean])
-    batch_var = ctx.node("ReduceMean", [ctx.node("Mul", [centred, centred]), ctx.const("axes2", axes)], keepdims=1)
+    batch_var = ctx.node("ReduceMean", [ctx.node("Mul", [centred, centred])], axes=axes, keepdims=1)
     std = ctx.node("Sqrt", [ctx.node("Add", [batch_var, _scalar(ctx, "eps", eps)])])
     ctx.node("Div", [centred, std], ctx.outputs)
     return [shape]

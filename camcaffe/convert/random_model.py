@@ -17,5 +17,8 @@ def write_random_caffemodel(prototxt: str | os.PathLike, output: str | os.PathLi
     net = load_net(prototxt, is_supported)
     weights = RandomWeights(seed=seed)
     convert_net(net, weights, ConvertOptions())
-    write_caffemodel(output, weights.layers(), v1=v1)
+    # Like Caffe, store every layer (those without parameters have no blobs).
+    layers = [(layer.name, layer.type, weights.record.get(layer.name, (layer.type, []))[1]) for layer in net.layers
+              if not v1 or layer.type != "Input"]
+    write_caffemodel(output, layers, v1=v1)
     return weights

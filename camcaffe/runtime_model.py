@@ -1,0 +1,54 @@
+"""Load ONNX files safely: typed errors for corrupt files, external data confined to the model's folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from camcaffe.errors import InputFileError, OnnxModelError
+
+MAX_ONNX_BYTES = int(os.environ.get("CAMCAFFE_MAX_ONNX_BYTES", 4 * 1024**3))
+
+
+def check_external_data(model: onnx.ModelProto, folder: Path, path: Path) -> None:
+    root = folder.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or root not in target.parents:
+            raise OnnxModelError(
+                f"{path}: tensor '{tensor.name}' points its external data at '{location}', outside the model's "
+                "folder; refusing to read it (keep the .data file next to the model)"
+            )
+        if not target.exists():
+            raise OnnxModelError(f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing")
+
+
+def load_onnx_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: ONNX model not found; check the path")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, expected an .onnx file")
+    if not os.access(path, os.R_OK):
+        raise InputFileError(f"{path}: not readable (permissions)")
+    size = path.stat().st_size
+    if size == 0:
+        raise OnnxModelError(f"{path}: empty file, not an ONNX model; convert it again")
+    if size > MAX_ONNX_BYTES:
+        raise OnnxModelError(f"{path}: {size} bytes exceeds CAMCAFFE_MAX_ONNX_BYTES={MAX_ONNX_BYTES}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise OnnxModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}); is it corrupt or truncated?") from None
+    if not model.graph.node:
+        raise OnnxModelError(f"{path}: not a valid ONNX model (no graph nodes); is it corrupt or another file type?")
+    check_external_data(model, path.parent, path)
+    if load_weights and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    return model

@@ -1,0 +1,661 @@
+"""An independent numpy implementation of Caffe's TEST-phase forward pass, the oracle of the fuzz tests.
+
+Written from BVLC Caffe's layer definitions (src/caffe/layers/*.cpp), not from camcaffe's converter:
+every layer reads float32 blobs, computes in float64 and stores float32, and a blob written by several
+layers (in-place ReLU, BatchNorm, Scale, ...) holds its last writer's value, as `net.blobs` does in Caffe.
+The layer functions raise `ReferenceError` for configurations Caffe would reject with a CHECK, which the
+random net generator uses to discard invalid candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from google.protobuf import text_format
+
+from camcaffe.caffe import caffe_pb2
+
+TEST_PHASE = caffe_pb2.TEST
+Blobs = list[np.ndarray]
+WeightSource = Callable[[caffe_pb2.LayerParameter, list[np.ndarray]], Blobs]
+
+
+class ReferenceError(ValueError):
+    """A net or layer configuration that Caffe itself would refuse (a failed CHECK)."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ReferenceError(message)
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def parse_net(net_param_text: str) -> caffe_pb2.NetParameter:
+    return text_format.Parse(net_param_text, caffe_pb2.NetParameter())
+
+
+def _rule_matches(rule: caffe_pb2.NetStateRule, phase: int) -> bool:
+    return not rule.HasField("phase") or rule.phase == phase
+
+
+def layer_in_phase(layer: caffe_pb2.LayerParameter, phase: int = TEST_PHASE) -> bool:
+    """Caffe's Net::FilterNet for the phase part of include/exclude rules."""
+    if layer.include:
+        return any(_rule_matches(rule, phase) for rule in layer.include)
+    return not any(_rule_matches(rule, phase) for rule in layer.exclude)
+
+
+def declared_inputs(net: caffe_pb2.NetParameter) -> dict[str, tuple[int, ...]]:
+    """Input blobs and their declared shapes, from `input:` + `input_dim`/`input_shape` or Input layers."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, name in enumerate(net.input):
+        if net.input_shape:
+            shape = net.input_shape[min(i, len(net.input_shape) - 1)].dim
+        else:
+            shape = net.input_dim[4 * i : 4 * i + 4]
+        shapes[name] = tuple(int(d) for d in shape)
+    for layer in net.layer:
+        if layer.type == "Input" and layer_in_phase(layer):
+            param_shapes = layer.input_param.shape
+            for j, top in enumerate(layer.top):
+                shape = param_shapes[0 if len(param_shapes) == 1 else j].dim
+                shapes[top] = tuple(int(d) for d in shape)
+    return shapes
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def canonical_axis(axis: int, num_axes: int) -> int:
+    check(-num_axes <= axis < num_axes, f"axis {axis} out of range for {num_axes}-D blob")
+    return axis + num_axes if axis < 0 else axis
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    return int(np.prod(shape[start:end], dtype=np.int64))
+
+
+def _spatial_params(
+    repeated: Sequence[int], has_h: bool, h: int, has_w: bool, w: int, default: int, what: str
+) -> tuple[int, int]:
+    """BaseConvolutionLayer's rule for kernel/stride/pad/dilation: _h/_w, or 0, 1 or 2 repeated values."""
+    if has_h or has_w:
+        check(len(repeated) == 0, f"{what}: either {what}_size or {what}_h/_w, not both")
+        return h, w
+    check(len(repeated) in (0, 1, 2), f"{what} must be given 0, 1 or 2 times")
+    if not repeated:
+        return default, default
+    return (repeated[0], repeated[0]) if len(repeated) == 1 else (repeated[0], repeated[1])
+
+
+def conv_geometry(p: caffe_pb2.ConvolutionParameter) -> dict[str, tuple[int, int]]:
+    check(p.axis in (1, -3), "only axis 1 (NCHW) convolution is modelled")
+    kernel = _spatial_params(
+        p.kernel_size, p.HasField("kernel_h"), p.kernel_h, p.HasField("kernel_w"), p.kernel_w, 0, "kernel"
+    )
+    check(p.HasField("kernel_h") == p.HasField("kernel_w"), "kernel_h and kernel_w go together")
+    check(p.HasField("stride_h") == p.HasField("stride_w"), "stride_h and stride_w go together")
+    stride = _spatial_params(
+        p.stride, p.HasField("stride_h"), p.stride_h, p.HasField("stride_w"), p.stride_w, 1, "stride"
+    )
+    pad = _spatial_params(p.pad, p.HasField("pad_h"), p.pad_h, p.HasField("pad_w"), p.pad_w, 0, "pad")
+    check(len(p.dilation) in (0, 1, 2), "dilation must be given 0, 1 or 2 times")
+    if not p.dilation:
+        dilation = (1, 1)
+    elif len(p.dilation) == 1:
+        dilation = (p.dilation[0], p.dilation[0])
+    else:
+        dilation = (p.dilation[0], p.dilation[1])
+    check(min(kernel) > 0 and min(stride) > 0 and min(dilation) > 0, "kernel, stride, dilation must be > 0")
+    return {"kernel": kernel, "stride": stride, "pad": pad, "dilation": dilation}
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------- vision layers
+
+
+def convolution(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.convolution_param
+    g = conv_geometry(p)
+    check(x.ndim == 4, "Convolution needs a 4-D bottom")
+    n, c, h, w = x.shape
+    group, num_output = p.group, p.num_output
+    check(num_output > 0 and c % group == 0 and num_output % group == 0, "bad group/num_output/channels")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
+    weight = np.asarray(blobs[0], dtype=np.float64)
+    check(weight.shape == (num_output, c // group, kh, kw), f"conv weight shape {weight.shape}")
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    out_h, out_w = (h + 2 * ph - ext_h) // sh + 1, (w + 2 * pw - ext_w) // sw + 1
+    check(out_h > 0 and out_w > 0, "convolution output would be empty")
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.zeros((n, num_output, out_h, out_w))
+    cg, og = c // group, num_output // group
+    for gi in range(group):
+        xg = xp[:, gi * cg : (gi + 1) * cg]
+        for ky in range(kh):
+            for kx in range(kw):
+                y0, x0 = ky * dh, kx * dw
+                patch = xg[:, :, y0 : y0 + sh * (out_h - 1) + 1 : sh, x0 : x0 + sw * (out_w - 1) + 1 : sw]
+                wk = weight[gi * og : (gi + 1) * og, :, ky, kx]
+                out[:, gi * og : (gi + 1) * og] += np.einsum("nchw,oc->nohw", patch, wk)
+    if p.bias_term:
+        bias = np.asarray(blobs[1], dtype=np.float64)
+        check(bias.shape == (num_output,), "conv bias shape")
+        out += bias[None, :, None, None]
+    return out
+
+
+def deconvolution(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    """Caffe's Deconvolution: the transpose of Convolution, weights (C_in, C_out/group, kh, kw)."""
+    p = layer.convolution_param
+    g = conv_geometry(p)
+    check(x.ndim == 4, "Deconvolution needs a 4-D bottom")
+    n, c, h, w = x.shape
+    group, num_output = p.group, p.num_output
+    check(num_output > 0 and c % group == 0 and num_output % group == 0, "bad group/num_output/channels")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
+    weight = np.asarray(blobs[0], dtype=np.float64)
+    check(weight.shape == (c, num_output // group, kh, kw), f"deconv weight shape {weight.shape}")
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    full_h, full_w = sh * (h - 1) + ext_h, sw * (w - 1) + ext_w
+    out_h, out_w = full_h - 2 * ph, full_w - 2 * pw
+    check(out_h > 0 and out_w > 0, "deconvolution output would be empty")
+    full = np.zeros((n, num_output, full_h, full_w))
+    cg, og = c // group, num_output // group
+    xd = x.astype(np.float64)
+    for gi in range(group):
+        xg = xd[:, gi * cg : (gi + 1) * cg]
+        for ky in range(kh):
+            for kx in range(kw):
+                contrib = np.einsum("nchw,co->nohw", xg, weight[gi * cg : (gi + 1) * cg, :, ky, kx])
+                y0, x0 = ky * dh, kx * dw
+                rows = slice(y0, y0 + sh * (h - 1) + 1, sh)
+                cols = slice(x0, x0 + sw * (w - 1) + 1, sw)
+                full[:, gi * og : (gi + 1) * og, rows, cols] += contrib
+    out = full[:, :, ph : ph + out_h, pw : pw + out_w]
+    if p.bias_term:
+        bias = np.asarray(blobs[1], dtype=np.float64)
+        check(bias.shape == (num_output,), "deconv bias shape")
+        out = out + bias[None, :, None, None]
+    return out
+
+
+def pooling_geometry(p: caffe_pb2.PoolingParameter, h: int, w: int) -> dict[str, tuple[int, int]]:
+    if p.global_pooling:
+        check(
+            not (p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")),
+            "global pooling takes no kernel",
+        )
+        kernel = (h, w)
+    else:
+        check(
+            p.HasField("kernel_size") != (p.HasField("kernel_h") and p.HasField("kernel_w")),
+            "kernel_size OR kernel_h and kernel_w",
+        )
+        kernel = (p.kernel_size, p.kernel_size) if p.HasField("kernel_size") else (p.kernel_h, p.kernel_w)
+    check(
+        (not p.HasField("pad") and p.HasField("pad_h") and p.HasField("pad_w"))
+        or (not p.HasField("pad_h") and not p.HasField("pad_w")),
+        "pad OR pad_h and pad_w",
+    )
+    check(
+        (not p.HasField("stride") and p.HasField("stride_h") and p.HasField("stride_w"))
+        or (not p.HasField("stride_h") and not p.HasField("stride_w")),
+        "stride OR stride_h and stride_w",
+    )
+    pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
+    stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
+    check(min(kernel) > 0 and min(stride) > 0, "kernel and stride must be > 0")
+    if p.global_pooling:
+        check(pad == (0, 0) and stride == (1, 1), "global pooling needs pad 0 and stride 1")
+    if pad != (0, 0):
+        check(p.pool in (caffe_pb2.PoolingParameter.MAX, caffe_pb2.PoolingParameter.AVE), "pad: MAX/AVE only")
+        check(pad[0] < kernel[0] and pad[1] < kernel[1], "pad must be smaller than kernel")
+    rounding = math.floor if p.round_mode == caffe_pb2.PoolingParameter.FLOOR else math.ceil
+    pooled = []
+    for size, k, s, pd in zip((h, w), kernel, stride, pad, strict=True):
+        # Caffe divides in float32 before rounding; exact for these small integers.
+        out = int(rounding((size + 2 * pd - k) / s)) + 1
+        if pd and (out - 1) * s >= size + pd:
+            out -= 1  # the last window must start inside the image, not in the padding
+        check(out > 0, "pooling output would be empty")
+        check(not pd or (out - 1) * s < size + pd, "pooling window starts in padding")
+        pooled.append(out)
+    return {"kernel": kernel, "stride": stride, "pad": pad, "pooled": (pooled[0], pooled[1])}
+
+
+def pooling(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.pooling_param
+    check(x.ndim == 4, "Pooling needs a 4-D bottom")
+    check(p.pool != caffe_pb2.PoolingParameter.STOCHASTIC, "STOCHASTIC pooling is not modelled")
+    n, c, h, w = x.shape
+    g = pooling_geometry(p, h, w)
+    (kh, kw), (sh, sw), (ph, pw), (out_h, out_w) = g["kernel"], g["stride"], g["pad"], g["pooled"]
+    xd = x.astype(np.float64)
+    out = np.empty((n, c, out_h, out_w))
+    is_max = p.pool == caffe_pb2.PoolingParameter.MAX
+    for oy in range(out_h):
+        for ox in range(out_w):
+            hs, ws = oy * sh - ph, ox * sw - pw
+            if is_max:
+                # window clipped to the image: padding never wins a max
+                he, we = min(hs + kh, h), min(ws + kw, w)
+                window = xd[:, :, max(hs, 0) : he, max(ws, 0) : we]
+                out[:, :, oy, ox] = window.max(axis=(2, 3))
+            else:
+                # divisor: window clipped to the PADDED image; sum: window clipped to the image
+                he, we = min(hs + kh, h + ph), min(ws + kw, w + pw)
+                pool_size = (he - hs) * (we - ws)
+                window = xd[:, :, max(hs, 0) : min(he, h), max(ws, 0) : min(we, w)]
+                out[:, :, oy, ox] = window.sum(axis=(2, 3)) / pool_size
+    return out
+
+
+def lrn(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.lrn_param
+    check(x.ndim == 4, "LRN needs a 4-D bottom")
+    size = p.local_size
+    check(size % 2 == 1, "LRN local_size must be odd")
+    pre_pad = (size - 1) // 2
+    xd = x.astype(np.float64)
+    n, c, h, w = x.shape
+    sq = xd * xd
+    if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+        padded = np.pad(sq, ((0, 0), (pre_pad, size - 1 - pre_pad), (0, 0), (0, 0)))
+        window_sum = sum(padded[:, i : i + c] for i in range(size))
+        scale = p.k + (p.alpha / size) * window_sum
+        return xd * scale ** (-p.beta)
+    # WITHIN_CHANNEL: Split -> Power(2) -> AVE pool(size, pad pre_pad) -> Power(1 + alpha*s)^-beta -> PROD
+    padded = np.pad(sq, ((0, 0), (0, 0), (pre_pad, pre_pad), (pre_pad, pre_pad)))
+    window_sum = sum(padded[:, :, i : i + h, j : j + w] for i in range(size) for j in range(size))
+    mean = window_sum / (size * size)
+    return xd * (1.0 + p.alpha * mean) ** (-p.beta)
+
+
+def inner_product(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.inner_product_param
+    axis = canonical_axis(p.axis, x.ndim)
+    outer, k = count(x.shape, 0, axis), count(x.shape, axis)
+    weight = np.asarray(blobs[0], dtype=np.float64)
+    expected = (k, p.num_output) if p.transpose else (p.num_output, k)
+    check(weight.size == k * p.num_output, f"InnerProduct weight has {weight.size} values, needs {expected}")
+    weight = weight.reshape(expected)
+    flat = x.astype(np.float64).reshape(outer, k)
+    out = flat @ weight if p.transpose else flat @ weight.T
+    if p.bias_term:
+        bias = np.asarray(blobs[1], dtype=np.float64).reshape(-1)
+        check(bias.size == p.num_output, "InnerProduct bias size")
+        out = out + bias
+    return out.reshape(*x.shape[:axis], p.num_output)
+
+
+# ------------------------------------------------------------------------------------------- neurons
+
+
+def neuron(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    t = layer.type
+    xd = x.astype(np.float64)
+    if t == "ReLU":
+        slope = layer.relu_param.negative_slope
+        return np.maximum(xd, 0) + slope * np.minimum(xd, 0)
+    if t == "PReLU":
+        check(x.ndim >= 2, "PReLU needs >= 2 axes")
+        slope = np.asarray(blobs[0], dtype=np.float64)
+        if layer.prelu_param.channel_shared:
+            check(slope.size == 1, "channel_shared PReLU has one slope")
+            s = slope.reshape(())
+        else:
+            check(slope.size == x.shape[1], "PReLU needs one slope per channel")
+            s = slope.reshape((1, x.shape[1]) + (1,) * (x.ndim - 2))
+        return np.maximum(xd, 0) + s * np.minimum(xd, 0)
+    if t == "ELU":
+        alpha = layer.elu_param.alpha
+        return np.maximum(xd, 0) + alpha * (np.exp(np.minimum(xd, 0)) - 1)
+    if t == "Sigmoid":
+        return 1.0 / (1.0 + np.exp(-xd))
+    if t == "TanH":
+        return np.tanh(xd)
+    if t == "AbsVal":
+        return np.abs(xd)
+    if t == "BNLL":
+        return np.where(xd > 0, xd + np.log1p(np.exp(-np.abs(xd))), np.log1p(np.exp(np.minimum(xd, 0))))
+    if t == "Power":
+        p = layer.power_param
+        return (p.shift + p.scale * xd) ** p.power
+    if t == "Exp":
+        p = layer.exp_param
+        check(p.base == -1 or p.base > 0, "Exp base must be > 0 or -1")
+        log_base = 1.0 if p.base == -1 else math.log(p.base)
+        return np.exp(log_base * (p.shift + p.scale * xd))
+    if t == "Log":
+        p = layer.log_param
+        check(p.base == -1 or p.base > 0, "Log base must be > 0 or -1")
+        base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
+        return np.log(p.shift + p.scale * xd) * base_scale
+    if t == "Threshold":
+        return (xd > layer.threshold_param.threshold).astype(np.float64)
+    if t == "Dropout":
+        p = layer.dropout_param
+        return xd if p.scale_train else xd * (1.0 - p.dropout_ratio)
+    raise ReferenceError(f"not a neuron layer: {t}")
+
+
+NEURON_TYPES = frozenset(
+    {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL"}
+    | {"Power", "Exp", "Log", "Threshold", "Dropout"}
+)
+
+
+# ------------------------------------------------------------------------------------------- normalisation
+
+
+def batch_norm(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.batch_norm_param
+    use_global = p.use_global_stats if p.HasField("use_global_stats") else True  # TEST phase
+    check(use_global, "BatchNorm with use_global_stats false (batch statistics) is not modelled")
+    channels = 1 if x.ndim == 1 else x.shape[1]
+    mean, var, factor = (np.asarray(b, dtype=np.float64).reshape(-1) for b in blobs[:3])
+    check(mean.size == channels and var.size == channels and factor.size == 1, "BatchNorm blob sizes")
+    scale = 0.0 if factor[0] == 0 else 1.0 / factor[0]
+    mean, var = mean * scale, var * scale
+    shape = (1, channels) + (1,) * (x.ndim - 2) if x.ndim >= 2 else (channels,)
+    return (x.astype(np.float64) - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + p.eps)
+
+
+def _broadcast_param(
+    x: np.ndarray, param: np.ndarray, axis_arg: int, param_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Reshape a Scale/Bias parameter of shape `param_shape` to broadcast from `axis` of x (Caffe's
+    outer_dim x scale_dim x inner_dim loop)."""
+    if len(param_shape) == 0:
+        return param.reshape(())
+    axis = canonical_axis(axis_arg, x.ndim)
+    check(x.ndim >= axis + len(param_shape), "parameter extends past the bottom's shape")
+    check(tuple(x.shape[axis : axis + len(param_shape)]) == tuple(param_shape), "parameter shape mismatch")
+    return param.reshape((1,) * axis + tuple(param_shape) + (1,) * (x.ndim - axis - len(param_shape)))
+
+
+def _param_shape(x: np.ndarray, axis_arg: int, num_axes: int) -> tuple[int, ...]:
+    axis = canonical_axis(axis_arg, x.ndim)
+    check(num_axes >= -1, "num_axes must be >= -1")
+    if num_axes >= 0:
+        check(x.ndim >= axis + num_axes, "num_axes extends past the bottom's shape")
+    return tuple(x.shape[axis:]) if num_axes == -1 else tuple(x.shape[axis : axis + num_axes])
+
+
+def scale_layer(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.scale_param
+    x = bottoms[0].astype(np.float64)
+    if len(bottoms) > 1:
+        shape = tuple(bottoms[1].shape)
+        scale = bottoms[1].astype(np.float64)
+        bias_blobs = blobs
+    else:
+        shape = _param_shape(x, p.axis, p.num_axes)
+        scale = np.asarray(blobs[0], dtype=np.float64)
+        bias_blobs = blobs[1:]
+    check(scale.size == count(shape), "Scale parameter size")
+    out = x * _broadcast_param(x, scale, p.axis, shape)
+    if p.bias_term:
+        bias = np.asarray(bias_blobs[0], dtype=np.float64)
+        check(bias.size == count(shape), "Scale bias size")
+        out = out + _broadcast_param(x, bias, p.axis, shape)
+    return out
+
+
+def bias_layer(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.bias_param
+    x = bottoms[0].astype(np.float64)
+    if len(bottoms) > 1:
+        shape, bias = tuple(bottoms[1].shape), bottoms[1].astype(np.float64)
+    else:
+        shape, bias = _param_shape(x, p.axis, p.num_axes), np.asarray(blobs[0], dtype=np.float64)
+    check(bias.size == count(shape), "Bias parameter size")
+    return x + _broadcast_param(x, bias, p.axis, shape)
+
+
+def softmax(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    axis = canonical_axis(layer.softmax_param.axis, x.ndim)
+    xd = x.astype(np.float64)
+    e = np.exp(xd - xd.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------- tensor layers
+
+
+def eltwise(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.eltwise_param
+    check(len(bottoms) >= 2, "Eltwise needs >= 2 bottoms")
+    check(all(b.shape == bottoms[0].shape for b in bottoms), "Eltwise bottoms must have the same shape")
+    xs = [b.astype(np.float64) for b in bottoms]
+    if p.operation == caffe_pb2.EltwiseParameter.SUM:
+        check(len(p.coeff) in (0, len(bottoms)), "Eltwise takes one coefficient per bottom")
+        coeffs = list(p.coeff) or [1.0] * len(bottoms)
+        return sum(c * b for c, b in zip(coeffs, xs, strict=True))
+    check(len(p.coeff) == 0, "Eltwise coeff is for SUM only")
+    if p.operation == caffe_pb2.EltwiseParameter.PROD:
+        out = xs[0]
+        for b in xs[1:]:
+            out = out * b
+        return out
+    return np.maximum.reduce(xs)
+
+
+def concat(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.concat_param
+    nd = bottoms[0].ndim
+    axis = p.concat_dim if p.HasField("concat_dim") else canonical_axis(p.axis, nd)
+    check(0 <= axis < nd, "concat axis out of range")
+    for b in bottoms:
+        check(b.ndim == nd, "Concat bottoms must have the same number of axes")
+        check(
+            b.shape[:axis] + b.shape[axis + 1 :] == bottoms[0].shape[:axis] + bottoms[0].shape[axis + 1 :],
+            "Concat bottoms differ off the concat axis",
+        )
+    return np.concatenate(bottoms, axis=axis)
+
+
+def slice_layer(x: np.ndarray, layer: caffe_pb2.LayerParameter, num_tops: int) -> list[np.ndarray]:
+    p = layer.slice_param
+    axis = p.slice_dim if p.HasField("slice_dim") else canonical_axis(p.axis, x.ndim)
+    check(0 <= axis < x.ndim, "slice axis out of range")
+    dim = x.shape[axis]
+    if p.slice_point:
+        points = list(p.slice_point)
+        check(len(points) == num_tops - 1, "Slice needs len(slice_point) == tops - 1")
+        bounds = [0, *points, dim]
+        check(bool(np.all(np.diff(bounds) > 0)), "slice points must increase inside the axis")
+    else:
+        check(dim % num_tops == 0, "even Slice needs the axis divisible by the number of tops")
+        points = [dim // num_tops * i for i in range(1, num_tops)]
+    return np.split(x, points, axis=axis)
+
+
+def flatten(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.flatten_param
+    start = canonical_axis(p.axis, x.ndim)
+    end = canonical_axis(p.end_axis, x.ndim)
+    check(start <= end + 1, "Flatten end_axis before axis")
+    return x.reshape(x.shape[:start] + (count(x.shape, start, end + 1),) + x.shape[end + 1 :])
+
+
+def reshape(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.reshape_param
+    nd = x.ndim
+    start = p.axis if p.axis >= 0 else nd + p.axis + 1
+    check(0 <= start <= nd, "Reshape axis out of range")
+    check(p.num_axes >= -1, "Reshape num_axes must be >= -1")
+    end = nd if p.num_axes == -1 else start + p.num_axes
+    check(end <= nd, "Reshape axis + num_axes out of range")
+    dims = list(p.shape.dim)
+    check(sum(1 for d in dims if d == -1) <= 1, "at most one -1 in a Reshape")
+    new = list(x.shape[:start]) + [int(d) for d in dims] + list(x.shape[end:])
+    for i, d in enumerate(dims):
+        if d == 0:
+            check(start + i < nd, "a 0 in Reshape with no bottom axis to copy")
+            new[start + i] = x.shape[start + i]
+        else:
+            check(d >= -1, "Reshape dims must be >= -1")
+    if -1 in dims:
+        i = start + dims.index(-1)
+        known = count([d for j, d in enumerate(new) if j != i])
+        check(known > 0 and x.size % known == 0, "Reshape -1 cannot be inferred")
+        new[i] = x.size // known
+    check(count(new) == x.size, f"Reshape to {new} changes the count")
+    return x.reshape(new)
+
+
+def crop(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.crop_param
+    x, ref = bottoms
+    check(x.ndim == ref.ndim, "Crop bottoms must have the same number of axes")
+    axis = canonical_axis(p.axis, x.ndim)
+    offsets = list(p.offset)
+    if len(offsets) > 1:
+        check(axis + len(offsets) == x.ndim, "Crop needs one offset per axis from `axis` on")
+    index = []
+    for i in range(x.ndim):
+        if i < axis:
+            off, size = 0, x.shape[i]
+        else:
+            off = 0 if not offsets else offsets[0] if len(offsets) == 1 else offsets[i - axis]
+            size = ref.shape[i]
+        check(x.shape[i] - off >= ref.shape[i], f"Crop out of range on axis {i}")
+        index.append(slice(off, off + size))
+    return x[tuple(index)]
+
+
+def _ranked(rows: np.ndarray) -> np.ndarray:
+    """Per row, the indices ordered by (value, index) descending: std::greater on std::pair."""
+    idx = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    return np.lexsort((-idx, -rows), axis=-1)
+
+
+def argmax(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """Caffe's ArgMax: partial_sort of (value, index) pairs with std::greater, so among equal values the
+    LARGER index ranks first. Indices are written as floats."""
+    p = layer.argmax_param
+    top_k = p.top_k
+    check(top_k >= 1, "top_k must be >= 1")
+    if p.HasField("axis"):
+        axis = canonical_axis(p.axis, x.ndim)
+        check(top_k <= x.shape[axis], "top_k larger than the axis")
+        moved = np.moveaxis(x.astype(np.float64), axis, -1)
+        dim = moved.shape[-1]
+        # lexsort: last key is primary; sort by value then index, both descending
+        flat = moved.reshape(-1, dim)
+        order = _ranked(flat)[:, :top_k]
+        rows = np.arange(flat.shape[0])[:, None]
+        chosen = flat[rows, order] if p.out_max_val else order.astype(np.float64)
+        chosen = chosen.reshape(moved.shape[:-1] + (top_k,))
+        return np.moveaxis(chosen, -1, axis)
+    n = x.shape[0]
+    flat = x.astype(np.float64).reshape(n, -1)
+    dim = flat.shape[1]
+    check(top_k <= dim, "top_k larger than the flattened blob")
+    order = _ranked(flat)[:, :top_k]
+    values = flat[np.arange(n)[:, None], order]
+    num_top_axes = max(x.ndim, 3)
+    shape = [1] * num_top_axes
+    shape[0], shape[2] = n, top_k
+    if p.out_max_val:
+        shape[1] = 2
+        return np.stack([order.astype(np.float64), values], axis=1).reshape(shape)
+    return order.astype(np.float64).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------- the net
+
+
+def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> list[np.ndarray]:
+    """One layer's forward; returns float64 (or float32) arrays, one per top."""
+    t = layer.type
+    ntop = len(layer.top)
+    if t in NEURON_TYPES:
+        check(len(bottoms) == 1 and ntop == 1, f"{t} takes one bottom and one top")
+        return [neuron(bottoms[0], layer, blobs)]
+    if t == "Convolution":
+        return [convolution(bottoms[0], layer, blobs)]
+    if t == "Deconvolution":
+        return [deconvolution(bottoms[0], layer, blobs)]
+    if t == "InnerProduct":
+        return [inner_product(bottoms[0], layer, blobs)]
+    if t == "Pooling":
+        check(ntop == 1, "Pooling mask top is not modelled")
+        return [pooling(bottoms[0], layer)]
+    if t == "LRN":
+        return [lrn(bottoms[0], layer)]
+    if t == "BatchNorm":
+        return [batch_norm(bottoms[0], layer, blobs)]
+    if t == "Scale":
+        return [scale_layer(bottoms, layer, blobs)]
+    if t == "Bias":
+        return [bias_layer(bottoms, layer, blobs)]
+    if t == "Softmax":
+        return [softmax(bottoms[0], layer)]
+    if t == "Eltwise":
+        return [eltwise(bottoms, layer)]
+    if t == "Concat":
+        return [concat(bottoms, layer)]
+    if t == "Slice":
+        return slice_layer(bottoms[0], layer, ntop)
+    if t == "Split":
+        return [bottoms[0].copy() for _ in range(ntop)]
+    if t == "Flatten":
+        return [flatten(bottoms[0], layer)]
+    if t == "Reshape":
+        return [reshape(bottoms[0], layer)]
+    if t == "Crop":
+        check(len(bottoms) == 2, "Crop takes two bottoms")
+        return [crop(bottoms, layer)]
+    if t == "ArgMax":
+        return [argmax(bottoms[0], layer)]
+    raise ReferenceError(f"layer type {t} is not modelled by the reference")
+
+
+def run_net(
+    net: caffe_pb2.NetParameter,
+    inputs: dict[str, np.ndarray],
+    weight_source: WeightSource,
+    observer: Callable[[caffe_pb2.LayerParameter, list[np.ndarray], list[np.ndarray]], None] | None = None,
+) -> dict[str, np.ndarray]:
+    check(not net.layers, "V1 `layers {}` nets are not modelled by the reference")
+    declared = declared_inputs(net)
+    state: dict[str, np.ndarray] = {}
+    for name in declared:
+        check(name in inputs, f"no value for input blob {name}")
+        state[name] = _as_f32(inputs[name])
+    for layer in net.layer:
+        if not layer_in_phase(layer) or layer.type == "Input":
+            continue
+        for b in layer.bottom:
+            check(b in state, f"layer {layer.name}: unknown bottom blob {b}")
+        bottoms = [state[b] for b in layer.bottom]
+        blobs = weight_source(layer, bottoms)
+        tops = [_as_f32(t) for t in run_layer(layer, bottoms, blobs)]
+        check(len(tops) == len(layer.top), f"layer {layer.name}: wrong number of tops")
+        if observer is not None:
+            observer(layer, bottoms, tops)
+        for name, value in zip(layer.top, tops, strict=True):
+            state[name] = value
+    return state
+
+
+def forward(
+    net_param_text: str, weights: dict[str, list[np.ndarray]], inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every blob after Caffe's TEST-phase forward (an in-place blob holds its last writer's value)."""
+    net = parse_net(net_param_text)
+
+    def from_dict(layer: caffe_pb2.LayerParameter, _bottoms: list[np.ndarray]) -> Blobs:
+        return [np.asarray(b) for b in weights.get(layer.name, [])]
+
+    return run_net(net, inputs, from_dict)
