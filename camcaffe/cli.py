@@ -67,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the one-line promise
         if debug:
             raise
-        print(f"camcaffe: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+        print(
+            f"camcaffe: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

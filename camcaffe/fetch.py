@@ -38,7 +38,9 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
     root = path.parent.parent
     for index, item in enumerate(data.get("files", [])):
         try:
-            entries.append(ManifestEntry(item["name"], item["url"], item.get("sha256"), root / item["target"]))
+            entries.append(
+                ManifestEntry(item["name"], item["url"], item.get("sha256"), root / item["target"])
+            )
         except (KeyError, TypeError):
             raise CamcaffeError(f"{path}: entry {index} needs name, url and target") from None
     return entries
@@ -56,12 +58,16 @@ def fetch(entry: ManifestEntry, allow_unverified: bool = False, timeout: float =
     """Download one entry atomically; return 'present', 'downloaded' or raise CamcaffeError."""
     if entry.target.exists():
         if entry.sha256 and sha256_of(entry.target) != entry.sha256:
-            raise CamcaffeError(f"{entry.target}: exists but its sha256 differs from the manifest; delete it and "
-                                "run 'make weights' again")
+            raise CamcaffeError(
+                f"{entry.target}: exists but its sha256 differs from the manifest; delete it and "
+                "run 'make weights' again"
+            )
         return "present"
     if entry.sha256 is None and not allow_unverified:
-        raise CamcaffeError(f"{entry.name}: the manifest has no sha256 for {entry.url}; download it yourself to "
-                            f"{entry.target}, or set CAMCAFFE_ALLOW_UNVERIFIED=1 to accept it unchecked")
+        raise CamcaffeError(
+            f"{entry.name}: the manifest has no sha256 for {entry.url}; download it yourself to "
+            f"{entry.target}, or set CAMCAFFE_ALLOW_UNVERIFIED=1 to accept it unchecked"
+        )
     entry.target.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.target.with_name(f".{entry.target.name}.part{os.getpid()}")
     digest = hashlib.sha256()
@@ -71,16 +77,22 @@ def fetch(entry: ManifestEntry, allow_unverified: bool = False, timeout: float =
                 digest.update(chunk)
                 out.write(chunk)
         if entry.sha256 and digest.hexdigest() != entry.sha256:
-            raise CamcaffeError(f"{entry.name}: downloaded file has sha256 {digest.hexdigest()}, the manifest says "
-                                f"{entry.sha256}; not installed (corrupt download or changed upstream file)")
+            raise CamcaffeError(
+                f"{entry.name}: downloaded file has sha256 {digest.hexdigest()}, the manifest says "
+                f"{entry.sha256}; not installed (corrupt download or changed upstream file)"
+            )
         os.replace(tmp, entry.target)
         if entry.sha256 is None:
-            print(f"{entry.name}: unverified download, sha256 {digest.hexdigest()} (pin it in the manifest)",
-                  file=sys.stderr)
+            print(
+                f"{entry.name}: unverified download, sha256 {digest.hexdigest()} (pin it in the manifest)",
+                file=sys.stderr,
+            )
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise CamcaffeError(f"{entry.name}: cannot download {entry.url} ({reason}); check the network or fetch "
-                            f"it by hand into {entry.target}") from None
+        raise CamcaffeError(
+            f"{entry.name}: cannot download {entry.url} ({reason}); check the network or fetch "
+            f"it by hand into {entry.target}"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()

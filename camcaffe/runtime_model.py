@@ -26,7 +26,9 @@ def check_external_data(model: onnx.ModelProto, folder: Path, path: Path) -> Non
                 "folder; refusing to read it (keep the .data file next to the model)"
             )
         if not target.exists():
-            raise OnnxModelError(f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing")
+            raise OnnxModelError(
+                f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing"
+            )
 
 
 def load_onnx_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
@@ -45,9 +47,13 @@ def load_onnx_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise OnnxModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}); is it corrupt or truncated?") from None
+        raise OnnxModelError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}); is it corrupt or truncated?"
+        ) from None
     if not model.graph.node:
-        raise OnnxModelError(f"{path}: not a valid ONNX model (no graph nodes); is it corrupt or another file type?")
+        raise OnnxModelError(
+            f"{path}: not a valid ONNX model (no graph nodes); is it corrupt or another file type?"
+        )
     check_external_data(model, path.parent, path)
     if load_weights and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         onnx.load_external_data_for_model(model, str(path.parent))

@@ -44,7 +44,9 @@ def opencv_available() -> bool:
     return hasattr(cv2, "dnn") and hasattr(cv2.dnn, "readNetFromCaffe")
 
 
-def run_onnx(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+def run_onnx(
+    model_path: str | os.PathLike, feeds: dict[str, np.ndarray], outputs: list[str]
+) -> dict[str, np.ndarray]:
     """Run the model on CPU and fetch `outputs`, adding any that are intermediate tensors."""
     import onnx
     import onnxruntime as ort
@@ -65,7 +67,12 @@ def run_onnx(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], output
 
 
 def verify_with_opencv(
-    prototxt: Path, caffemodel: Path, onnx_path: Path, net: CaffeNet, converted: ConvertedNet, seed: int = 0,
+    prototxt: Path,
+    caffemodel: Path,
+    onnx_path: Path,
+    net: CaffeNet,
+    converted: ConvertedNet,
+    seed: int = 0,
     all_blobs: bool = True,
 ) -> VerifyReport:
     """Feed one random input (batch 1) to both runtimes and compare the net's blobs."""
@@ -118,5 +125,7 @@ def verify_with_opencv(
             continue
         reference = reference.reshape(value.shape)
         diff = float(np.abs(value.astype(np.float64) - reference).max()) if value.size else 0.0
-        report.compared.append(BlobComparison(blob, diff, float(np.abs(reference).max()) if value.size else 0.0))
+        report.compared.append(
+            BlobComparison(blob, diff, float(np.abs(reference).max()) if value.size else 0.0)
+        )
     return report

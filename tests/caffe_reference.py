@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from camcaffe.caffe import caffe_pb2
 
 TEST_PHASE = caffe_pb2.TEST
+FLT_MAX = float(np.finfo(np.float32).max)
 Blobs = list[np.ndarray]
 WeightSource = Callable[[caffe_pb2.LayerParameter, list[np.ndarray]], Blobs]
 
@@ -231,6 +232,14 @@ def pooling_geometry(p: caffe_pb2.PoolingParameter, h: int, w: int) -> dict[str,
     return {"kernel": kernel, "stride": stride, "pad": pad, "pooled": (pooled[0], pooled[1])}
 
 
+def pooling_has_empty_window(p: caffe_pb2.PoolingParameter, h: int, w: int) -> bool:
+    """True when Caffe's last window starts past the image (CEIL, no pad, stride > kernel): a Caffe quirk
+    that yields -FLT_MAX (MAX) or 0/0 (AVE), which no deploy net relies on."""
+    g = pooling_geometry(p, h, w)
+    starts = [(out - 1) * s - pd for out, s, pd in zip(g["pooled"], g["stride"], g["pad"], strict=True)]
+    return starts[0] >= h or starts[1] >= w
+
+
 def pooling(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
     p = layer.pooling_param
     check(x.ndim == 4, "Pooling needs a 4-D bottom")
@@ -248,13 +257,16 @@ def pooling(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
                 # window clipped to the image: padding never wins a max
                 he, we = min(hs + kh, h), min(ws + kw, w)
                 window = xd[:, :, max(hs, 0) : he, max(ws, 0) : we]
-                out[:, :, oy, ox] = window.max(axis=(2, 3))
+                # Caffe starts from -FLT_MAX: a window wholly outside the image (possible with CEIL
+                # rounding, no padding and stride > kernel) yields -FLT_MAX
+                out[:, :, oy, ox] = window.max(axis=(2, 3), initial=-FLT_MAX)
             else:
                 # divisor: window clipped to the PADDED image; sum: window clipped to the image
                 he, we = min(hs + kh, h + ph), min(ws + kw, w + pw)
                 pool_size = (he - hs) * (we - ws)
                 window = xd[:, :, max(hs, 0) : min(he, h), max(ws, 0) : min(we, w)]
-                out[:, :, oy, ox] = window.sum(axis=(2, 3)) / pool_size
+                with np.errstate(invalid="ignore", divide="ignore"):  # empty window: 0 / (<= 0), as Caffe
+                    out[:, :, oy, ox] = window.sum(axis=(2, 3)) / pool_size
     return out
 
 

@@ -44,7 +44,9 @@ def convert_text(tmp_path: Path, text: str, seed: int = 0, expose_all: bool = Tr
     caffemodel = tmp_path / "weights.caffemodel"
     weights = write_random_caffemodel(prototxt, caffemodel, seed=seed)
     onnx_path = tmp_path / "model.onnx"
-    result = convert_files(prototxt, caffemodel, onnx_path, ConvertOptions(batch=batch, expose_all=expose_all))
+    result = convert_files(
+        prototxt, caffemodel, onnx_path, ConvertOptions(batch=batch, expose_all=expose_all)
+    )
     return result, weights, onnx_path
 
 

@@ -16,9 +16,18 @@ from camcaffe.convert.converter import ConvertOptions
 from tests.helpers import SHARED, assert_close, blobs_of, shared_path
 
 GOLDEN = SHARED / "golden"
-SHIPPED = ["synthetic_avepool_pad_ceil", "synthetic_bn_noscale", "synthetic_eltwise", "synthetic_eltwise2",
-           "synthetic_eltwise_sumcoeff", "synthetic_lrn_k2", "synthetic_scale_softmax4d", "googlenet_cam",
-           "googlenet_cam14", "squeezenet_v1.1"]
+SHIPPED = [
+    "synthetic_avepool_pad_ceil",
+    "synthetic_bn_noscale",
+    "synthetic_eltwise",
+    "synthetic_eltwise2",
+    "synthetic_eltwise_sumcoeff",
+    "synthetic_lrn_k2",
+    "synthetic_scale_softmax4d",
+    "googlenet_cam",
+    "googlenet_cam14",
+    "squeezenet_v1.1",
+]
 REGENERATED = ["alexnetplus_cam_imagenet_v1", "mobilenet_v1", "mobilenet_v2"]
 
 
@@ -35,8 +44,12 @@ def regenerated_golden(tmp_path_factory) -> Path:
 
 
 def _check_folder(folder: Path, tmp_path: Path) -> int:
-    result = convert_files(folder / "deploy.prototxt", folder / "weights.caffemodel", tmp_path / "m.onnx",
-                           ConvertOptions(expose_all=True))
+    result = convert_files(
+        folder / "deploy.prototxt",
+        folder / "weights.caffemodel",
+        tmp_path / "m.onnx",
+        ConvertOptions(expose_all=True),
+    )
     x = np.load(folder / "input.npy")
     blobs = blobs_of(result, tmp_path / "m.onnx", {"data": x})
     reference = np.load(folder / "blobs.npz")
@@ -67,8 +80,12 @@ def test_golden_regenerated_weights_every_blob(name, regenerated_golden, tmp_pat
 
 def test_googlenet_cam14_batch_of_two_with_deploy_batch_ten(tmp_path):
     folder = shared_path("golden", "googlenet_cam14")
-    result = convert_files(folder / "deploy.prototxt", folder / "weights.caffemodel", tmp_path / "m.onnx",
-                           ConvertOptions(expose_all=True))
+    result = convert_files(
+        folder / "deploy.prototxt",
+        folder / "weights.caffemodel",
+        tmp_path / "m.onnx",
+        ConvertOptions(expose_all=True),
+    )
     assert result.converted.symbolic_batch
     assert result.converted.cam_head["feature_blob"] == "CAM_conv"
     assert result.converted.cam_head["fc_layer"] == "CAM_fc_14"
@@ -89,10 +106,16 @@ def test_real_pretrained_models_match_real_caffe(model, key, tmp_path):
     data = np.load(folder / "real_outputs.npz")
     models = SHARED / "data" / "models"
     if model == "real_squeezenet_v1.0_dc":
-        prototxt, weights = models / "squeezenet_v1.0" / "deploy.prototxt", models / "squeezenet_v1.0" / "weights.caffemodel"
+        prototxt, weights = (
+            models / "squeezenet_v1.0" / "deploy.prototxt",
+            models / "squeezenet_v1.0" / "weights.caffemodel",
+        )
         extra = ["conv_final"]
     else:
-        prototxt, weights = models / "open_nsfw" / "deploy.prototxt", models / "open_nsfw" / "weights.caffemodel"
+        prototxt, weights = (
+            models / "open_nsfw" / "deploy.prototxt",
+            models / "open_nsfw" / "weights.caffemodel",
+        )
         extra = ["fc_nsfw", "pool", "eltwise_stage3_block2"]
     result = convert_files(prototxt, weights, tmp_path / "m.onnx", ConvertOptions(expose_all=True))
     stems = sorted({k.split("/")[0] for k in data.files if k.endswith("/input")})

@@ -13,7 +13,9 @@ from tests.helpers import SHARED, assert_close, blobs_of, opencv_blobs, shared_p
 
 pytestmark = pytest.mark.skipif(not opencv_available(), reason="cv2 without dnn.readNetFromCaffe (OpenCV 5?)")
 
-DEPLOYS = sorted(str(p.relative_to(SHARED / "data" / "models")) for p in (SHARED / "data" / "models").glob("*/*.prototxt"))
+DEPLOYS = sorted(
+    str(p.relative_to(SHARED / "data" / "models")) for p in (SHARED / "data" / "models").glob("*/*.prototxt")
+)
 
 
 @pytest.mark.parametrize("deploy", DEPLOYS or ["(none)"])
@@ -28,10 +30,13 @@ def test_every_shared_deploy_matches_opencv_with_random_weights(deploy, tmp_path
     assert not report.failures(1e-4), [(f.blob, f.relative) for f in report.failures(1e-4)]
 
 
-@pytest.mark.parametrize("model,golden,output", [
-    ("squeezenet_v1.0", "real_squeezenet_v1.0_dc", "pool_final"),
-    ("open_nsfw", "real_open_nsfw", "prob"),
-])
+@pytest.mark.parametrize(
+    "model,golden,output",
+    [
+        ("squeezenet_v1.0", "real_squeezenet_v1.0_dc", "pool_final"),
+        ("open_nsfw", "real_open_nsfw", "prob"),
+    ],
+)
 def test_real_models_match_opencv_on_photos(model, golden, output, tmp_path):
     prototxt = shared_path("data", "models", model, "deploy.prototxt")
     caffemodel = shared_path("data", "models", model, "weights.caffemodel")

@@ -57,10 +57,12 @@ def test_prelu(tmp_path, shared):
 
 
 def test_in_place_relu_keeps_caffe_blob_semantics(tmp_path):
-    layers = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
-              'convolution_param { num_output: 4 kernel_size: 1 } }\n'
-              'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
-              'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: AVE global_pooling: true } }')
+    layers = (
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        "convolution_param { num_output: 4 kernel_size: 1 } }\n"
+        'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
+        'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: AVE global_pooling: true } }'
+    )
     result, weights, path = convert_text(tmp_path, net_text(X.shape, layers))
     tensors = result.converted.blob_tensors
     assert tensors["conv"] == "conv"

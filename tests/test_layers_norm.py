@@ -19,16 +19,22 @@ def _run(tmp_path, layers: str, x=X):
 
 
 def test_lrn_across_channels_with_k(tmp_path):
-    blobs, _ = _run(tmp_path, 'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
-                              'lrn_param { local_size: 3 alpha: 0.3 beta: 0.6 k: 2 } }')
+    blobs, _ = _run(
+        tmp_path,
+        'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+        "lrn_param { local_size: 3 alpha: 0.3 beta: 0.6 k: 2 } }",
+    )
     sq = np.pad(X.astype(np.float64) ** 2, ((0, 0), (1, 1), (0, 0), (0, 0)))
     window = sq[:, :-2] + sq[:, 1:-1] + sq[:, 2:]
     assert_close(blobs["n"], X * (2 + 0.3 / 3 * window) ** -0.6, "lrn across")
 
 
 def test_lrn_within_channel_ignores_k(tmp_path):
-    blobs, _ = _run(tmp_path, 'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
-                              'lrn_param { local_size: 3 alpha: 0.3 beta: 0.6 k: 5 norm_region: WITHIN_CHANNEL } }')
+    blobs, _ = _run(
+        tmp_path,
+        'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+        "lrn_param { local_size: 3 alpha: 0.3 beta: 0.6 k: 5 norm_region: WITHIN_CHANNEL } }",
+    )
     sq = np.pad(X.astype(np.float64) ** 2, ((0, 0), (0, 0), (1, 1), (1, 1)))
     total = sum(sq[:, :, i : i + 5, j : j + 4] for i in range(3) for j in range(3))
     assert_close(blobs["n"], X * (1 + 0.3 * total / 9) ** -0.6, "lrn within")
@@ -37,14 +43,20 @@ def test_lrn_within_channel_ignores_k(tmp_path):
 def _write(tmp_path, text, layers):
     (tmp_path / "d.prototxt").write_text(text)
     write_caffemodel(tmp_path / "w.caffemodel", layers)
-    return convert_files(tmp_path / "d.prototxt", tmp_path / "w.caffemodel", tmp_path / "m.onnx",
-                         ConvertOptions(expose_all=True))
+    return convert_files(
+        tmp_path / "d.prototxt",
+        tmp_path / "w.caffemodel",
+        tmp_path / "m.onnx",
+        ConvertOptions(expose_all=True),
+    )
 
 
 @pytest.mark.parametrize("factor", [999.98, 0.0, 1.0])
 def test_batchnorm_scale_factor_and_eps(tmp_path, factor):
-    text = net_text(X.shape, 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" '
-                              'batch_norm_param { eps: 0.001 } }')
+    text = net_text(
+        X.shape,
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" batch_norm_param { eps: 0.001 } }',
+    )
     mean = np.linspace(-1, 1, 6).astype(np.float32) * 1000
     var = np.linspace(0.5, 2, 6).astype(np.float32) * 1000
     result = _write(tmp_path, text, [("bn", "BatchNorm", [mean, var, np.array([factor], np.float32)])])
@@ -55,8 +67,11 @@ def test_batchnorm_scale_factor_and_eps(tmp_path, factor):
 
 
 def test_batchnorm_with_batch_statistics(tmp_path):
-    text = net_text(X.shape, 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "y" '
-                              'batch_norm_param { use_global_stats: false } }')
+    text = net_text(
+        X.shape,
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "y" '
+        "batch_norm_param { use_global_stats: false } }",
+    )
     zeros = np.zeros(6, np.float32)
     result = _write(tmp_path, text, [("bn", "BatchNorm", [zeros, zeros, np.ones(1, np.float32)])])
     got = blobs_of(result, tmp_path / "m.onnx", {"data": X})["y"]
@@ -65,10 +80,16 @@ def test_batchnorm_with_batch_statistics(tmp_path):
     assert_close(got, (X - mean) / np.sqrt(var + 1e-5), "bn batch stats")
 
 
-@pytest.mark.parametrize("params,shape_of_gamma", [
-    ("", (6,)), ("scale_param { bias_term: true }", (6,)), ("scale_param { axis: 2 num_axes: 2 }", (5, 4)),
-    ("scale_param { axis: 0 num_axes: -1 bias_term: true }", (2, 6, 5, 4)), ("scale_param { num_axes: 0 }", ()),
-])
+@pytest.mark.parametrize(
+    "params,shape_of_gamma",
+    [
+        ("", (6,)),
+        ("scale_param { bias_term: true }", (6,)),
+        ("scale_param { axis: 2 num_axes: 2 }", (5, 4)),
+        ("scale_param { axis: 0 num_axes: -1 bias_term: true }", (2, 6, 5, 4)),
+        ("scale_param { num_axes: 0 }", ()),
+    ],
+)
 def test_scale_axes(tmp_path, params, shape_of_gamma):
     blobs, weights = _run(tmp_path, f'layer {{ name: "s" type: "Scale" bottom: "data" top: "s" {params} }}')
     arrays = weights.record["s"][1]
@@ -80,10 +101,12 @@ def test_scale_axes(tmp_path, params, shape_of_gamma):
 
 
 def test_scale_and_bias_from_a_second_bottom(tmp_path):
-    layers = ('layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
-              'layer { name: "f" type: "Flatten" bottom: "g" top: "f" }\n'
-              'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }\n'
-              'layer { name: "b" type: "Bias" bottom: "s" bottom: "f" top: "b" bias_param { axis: 0 } }')
+    layers = (
+        'layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
+        'layer { name: "f" type: "Flatten" bottom: "g" top: "f" }\n'
+        'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }\n'
+        'layer { name: "b" type: "Bias" bottom: "s" bottom: "f" top: "b" bias_param { axis: 0 } }'
+    )
     blobs, _ = _run(tmp_path, layers)
     f = X.mean(axis=(2, 3)).reshape(2, 6, 1, 1)
     assert_close(blobs["s"], X * f, "scale 2 bottoms")
@@ -98,6 +121,9 @@ def test_bias_layer(tmp_path):
 
 @pytest.mark.parametrize("axis", [1, 2, -1, 0])
 def test_softmax_along_axis_of_4d_blob(tmp_path, axis):
-    blobs, _ = _run(tmp_path, f'layer {{ name: "p" type: "Softmax" bottom: "data" top: "p" softmax_param {{ axis: {axis} }} }}')
+    blobs, _ = _run(
+        tmp_path,
+        f'layer {{ name: "p" type: "Softmax" bottom: "data" top: "p" softmax_param {{ axis: {axis} }} }}',
+    )
     e = np.exp(X - X.max(axis=axis, keepdims=True))
     assert_close(blobs["p"], e / e.sum(axis=axis, keepdims=True), f"softmax axis {axis}")

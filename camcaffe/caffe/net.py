@@ -63,7 +63,9 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str) -> CaffeNet:
             f"{source}: mixes V2 'layer' and V1 'layers' blocks; use one format throughout"
         )
     v1 = bool(param.layers)
-    layers = [upgrade_v1_layer(layer) for layer in param.layers] if v1 else [_copy(lay) for lay in param.layer]
+    layers = (
+        [upgrade_v1_layer(layer) for layer in param.layers] if v1 else [_copy(lay) for lay in param.layer]
+    )
     stages = set(param.state.stage)
     layers = [layer for layer in layers if _included(layer, stages)]
     input_layers, input_shapes = _input_layers(param, layers, source)
@@ -75,8 +77,9 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str) -> CaffeNet:
             shapes = _input_layer_shapes(layer, source)
             for top, shape in zip(layer.top, shapes, strict=True):
                 input_shapes[top] = shape
-    net = CaffeNet(name=param.name or Path(source).stem, layers=layers, input_shapes=input_shapes,
-                   source=source, v1=v1)
+    net = CaffeNet(
+        name=param.name or Path(source).stem, layers=layers, input_shapes=input_shapes, source=source, v1=v1
+    )
     net.outputs = validate_connectivity(net)
     return net
 
@@ -159,7 +162,9 @@ def _input_layers(
 def _input_layer_shapes(layer: caffe_pb2.LayerParameter, source: str) -> list[list[int]]:
     shapes = [list(shape.dim) for shape in layer.input_param.shape]
     if not shapes:
-        raise CaffeFormatError(f"{source}: Input layer '{layer.name}' declares no shape; add input_param {{ shape {{ dim: ... }} }}")
+        raise CaffeFormatError(
+            f"{source}: Input layer '{layer.name}' declares no shape; add input_param {{ shape {{ dim: ... }} }}"
+        )
     if len(shapes) == 1:
         shapes = shapes * len(layer.top)
     if len(shapes) != len(layer.top):
@@ -175,9 +180,7 @@ def check_blob_shape(shape: list[int], what: str) -> None:
     if not shape:
         raise CaffeFormatError(f"{what} has an empty shape; give its dimensions")
     if any(dim <= 0 for dim in shape):
-        raise CaffeFormatError(
-            f"{what} has shape {tuple(shape)}; every dimension must be a positive integer"
-        )
+        raise CaffeFormatError(f"{what} has shape {tuple(shape)}; every dimension must be a positive integer")
     count = 1
     for dim in shape:
         count *= dim

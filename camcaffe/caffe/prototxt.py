@@ -73,13 +73,17 @@ def parse_prototxt(
     except text_format.ParseError as exc:
         line, column, message = _split_position(exc)
         if not _UNKNOWN_FIELD.search(message):
-            raise CaffeFormatError(f"{source}:{line}:{column}: {message.rstrip('.')}; fix the prototxt syntax") from None
+            raise CaffeFormatError(
+                f"{source}:{line}:{column}: {message.rstrip('.')}; fix the prototxt syntax"
+            ) from None
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as exc:
         line, column, message = _split_position(exc)
-        raise CaffeFormatError(f"{source}:{line}:{column}: {message.rstrip('.')}; fix the prototxt syntax") from None
+        raise CaffeFormatError(
+            f"{source}:{line}:{column}: {message.rstrip('.')}; fix the prototxt syntax"
+        ) from None
     _check_unknown_fields(text, source, is_supported_type)
     return net
 
@@ -107,7 +111,9 @@ def _check_unknown_fields(text: str, source: str, is_supported_type: Callable[[s
         text_format.Parse(outside, caffe_pb2.NetParameter())
     except text_format.ParseError as exc:
         line, column, message = _split_position(exc)
-        raise CaffeFormatError(f"{source}:{line}:{column}: {message.rstrip('.')}; remove or fix that field") from None
+        raise CaffeFormatError(
+            f"{source}:{line}:{column}: {message.rstrip('.')}; remove or fix that field"
+        ) from None
     for block in blocks:
         snippet = text[block.start : block.end]
         probe = caffe_pb2.NetParameter()
@@ -185,7 +191,11 @@ def iter_layer_blocks(text: str) -> Iterator[LayerBlock]:
             continue
         if char == "{":
             if depth == 0 and pending_word and pending_word[0] in ("layer", "layers"):
-                block_start, block_v1, block_line = pending_word[1], pending_word[0] == "layers", pending_word[2]
+                block_start, block_v1, block_line = (
+                    pending_word[1],
+                    pending_word[0] == "layers",
+                    pending_word[2],
+                )
             depth += 1
         elif char == "}":
             depth -= 1

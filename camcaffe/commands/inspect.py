@@ -13,7 +13,8 @@ from camcaffe.errors import InputFileError
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="list blobs and parameter shapes of a prototxt(+caffemodel) or ONNX file",
+        "inspect",
+        help="list blobs and parameter shapes of a prototxt(+caffemodel) or ONNX file",
         description="Print each blob with its shape and each layer's parameter shapes.",
     )
     parser.add_argument("file", type=Path, help="deploy .prototxt or .onnx")
@@ -39,8 +40,13 @@ def describe_caffe(prototxt: Path, caffemodel: Path | None) -> dict:
         converted = convert_net(net, ZeroWeights())
     blobs = {blob: converted.tensor_shapes[tensor] for blob, tensor in converted.blob_tensors.items()}
     params = {name: record.param_shapes for name, record in converted.layers.items() if record.params}
-    return {"name": net.name, "blobs": blobs, "params": params, "outputs": net.outputs,
-            "cam_head": detect_cam_head(net, converted)}
+    return {
+        "name": net.name,
+        "blobs": blobs,
+        "params": params,
+        "outputs": net.outputs,
+        "cam_head": detect_cam_head(net, converted),
+    }
 
 
 def describe_onnx(path: Path) -> dict:
@@ -74,10 +80,18 @@ def describe_onnx(path: Path) -> dict:
                 params[node.name or node.output[0]] = weights
         outputs = [o.name for o in model.graph.output]
     head = json.loads(meta["camcaffe.cam_head"]) if "camcaffe.cam_head" in meta else None
-    return {"name": meta.get("camcaffe.net_name", model.graph.name), "blobs": blobs, "params": params,
-            "outputs": outputs, "cam_head": head,
-            "metadata": {k: v for k, v in meta.items() if k not in ("camcaffe.layers", "camcaffe.blobs",
-                                                                      "camcaffe.preprocess.mean_image")}}
+    return {
+        "name": meta.get("camcaffe.net_name", model.graph.name),
+        "blobs": blobs,
+        "params": params,
+        "outputs": outputs,
+        "cam_head": head,
+        "metadata": {
+            k: v
+            for k, v in meta.items()
+            if k not in ("camcaffe.layers", "camcaffe.blobs", "camcaffe.preprocess.mean_image")
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs: {', '.join(info['outputs'])}")
     head = info.get("cam_head")
     if head:
-        print(f"CAM head: {head['kind']}: feature '{head['feature_blob']}' -> '{head['fc_layer']}' "
-              f"({head['num_classes']} classes)")
+        print(
+            f"CAM head: {head['kind']}: feature '{head['feature_blob']}' -> '{head['fc_layer']}' "
+            f"({head['num_classes']} classes)"
+        )
     return 0

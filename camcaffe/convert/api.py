@@ -38,7 +38,9 @@ class Preprocessing:
     def to_metadata(self) -> dict[str, str]:
         meta: dict[str, str] = {}
         settings = {
-            "mean": self.mean, "raw_scale": self.raw_scale, "channel_swap": self.channel_swap,
+            "mean": self.mean,
+            "raw_scale": self.raw_scale,
+            "channel_swap": self.channel_swap,
             "input_scale": self.input_scale,
         }
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -108,7 +110,9 @@ def build_metadata(
         META_PREFIX + "inputs": json.dumps({name: shape for name, shape in converted.inputs}),
         META_PREFIX + "outputs": json.dumps(list(net.outputs)),
         META_PREFIX + "blobs": json.dumps(converted.blob_tensors),
-        META_PREFIX + "layers": json.dumps({name: record.__dict__ for name, record in converted.layers.items()}),
+        META_PREFIX + "layers": json.dumps(
+            {name: record.__dict__ for name, record in converted.layers.items()}
+        ),
         META_PREFIX + "symbolic_batch": json.dumps(converted.symbolic_batch),
     }
     if caffemodel is not None:
@@ -166,7 +170,9 @@ def convert_files(
     try:
         paths = write_model(converted, output, metadata, external_data)
     except OSError as exc:
-        raise InputFileError(f"{output}: cannot write the ONNX file ({exc.strerror}); check space and permissions") from None
+        raise InputFileError(
+            f"{output}: cannot write the ONNX file ({exc.strerror}); check space and permissions"
+        ) from None
     return ConversionResult(paths=paths, converted=converted, net=net, metadata=metadata, warnings=warnings)
 
 
@@ -178,10 +184,17 @@ def convert_in_memory(
 ):
     """Convert to an in-memory onnx.ModelProto (for small nets, tests and the pycaffe surface)."""
     net, converted, warnings = convert_to_graph(prototxt, caffemodel, options, random_seed)
-    metadata = build_metadata(net, converted, Path(prototxt), Path(caffemodel) if caffemodel else None, None, None)
+    metadata = build_metadata(
+        net, converted, Path(prototxt), Path(caffemodel) if caffemodel else None, None, None
+    )
     return build_model(converted, metadata, with_initializers=True), net, converted, warnings
 
 
-
-__all__ = ["CaffeFormatError", "ConversionResult", "Preprocessing", "convert_files", "convert_in_memory",
-           "convert_to_graph"]
+__all__ = [
+    "CaffeFormatError",
+    "ConversionResult",
+    "Preprocessing",
+    "convert_files",
+    "convert_in_memory",
+    "convert_to_graph",
+]

@@ -21,7 +21,11 @@ def product(values: Sequence[int]) -> int:
 
 
 def spatial_values(
-    repeated: Sequence[int], h_value: int | None, w_value: int | None, num_spatial: int, default: int | None,
+    repeated: Sequence[int],
+    h_value: int | None,
+    w_value: int | None,
+    num_spatial: int,
+    default: int | None,
     name: str,
 ) -> list[int]:
     """Resolve Caffe's `x` (repeated, one or per-axis) vs `x_h`/`x_w` spellings to per-axis values."""
@@ -30,9 +34,8 @@ def spatial_values(
             raise LayerRefused(f"{name}_h/{name}_w need a 2-D spatial blob")
         if repeated:
             raise LayerRefused(f"give either {name} or {name}_h/{name}_w, not both")
-        if h_value is None or w_value is None:
-            if default is None:
-                raise LayerRefused(f"{name}_h and {name}_w must be given together")
+        if (h_value is None or w_value is None) and default is None:
+            raise LayerRefused(f"{name}_h and {name}_w must be given together")
         return [default if h_value is None else h_value, default if w_value is None else w_value]
     if not repeated:
         if default is None:

@@ -61,8 +61,12 @@ def _tensor_names(net: CaffeNet) -> list[list[str]]:
         if layer.type == "Input":
             names.append(list(layer.top))  # graph inputs keep the blob name, even if rewritten in place
             continue
-        names.append([top if last_writer[top] == index and top not in input_blobs else f"{top}@{layer.name}"
-                      for top in layer.top])
+        names.append(
+            [
+                top if last_writer[top] == index and top not in input_blobs else f"{top}@{layer.name}"
+                for top in layer.top
+            ]
+        )
     return names
 
 
@@ -72,7 +76,9 @@ def convert_net(net: CaffeNet, params: ParamSource, options: ConvertOptions | No
     if converted is None:
         # A layer baked the batch size in: fall back to the deploy batch.
         deploy_batch = next(iter(net.input_shapes.values()))[0]
-        converted = _convert(net, params, ConvertOptions(deploy_batch, options.expose, options.expose_all), False)
+        converted = _convert(
+            net, params, ConvertOptions(deploy_batch, options.expose, options.expose_all), False
+        )
         assert converted is not None
         converted.warnings.append(
             f"{net.source}: a layer reshapes across the batch axis, so the ONNX input keeps the deploy batch "
@@ -81,7 +87,9 @@ def convert_net(net: CaffeNet, params: ParamSource, options: ConvertOptions | No
     return converted
 
 
-def _convert(net: CaffeNet, params: ParamSource, options: ConvertOptions, symbolic: bool) -> ConvertedNet | None:
+def _convert(
+    net: CaffeNet, params: ParamSource, options: ConvertOptions, symbolic: bool
+) -> ConvertedNet | None:
     tensor_names = _tensor_names(net)
     builder = GraphBuilder(reserved_names=[name for names in tensor_names for name in names])
     current: dict[str, str] = {}
@@ -135,7 +143,10 @@ def _convert(net: CaffeNet, params: ParamSource, options: ConvertOptions, symbol
             if keeps_batch:
                 batch_led.add(name)
         layers[layer.name] = LayerRecord(
-            layer.type, list(layer.bottom), list(layer.top), list(ctx.param_names),
+            layer.type,
+            list(layer.bottom),
+            list(layer.top),
+            list(ctx.param_names),
             [list(builder.initializers[p].shape) for p in ctx.param_names],
         )
     if unsupported:
@@ -146,8 +157,10 @@ def _convert(net: CaffeNet, params: ParamSource, options: ConvertOptions, symbol
         if blob not in current:
             close = difflib.get_close_matches(blob, list(current), n=3)
             hint = f" (closest: {', '.join(close)})" if close else ""
-            raise CaffeFormatError(f"{net.source}: --expose {blob}: the net has no blob of that name{hint}; "
-                                   "run 'camcaffe inspect' to list the blobs")
+            raise CaffeFormatError(
+                f"{net.source}: --expose {blob}: the net has no blob of that name{hint}; "
+                "run 'camcaffe inspect' to list the blobs"
+            )
         if current[blob] not in outputs:
             outputs.append(current[blob])
     return ConvertedNet(

@@ -14,6 +14,7 @@ class GraphBuilder:
         self.nodes: list[NodeProto] = []
         self.initializers: dict[str, np.ndarray] = {}
         self._used: set[str] = set(reserved_names)
+        self._node_names: set[str] = set()
 
     def unique(self, base: str) -> str:
         if base not in self._used:
@@ -24,6 +25,16 @@ class GraphBuilder:
             index += 1
         name = f"{base}_{index}"
         self._used.add(name)
+        return name
+
+    def _unique_node_name(self, base: str) -> str:
+        # Node names are a namespace of their own: the final node of a layer is named exactly
+        # after the Caffe layer even when a tensor (its top) has the same name.
+        name, index = base, 0
+        while name in self._node_names:
+            index += 1
+            name = f"{base}_{index}"
+        self._node_names.add(name)
         return name
 
     def reserve(self, name: str) -> str:
@@ -51,7 +62,7 @@ class GraphBuilder:
             outputs = [self.unique(f"{name or op_type}:out")]
         elif isinstance(outputs, str):
             outputs = [outputs]
-        node_name = self.unique(name or f"{op_type}:{outputs[0]}")
+        node_name = self._unique_node_name(name or f"{op_type}:{outputs[0]}")
         attrs = {key: value for key, value in attributes.items() if value is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=node_name, **attrs))
         return outputs[0]

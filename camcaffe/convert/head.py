@@ -34,23 +34,33 @@ def detect_cam_head(net: CaffeNet, converted: ConvertedNet) -> dict | None:
             if shape and _covers_map(layer, shape):
                 head = _follow_classifier(net, index, converted)
                 if head is not None:
-                    head.update(feature_blob=layer.bottom[0], feature_tensor=inputs[0], pool_layer=layer.name,
-                                feature_shape=shape[1:])
+                    head.update(
+                        feature_blob=layer.bottom[0],
+                        feature_tensor=inputs[0],
+                        pool_layer=layer.name,
+                        feature_shape=shape[1:],
+                    )
                     found = head
                 else:
                     class_conv = _class_conv_before(layer.bottom[0], producer)
                     if class_conv is not None:
-                        found = {"kind": "class_conv", "fc_layer": class_conv.name,
-                                 "num_classes": int(class_conv.convolution_param.num_output),
-                                 "feature_blob": layer.bottom[0], "feature_tensor": inputs[0],
-                                 "pool_layer": layer.name, "feature_shape": shape[1:],
-                                 "prob_blob": _softmax_after(net, index, layer.top[0])}
+                        found = {
+                            "kind": "class_conv",
+                            "fc_layer": class_conv.name,
+                            "num_classes": int(class_conv.convolution_param.num_output),
+                            "feature_blob": layer.bottom[0],
+                            "feature_tensor": inputs[0],
+                            "pool_layer": layer.name,
+                            "feature_shape": shape[1:],
+                            "prob_blob": _softmax_after(net, index, layer.top[0]),
+                        }
         names = converted.layers.get(layer.name)
         for top in layer.top:
             producer.setdefault(top, [])
             producer[top].append(layer)  # type: ignore[union-attr]
-            tensors_at[top] = converted.blob_tensors.get(top, top) if names is None else _tensor_for(
-                converted, layer, top)
+            tensors_at[top] = (
+                converted.blob_tensors.get(top, top) if names is None else _tensor_for(converted, layer, top)
+            )
     return found
 
 
@@ -81,15 +91,23 @@ def _follow_classifier(net: CaffeNet, pool_index: int, converted: ConvertedNet) 
             blob = layer.top[0]
             continue
         if layer.type == "InnerProduct":
-            return {"kind": "gap_linear", "fc_layer": layer.name,
-                    "num_classes": int(layer.inner_product_param.num_output),
-                    "weights": f"{layer.name}_W", "bias": f"{layer.name}_B" if layer.inner_product_param.bias_term
-                    else None, "prob_blob": _softmax_after(net, position, layer.top[0])}
+            return {
+                "kind": "gap_linear",
+                "fc_layer": layer.name,
+                "num_classes": int(layer.inner_product_param.num_output),
+                "weights": f"{layer.name}_W",
+                "bias": f"{layer.name}_B" if layer.inner_product_param.bias_term else None,
+                "prob_blob": _softmax_after(net, position, layer.top[0]),
+            }
         if layer.type == "Convolution" and _is_pointwise(layer):
-            return {"kind": "gap_linear", "fc_layer": layer.name,
-                    "num_classes": int(layer.convolution_param.num_output), "weights": f"{layer.name}_W",
-                    "bias": f"{layer.name}_B" if layer.convolution_param.bias_term else None,
-                    "prob_blob": _softmax_after(net, position, layer.top[0])}
+            return {
+                "kind": "gap_linear",
+                "fc_layer": layer.name,
+                "num_classes": int(layer.convolution_param.num_output),
+                "weights": f"{layer.name}_W",
+                "bias": f"{layer.name}_B" if layer.convolution_param.bias_term else None,
+                "prob_blob": _softmax_after(net, position, layer.top[0]),
+            }
         return None
     return None
 
@@ -104,8 +122,9 @@ def _class_conv_before(blob: str, producer: dict):
     for layer in reversed(producer.get(blob, [])):
         if layer.type in ("ReLU", "Dropout"):
             continue
-        if layer.type == "Convolution" and all(k == 1 for k in (list(layer.convolution_param.kernel_size)
-                                                                 or [layer.convolution_param.kernel_h])):
+        if layer.type == "Convolution" and all(
+            k == 1 for k in (list(layer.convolution_param.kernel_size) or [layer.convolution_param.kernel_h])
+        ):
             return layer
         return None
     return None

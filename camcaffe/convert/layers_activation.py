@@ -130,7 +130,9 @@ def log(ctx: LayerContext) -> list[Shape]:
 
 @converter("Threshold")
 def threshold(ctx: LayerContext) -> list[Shape]:
-    above = ctx.node("Greater", [ctx.inputs[0], _scalar(ctx, "threshold", float(ctx.layer.threshold_param.threshold))])
+    above = ctx.node(
+        "Greater", [ctx.inputs[0], _scalar(ctx, "threshold", float(ctx.layer.threshold_param.threshold))]
+    )
     ctx.node("Cast", [above], ctx.outputs, to=1)
     return [ctx.shape]
 

@@ -22,11 +22,20 @@ def _conv_geometry(ctx: LayerContext) -> tuple[list[int], list[int], list[int], 
     num_spatial = rank - 2
     if num_spatial < 1:
         raise LayerRefused(f"needs a blob with spatial axes, got shape {tuple(ctx.shape)}")
-    kernel = spatial_values(param.kernel_size, _optional(param, "kernel_h"), _optional(param, "kernel_w"),
-                            num_spatial, None, "kernel_size")
-    stride = spatial_values(param.stride, _optional(param, "stride_h"), _optional(param, "stride_w"),
-                            num_spatial, 1, "stride")
-    pad = spatial_values(param.pad, _optional(param, "pad_h"), _optional(param, "pad_w"), num_spatial, 0, "pad")
+    kernel = spatial_values(
+        param.kernel_size,
+        _optional(param, "kernel_h"),
+        _optional(param, "kernel_w"),
+        num_spatial,
+        None,
+        "kernel_size",
+    )
+    stride = spatial_values(
+        param.stride, _optional(param, "stride_h"), _optional(param, "stride_w"), num_spatial, 1, "stride"
+    )
+    pad = spatial_values(
+        param.pad, _optional(param, "pad_h"), _optional(param, "pad_w"), num_spatial, 0, "pad"
+    )
     dilation = spatial_values(param.dilation, None, None, num_spatial, 1, "dilation")
     if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0:
         raise LayerRefused(f"kernel {kernel}, stride {stride} and dilation {dilation} must be positive")
@@ -41,8 +50,9 @@ def _conv_counts(ctx: LayerContext) -> tuple[int, int, int]:
     if num_output <= 0:
         raise LayerRefused("convolution_param.num_output must be set and positive")
     if group <= 0 or channels % group or num_output % group:
-        raise LayerRefused(f"group {group} must divide both the input channels ({channels}) and num_output "
-                           f"({num_output})")
+        raise LayerRefused(
+            f"group {group} must divide both the input channels ({channels}) and num_output ({num_output})"
+        )
     return channels, num_output, group
 
 
@@ -60,11 +70,21 @@ def convolution(ctx: LayerContext) -> list[Shape]:
     for size, k, s, p, d in zip(ctx.shape[2:], kernel, stride, pad, dilation, strict=True):
         out = (size + 2 * p - (d * (k - 1) + 1)) // s + 1
         if out <= 0:
-            raise LayerRefused(f"kernel {kernel} (dilation {dilation}) is larger than the padded input "
-                               f"{tuple(ctx.shape[2:])}")
+            raise LayerRefused(
+                f"kernel {kernel} (dilation {dilation}) is larger than the padded input "
+                f"{tuple(ctx.shape[2:])}"
+            )
         spatial.append(out)
-    ctx.node("Conv", inputs, ctx.outputs, kernel_shape=kernel, strides=stride, pads=pad + pad,
-             dilations=dilation, group=group)
+    ctx.node(
+        "Conv",
+        inputs,
+        ctx.outputs,
+        kernel_shape=kernel,
+        strides=stride,
+        pads=pad + pad,
+        dilations=dilation,
+        group=group,
+    )
     return [[ctx.shape[0], num_output, *spatial]]
 
 
@@ -84,8 +104,16 @@ def deconvolution(ctx: LayerContext) -> list[Shape]:
         if out <= 0:
             raise LayerRefused(f"padding {pad} leaves no output for input {tuple(ctx.shape[2:])}")
         spatial.append(out)
-    ctx.node("ConvTranspose", inputs, ctx.outputs, kernel_shape=kernel, strides=stride, pads=pad + pad,
-             dilations=dilation, group=group)
+    ctx.node(
+        "ConvTranspose",
+        inputs,
+        ctx.outputs,
+        kernel_shape=kernel,
+        strides=stride,
+        pads=pad + pad,
+        dilations=dilation,
+        group=group,
+    )
     return [[ctx.shape[0], num_output, *spatial]]
 
 
@@ -113,7 +141,9 @@ def inner_product(ctx: LayerContext) -> list[Shape]:
     leading = shape[:axis]
     if axis == 0:
         ctx.batch_axis_kept = False
-    flat = ctx.node("Reshape", [ctx.inputs[0], ctx.const("flat_shape", [0] * axis + [depth] if axis else [1, depth])])
+    flat = ctx.node(
+        "Reshape", [ctx.inputs[0], ctx.const("flat_shape", [0] * axis + [depth] if axis else [1, depth])]
+    )
     weight = blobs[0] if param.transpose else np.ascontiguousarray(blobs[0].T)
     product_out = ctx.node("MatMul", [flat, ctx.weight("W", weight)])
     if param.bias_term:
@@ -146,8 +176,14 @@ def pooling(ctx: LayerContext) -> list[Shape]:
     if param.global_pooling:
         if param.HasField("kernel_size") or param.HasField("kernel_h") or param.HasField("kernel_w"):
             raise LayerRefused("global_pooling cannot be combined with a kernel size")
-        if (param.pad or param.pad_h or param.pad_w or param.stride != 1 or param.stride_h > 1
-                or param.stride_w > 1):
+        if (
+            param.pad
+            or param.pad_h
+            or param.pad_w
+            or param.stride != 1
+            or param.stride_h > 1
+            or param.stride_w > 1
+        ):
             raise LayerRefused("global_pooling needs pad 0 and stride 1")
         ctx.node("GlobalMaxPool" if op_max else "GlobalAveragePool", [ctx.inputs[0]], ctx.outputs)
         return [[shape[0], shape[1], 1, 1]]
@@ -166,8 +202,10 @@ def pooling(ctx: LayerContext) -> list[Shape]:
     else:
         pad = [int(param.pad)] * 2
     if param.HasField("stride_h") or param.HasField("stride_w"):
-        stride = [int(param.stride_h) if param.HasField("stride_h") else 1,
-                  int(param.stride_w) if param.HasField("stride_w") else 1]
+        stride = [
+            int(param.stride_h) if param.HasField("stride_h") else 1,
+            int(param.stride_w) if param.HasField("stride_w") else 1,
+        ]
     else:
         stride = [int(param.stride)] * 2
     if min(kernel) <= 0 or min(stride) <= 0:
@@ -175,8 +213,10 @@ def pooling(ctx: LayerContext) -> list[Shape]:
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise LayerRefused(f"pad {pad} must be smaller than the kernel {kernel}")
     ceil_mode = param.round_mode == param.CEIL
-    out = [pooled_size(s, k, st, p, ceil_mode) for s, k, st, p in zip((height, width), kernel, stride, pad,
-                                                                        strict=True)]
+    out = [
+        pooled_size(s, k, st, p, ceil_mode)
+        for s, k, st, p in zip((height, width), kernel, stride, pad, strict=True)
+    ]
     if min(out) <= 0:
         raise LayerRefused(f"kernel {kernel} is larger than the padded input {(height, width)}")
     source = ctx.inputs[0]
@@ -189,10 +229,15 @@ def pooling(ctx: LayerContext) -> list[Shape]:
         begin = [0, 0]
         padded = (height + 2 * pad[0], width + 2 * pad[1])
         if any(pad):
-            source = ctx.node("Pad", [source, ctx.const("pads", [0, 0, pad[0], pad[1], 0, 0, pad[0], pad[1]])],
-                              mode="constant")
-    end = [max(0, (o - 1) * s + k - size - b) for o, s, k, size, b in zip(out, stride, kernel, padded, begin,
-                                                                          strict=True)]
+            source = ctx.node(
+                "Pad",
+                [source, ctx.const("pads", [0, 0, pad[0], pad[1], 0, 0, pad[0], pad[1]])],
+                mode="constant",
+            )
+    end = [
+        max(0, (o - 1) * s + k - size - b)
+        for o, s, k, size, b in zip(out, stride, kernel, padded, begin, strict=True)
+    ]
     for axis in range(2):
         onnx_out = (padded[axis] + begin[axis] + end[axis] - kernel[axis]) // stride[axis] + 1
         if onnx_out != out[axis]:

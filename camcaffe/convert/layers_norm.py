@@ -21,17 +21,32 @@ def lrn(ctx: LayerContext) -> list[Shape]:
     if size % 2 == 0 or size <= 0:
         raise LayerRefused(f"local_size must be a positive odd number, got {size}")
     if param.norm_region == param.ACROSS_CHANNELS:
-        ctx.node("LRN", ctx.inputs[:1], ctx.outputs, size=size, alpha=float(param.alpha), beta=float(param.beta),
-                 bias=float(param.k))
+        ctx.node(
+            "LRN",
+            ctx.inputs[:1],
+            ctx.outputs,
+            size=size,
+            alpha=float(param.alpha),
+            beta=float(param.beta),
+            bias=float(param.k),
+        )
         return [ctx.shape]
     # WITHIN_CHANNEL: x * (1 + alpha * mean of x^2 over a size x size window, zero padded)^-beta; k unused.
     x = ctx.inputs[0]
     pad = (size - 1) // 2
     squared = ctx.node("Mul", [x, x])
-    averaged = ctx.node("AveragePool", [squared], kernel_shape=[size, size], strides=[1, 1], pads=[pad] * 4,
-                        count_include_pad=1)
-    scaled = ctx.node("Add", [ctx.node("Mul", [averaged, _scalar(ctx, "alpha", float(param.alpha))]),
-                              _scalar(ctx, "one", 1.0)])
+    averaged = ctx.node(
+        "AveragePool",
+        [squared],
+        kernel_shape=[size, size],
+        strides=[1, 1],
+        pads=[pad] * 4,
+        count_include_pad=1,
+    )
+    scaled = ctx.node(
+        "Add",
+        [ctx.node("Mul", [averaged, _scalar(ctx, "alpha", float(param.alpha))]), _scalar(ctx, "one", 1.0)],
+    )
     factor = ctx.node("Pow", [scaled, _scalar(ctx, "neg_beta", -float(param.beta))])
     ctx.node("Mul", [x, factor], ctx.outputs)
     return [ctx.shape]
@@ -54,10 +69,18 @@ def batch_norm(ctx: LayerContext) -> list[Shape]:
             raise LayerRefused("BatchNorm on a 1-D blob is not supported")
         ones = np.ones(channels, dtype=np.float32)
         zeros = np.zeros(channels, dtype=np.float32)
-        ctx.node("BatchNormalization",
-                 [ctx.inputs[0], ctx.weight("gamma_one", ones), ctx.weight("beta_zero", zeros),
-                  ctx.weight("mean", mean), ctx.weight("var", variance)],
-                 ctx.outputs, epsilon=eps)
+        ctx.node(
+            "BatchNormalization",
+            [
+                ctx.inputs[0],
+                ctx.weight("gamma_one", ones),
+                ctx.weight("beta_zero", zeros),
+                ctx.weight("mean", mean),
+                ctx.weight("var", variance),
+            ],
+            ctx.outputs,
+            epsilon=eps,
+        )
         return [shape]
     # use_global_stats: false normalises with the statistics of the batch itself, as Caffe does.
     axes = [0] + list(range(2, len(shape)))
@@ -70,16 +93,19 @@ def batch_norm(ctx: LayerContext) -> list[Shape]:
     return [shape]
 
 
-def _scale_like(ctx: LayerContext, op_type: str, axis_value: int, num_axes_value: int,
-                extra_blob: bool) -> list[Shape]:
+def _scale_like(
+    ctx: LayerContext, op_type: str, axis_value: int, num_axes_value: int, extra_blob: bool
+) -> list[Shape]:
     shape = ctx.shape
     rank = len(shape)
     if len(ctx.inputs) == 2:
         other = ctx.input_shapes[1]
         axis = 0 if not other else canonical_axis(axis_value, rank, "axis")
         if list(shape[axis : axis + len(other)]) != list(other):
-            raise LayerRefused(f"second bottom shape {tuple(other)} does not match bottom shape {tuple(shape)} "
-                               f"from axis {axis}")
+            raise LayerRefused(
+                f"second bottom shape {tuple(other)} does not match bottom shape {tuple(shape)} "
+                f"from axis {axis}"
+            )
         target = list(other) + [1] * (rank - axis - len(other))
         factor = ctx.node("Reshape", [ctx.inputs[1], ctx.const("broadcast_shape", target)])
         result_shape = shape
@@ -99,8 +125,9 @@ def _scale_like(ctx: LayerContext, op_type: str, axis_value: int, num_axes_value
     if extra_blob:
         blobs_expected.append(param_shape if len(ctx.inputs) == 1 else tuple(ctx.input_shapes[1]))
     blobs = ctx.params(blobs_expected) if blobs_expected else []
-    broadcast = (param_shape if len(ctx.inputs) == 1 else tuple(ctx.input_shapes[1])) + \
-        (1,) * (rank - axis - len(param_shape if len(ctx.inputs) == 1 else ctx.input_shapes[1]))
+    broadcast = (param_shape if len(ctx.inputs) == 1 else tuple(ctx.input_shapes[1])) + (1,) * (
+        rank - axis - len(param_shape if len(ctx.inputs) == 1 else ctx.input_shapes[1])
+    )
     index = 0
     if not factor:
         factor = ctx.weight("W" if op_type == "Mul" else "B", blobs[0].reshape(broadcast))

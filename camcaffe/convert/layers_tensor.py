@@ -26,11 +26,15 @@ def eltwise(ctx: LayerContext) -> list[Shape]:
         raise LayerRefused(f"{len(coeffs)} coeff values for {len(ctx.inputs)} bottoms; give one per bottom")
     if param.operation == param.SUM:
         terms = []
-        for index, (tensor, coeff) in enumerate(zip(ctx.inputs, coeffs or [1.0] * len(ctx.inputs), strict=True)):
+        for index, (tensor, coeff) in enumerate(
+            zip(ctx.inputs, coeffs or [1.0] * len(ctx.inputs), strict=True)
+        ):
             if coeff == 1.0:
                 terms.append(tensor)
             else:
-                terms.append(ctx.node("Mul", [tensor, ctx.const(f"coeff{index}", np.float32(coeff), np.float32)]))
+                terms.append(
+                    ctx.node("Mul", [tensor, ctx.const(f"coeff{index}", np.float32(coeff), np.float32)])
+                )
         ctx.node("Sum", terms, ctx.outputs)
     elif param.operation == param.PROD:
         value = ctx.inputs[0]
@@ -54,9 +58,12 @@ def concat(ctx: LayerContext) -> list[Shape]:
         raise LayerRefused(f"concat_dim {axis} is out of range for a {rank}-D blob")
     total = 0
     for other in ctx.input_shapes:
-        if len(other) != rank or any(a != b for i, (a, b) in enumerate(zip(other, ctx.shape, strict=True))
-                                     if i != axis):
-            raise LayerRefused(f"bottom shapes {tuple(ctx.shape)} and {tuple(other)} differ outside axis {axis}")
+        if len(other) != rank or any(
+            a != b for i, (a, b) in enumerate(zip(other, ctx.shape, strict=True)) if i != axis
+        ):
+            raise LayerRefused(
+                f"bottom shapes {tuple(ctx.shape)} and {tuple(other)} differ outside axis {axis}"
+            )
         total += other[axis]
     if axis == 0:
         ctx.batch_axis_kept = len(ctx.inputs) == 1
@@ -81,7 +88,9 @@ def slice_layer(ctx: LayerContext) -> list[Shape]:
     points = [int(p) for p in param.slice_point]
     if points:
         if len(points) != count - 1:
-            raise LayerRefused(f"{len(points)} slice_point values for {count} tops; give one fewer than the tops")
+            raise LayerRefused(
+                f"{len(points)} slice_point values for {count} tops; give one fewer than the tops"
+            )
         bounds = [0, *points, size]
         if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
             raise LayerRefused(f"slice_point {points} must increase strictly within (0, {size})")
@@ -203,8 +212,10 @@ def crop(ctx: LayerContext) -> list[Shape]:
     for index, offset in enumerate(offsets):
         dim = axis + index
         if offset + reference[dim] > shape[dim]:
-            raise LayerRefused(f"crop of axis {dim} at offset {offset} to size {reference[dim]} exceeds its size "
-                               f"{shape[dim]}")
+            raise LayerRefused(
+                f"crop of axis {dim} at offset {offset} to size {reference[dim]} exceeds its size "
+                f"{shape[dim]}"
+            )
         out[dim] = reference[dim]
         if dim == 0:
             if offset == 0 and reference[0] == shape[0]:
@@ -216,8 +227,11 @@ def crop(ctx: LayerContext) -> list[Shape]:
         ends.append(offset + reference[dim])
         axes.append(dim)
     if axes:
-        ctx.node("Slice", [ctx.inputs[0], ctx.const("starts", starts), ctx.const("ends", ends),
-                           ctx.const("axes", axes)], ctx.outputs)
+        ctx.node(
+            "Slice",
+            [ctx.inputs[0], ctx.const("starts", starts), ctx.const("ends", ends), ctx.const("axes", axes)],
+            ctx.outputs,
+        )
     else:
         ctx.node("Identity", ctx.inputs[:1], ctx.outputs)
     return [out]
@@ -263,13 +277,32 @@ def argmax(ctx: LayerContext) -> list[Shape]:
     return [out]
 
 
-def _top_k_last_index_first(ctx: LayerContext, tensor: str, axis: int, size: int, top_k: int) -> tuple[str, str]:
+def _top_k_last_index_first(
+    ctx: LayerContext, tensor: str, axis: int, size: int, top_k: int
+) -> tuple[str, str]:
     """TopK whose ties go to the larger index, as Caffe's sort of (value, index) pairs does."""
-    reversed_tensor = ctx.node("Slice", [tensor, ctx.const("rev_starts", [-1]), ctx.const("rev_ends", [INT64_MIN]),
-                                         ctx.const("rev_axes", [axis]), ctx.const("rev_steps", [-1])])
-    values, reversed_indices = (ctx.graph.unique(f"{ctx.name}/topk_values"),
-                                ctx.graph.unique(f"{ctx.name}/topk_indices"))
-    ctx.graph.node("TopK", [reversed_tensor, ctx.const("k", [top_k])], [values, reversed_indices],
-                   name=f"{ctx.name}/TopK", axis=axis, largest=1, sorted=1)
+    reversed_tensor = ctx.node(
+        "Slice",
+        [
+            tensor,
+            ctx.const("rev_starts", [-1]),
+            ctx.const("rev_ends", [INT64_MIN]),
+            ctx.const("rev_axes", [axis]),
+            ctx.const("rev_steps", [-1]),
+        ],
+    )
+    values, reversed_indices = (
+        ctx.graph.unique(f"{ctx.name}/topk_values"),
+        ctx.graph.unique(f"{ctx.name}/topk_indices"),
+    )
+    ctx.graph.node(
+        "TopK",
+        [reversed_tensor, ctx.const("k", [top_k])],
+        [values, reversed_indices],
+        name=f"{ctx.name}/TopK",
+        axis=axis,
+        largest=1,
+        sorted=1,
+    )
     indices = ctx.node("Sub", [ctx.const("last", np.int64(size - 1)), reversed_indices])
     return values, ctx.node("Cast", [indices], to=1)

@@ -36,7 +36,9 @@ def _value_info(name: str, shape: list[int] | None, batch_led: bool) -> onnx.Val
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def build_model(converted: ConvertedNet, metadata: dict[str, str], with_initializers: bool) -> onnx.ModelProto:
+def build_model(
+    converted: ConvertedNet, metadata: dict[str, str], with_initializers: bool
+) -> onnx.ModelProto:
     builder = converted.builder
     inputs = [_value_info(name, shape, converted.symbolic_batch) for name, shape in converted.inputs]
     outputs = [
@@ -45,7 +47,9 @@ def build_model(converted: ConvertedNet, metadata: dict[str, str], with_initiali
     ]
     initializers = []
     if with_initializers:
-        initializers = [_tensor_header(name, array, with_data=True) for name, array in builder.initializers.items()]
+        initializers = [
+            _tensor_header(name, array, with_data=True) for name, array in builder.initializers.items()
+        ]
     graph = helper.make_graph(builder.nodes, converted.name or "caffe_net", inputs, outputs, initializers)
     model = helper.make_model(
         graph,
@@ -69,7 +73,9 @@ def _tensor_header(name: str, array: np.ndarray, with_data: bool = False) -> Ten
     tensor.data_type = _onnx_dtype(array)
     tensor.dims.extend(array.shape)
     if with_data:
-        tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        tensor.raw_data = (
+            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
     return tensor
 
 
@@ -80,8 +86,12 @@ def _little_endian_bytes(array: np.ndarray) -> memoryview:
     return memoryview(contiguous).cast("B")
 
 
-def write_model(converted: ConvertedNet, path: str | os.PathLike, metadata: dict[str, str],
-                external_data: bool | None = None) -> list[Path]:
+def write_model(
+    converted: ConvertedNet,
+    path: str | os.PathLike,
+    metadata: dict[str, str],
+    external_data: bool | None = None,
+) -> list[Path]:
     """Write the ONNX file (and `<name>.data` when weights go external) atomically; return the paths."""
     path = Path(path)
     total = sum(array.nbytes for array in converted.builder.initializers.values())
@@ -99,7 +109,9 @@ def write_model(converted: ConvertedNet, path: str | os.PathLike, metadata: dict
             else:
                 pieces = list(_inline_initializers(converted))
             graph_len = sum(len(head) + (len(body) if body is not None else 0) for head, body in pieces)
-            out.write(wire.encode_key(_MODEL_GRAPH_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(graph_len))
+            out.write(
+                wire.encode_key(_MODEL_GRAPH_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(graph_len)
+            )
             for head, body in pieces:
                 out.write(head)
                 if body is not None:
@@ -118,15 +130,22 @@ def _inline_initializers(converted: ConvertedNet) -> Iterator[tuple[bytes, memor
     for name, array in converted.builder.initializers.items():
         header = _tensor_header(name, array).SerializeToString()
         payload = _little_endian_bytes(array)
-        raw_head = wire.encode_key(_TENSOR_RAW_DATA_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(payload.nbytes)
+        raw_head = wire.encode_key(_TENSOR_RAW_DATA_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(
+            payload.nbytes
+        )
         tensor_len = len(header) + len(raw_head) + payload.nbytes
-        head = (wire.encode_key(_GRAPH_INITIALIZER_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(tensor_len)
-                + header + raw_head)
+        head = (
+            wire.encode_key(_GRAPH_INITIALIZER_FIELD, wire.LENGTH_DELIMITED)
+            + wire.encode_varint(tensor_len)
+            + header
+            + raw_head
+        )
         yield head, payload
 
 
-def _external_initializers(converted: ConvertedNet, data_file: Path,
-                           location: str) -> Iterator[tuple[bytes, memoryview | None]]:
+def _external_initializers(
+    converted: ConvertedNet, data_file: Path, location: str
+) -> Iterator[tuple[bytes, memoryview | None]]:
     offset = 0
     with open(data_file, "wb") as data_out:
         for name, array in converted.builder.initializers.items():
@@ -138,9 +157,18 @@ def _external_initializers(converted: ConvertedNet, data_file: Path,
             data_out.write(payload)
             tensor = _tensor_header(name, array)
             tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(payload.nbytes))):
+            for key, value in (
+                ("location", location),
+                ("offset", str(offset)),
+                ("length", str(payload.nbytes)),
+            ):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
             offset += payload.nbytes
             body = tensor.SerializeToString()
-            yield wire.encode_key(_GRAPH_INITIALIZER_FIELD, wire.LENGTH_DELIMITED) + wire.encode_varint(len(body)) + body, None
+            yield (
+                wire.encode_key(_GRAPH_INITIALIZER_FIELD, wire.LENGTH_DELIMITED)
+                + wire.encode_varint(len(body))
+                + body,
+                None,
+            )

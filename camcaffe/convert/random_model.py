@@ -11,14 +11,18 @@ from camcaffe.convert.registry import is_supported
 from camcaffe.convert.weights import RandomWeights
 
 
-def write_random_caffemodel(prototxt: str | os.PathLike, output: str | os.PathLike, seed: int = 0,
-                            v1: bool = False) -> RandomWeights:
+def write_random_caffemodel(
+    prototxt: str | os.PathLike, output: str | os.PathLike, seed: int = 0, v1: bool = False
+) -> RandomWeights:
     """Every parametrised layer of the net gets random blobs of the shapes Caffe expects."""
     net = load_net(prototxt, is_supported)
     weights = RandomWeights(seed=seed)
     convert_net(net, weights, ConvertOptions())
     # Like Caffe, store every layer (those without parameters have no blobs).
-    layers = [(layer.name, layer.type, weights.record.get(layer.name, (layer.type, []))[1]) for layer in net.layers
-              if not v1 or layer.type != "Input"]
+    layers = [
+        (layer.name, layer.type, weights.record.get(layer.name, (layer.type, []))[1])
+        for layer in net.layers
+        if not v1 or layer.type != "Input"
+    ]
     write_caffemodel(output, layers, v1=v1)
     return weights

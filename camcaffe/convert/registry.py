@@ -32,8 +32,12 @@ def converter(*type_names: str) -> Callable[[Converter], Converter]:
     return register
 
 
+_loaded = False
+
+
 def _load_converters() -> None:
-    # Importing the families registers their converters.
+    # Importing the families registers their converters (a family may already be imported alone).
+    global _loaded
     from camcaffe.convert import (  # noqa: F401
         layers_activation,
         layers_conv,
@@ -41,15 +45,17 @@ def _load_converters() -> None:
         layers_tensor,
     )
 
+    _loaded = True
+
 
 def get_converter(type_name: str) -> Converter | None:
-    if not _CONVERTERS:
+    if not _loaded:
         _load_converters()
     return _CONVERTERS.get(type_name)
 
 
 def supported_types() -> list[str]:
-    if not _CONVERTERS:
+    if not _loaded:
         _load_converters()
     return sorted(_CONVERTERS)
 
@@ -96,9 +102,16 @@ class LayerContext:
     def const(self, suffix: str, values: Any, dtype: Any = np.int64) -> str:
         return self.graph.constant(f"{self.layer.name}/{suffix}", values, dtype)
 
-    def node(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | str | None = None,
-             **attributes: Any) -> str:
-        final = outputs is not None and list([outputs] if isinstance(outputs, str) else outputs) == self.outputs
+    def node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str] | str | None = None,
+        **attributes: Any,
+    ) -> str:
+        final = (
+            outputs is not None and list([outputs] if isinstance(outputs, str) else outputs) == self.outputs
+        )
         name = self.layer.name if final else f"{self.layer.name}/{op_type}"
         if outputs is None:
             outputs = [self.graph.unique(f"{self.layer.name}/{op_type}:out")]
@@ -110,7 +123,9 @@ class LayerContext:
 
 def refuse_all(unsupported: list[tuple[str, str, str]], source: str) -> UnsupportedLayerError:
     """One error listing every layer that cannot be converted: (name, type, reason)."""
-    parts = [f"'{name}' ({type_name}{': ' + reason if reason else ''})" for name, type_name, reason in unsupported]
+    parts = [
+        f"'{name}' ({type_name}{': ' + reason if reason else ''})" for name, type_name, reason in unsupported
+    ]
     types = sorted({type_name for _, type_name, reason in unsupported if not reason})
     hint = f" unsupported type(s): {', '.join(types)};" if types else ""
     return UnsupportedLayerError(

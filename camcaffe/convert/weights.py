@@ -77,8 +77,10 @@ class CaffemodelWeights:
                 f"{path}: has weights for none of the layers of {source} (missing {names}{more}); it holds "
                 f"layers such as {held}: is it the caffemodel of another net?"
             )
-        raise WeightsError(f"{path}: no weights for layer(s) {names}{more} of {source}; is it the caffemodel for "
-                           "this prototxt (layer names must match)?")
+        raise WeightsError(
+            f"{path}: no weights for layer(s) {names}{more} of {source}; is it the caffemodel for "
+            "this prototxt (layer names must match)?"
+        )
 
 
 @dataclass
@@ -97,9 +99,17 @@ class RandomWeights:
         arrays: list[np.ndarray] = []
         for index, shape in enumerate(expected):
             if layer.type == "BatchNorm":
-                values = [rng.normal(0, 0.5, shape), rng.uniform(0.5, 2.0, shape), rng.uniform(0.5, 2.0, shape)][index]
+                values = [
+                    rng.normal(0, 0.5, shape),
+                    rng.uniform(0.5, 2.0, shape),
+                    rng.uniform(0.5, 2.0, shape),
+                ][index]
             elif layer.type in ("Scale", "Bias"):
-                values = rng.uniform(0.5, 1.5, shape) if index == 0 and layer.type == "Scale" else rng.normal(0, 0.2, shape)
+                values = (
+                    rng.uniform(0.5, 1.5, shape)
+                    if index == 0 and layer.type == "Scale"
+                    else rng.normal(0, 0.2, shape)
+                )
             elif layer.type == "PReLU":
                 values = rng.uniform(0.0, 0.5, shape)
             elif index == 0:
