@@ -23,6 +23,8 @@ class ConvertOptions:
     batch: int | None = None  # None: symbolic batch dimension
     expose: list[str] = field(default_factory=list)
     expose_all: bool = False
+    # Replace declared input shapes (pycaffe's blob.reshape); batch still follows `batch`.
+    input_shapes: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -101,7 +103,10 @@ def _convert(
     for layer, names in zip(net.layers, tensor_names, strict=True):
         if layer.type == "Input":
             for top, name in zip(layer.top, names, strict=True):
-                shape = list(net.input_shapes[top])
+                overrides = options.input_shapes or {}
+                shape = list(overrides.get(top, net.input_shapes[top]))
+                if top in overrides:
+                    check_blob_shape(shape, f"{net.source}: input '{top}'")
                 if options.batch is not None:
                     shape[0] = options.batch
                 inputs.append((name, shape))
