@@ -55,10 +55,15 @@ def _probe_cuda() -> bool:
     with _quiet_logs():
         preload = getattr(ort, "preload_dlls", None)
         if preload is not None:
-            with contextlib.suppress(Exception), open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            with (
+                contextlib.suppress(Exception),
+                open(os.devnull, "w") as sink,
+                contextlib.redirect_stdout(sink),
+            ):
                 preload()
         graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["x"], ["y"])], "probe",
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "probe",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
         )
@@ -78,8 +83,10 @@ def choose_providers(preference: str = "auto") -> list[str]:
     if cuda_usable():
         return [CUDA, CPU]
     if preference == "cuda":
-        raise CamcaffeError("--provider cuda: the CUDA execution provider is not usable here (no GPU, or "
-                            "onnxruntime-gpu without CUDA 12/13 + cuDNN 9); use --provider auto or cpu")
+        raise CamcaffeError(
+            "--provider cuda: the CUDA execution provider is not usable here (no GPU, or "
+            "onnxruntime-gpu without CUDA 12/13 + cuDNN 9); use --provider auto or cpu"
+        )
     return [CPU]
 
 
@@ -96,7 +103,9 @@ class ModelInfo:
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            raise OnnxModelError(f"metadata camcaffe.{key} is not valid JSON; convert the model again") from None
+            raise OnnxModelError(
+                f"metadata camcaffe.{key} is not valid JSON; convert the model again"
+            ) from None
 
     @property
     def blobs(self) -> dict[str, str]:
@@ -127,8 +136,13 @@ class ModelInfo:
 class ModelSession:
     """One ONNX model, run with the chosen providers; sessions are cached per set of outputs."""
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, provider: str = "auto",
-                 threads: int | None = None, source: str | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto | str | os.PathLike,
+        provider: str = "auto",
+        threads: int | None = None,
+        source: str | None = None,
+    ):
         from camcaffe.runtime_model import load_onnx_model
 
         if isinstance(model, onnx.ModelProto):
@@ -140,8 +154,11 @@ class ModelSession:
         self.threads = threads
         self._sessions: dict[frozenset[str], object] = {}
         self._serialized: bytes | None = None
-        self.input_names = [i.name for i in self.model.graph.input
-                            if i.name not in {t.name for t in self.model.graph.initializer}]
+        self.input_names = [
+            i.name
+            for i in self.model.graph.input
+            if i.name not in {t.name for t in self.model.graph.initializer}
+        ]
         self.output_names = [o.name for o in self.model.graph.output]
         self._tensor_names = self._all_tensor_names()
 
@@ -196,7 +213,9 @@ class ModelSession:
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise OnnxModelError(f"{self.source}: no blob or tensor named '{name}'{hint}")
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run and return the requested blobs/tensors by the names asked for."""
         names = list(outputs) if outputs is not None else list(self.output_names)
         tensors = [self.tensor_for(n) for n in names]

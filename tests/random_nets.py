@@ -119,9 +119,10 @@ def layer_types(prototxt_text: str) -> list[str]:
 def caffemodel_layers(
     prototxt_text: str, weights: dict[str, list[np.ndarray]]
 ) -> list[tuple[str, str, list[np.ndarray]]]:
-    """(name, type, blobs) triples for `write_caffemodel`, in net order."""
+    """(name, type, blobs) triples for `write_caffemodel`: every layer in net order, as Caffe's
+    Net::ToProto writes them (layers without parameters have no blobs)."""
     net = cr.parse_net(prototxt_text)
-    return [(lay.name, lay.type, weights[lay.name]) for lay in net.layer if lay.name in weights]
+    return [(lay.name, lay.type, weights.get(lay.name, [])) for lay in net.layer]
 
 
 # ------------------------------------------------------------------------------------------- builder

@@ -1,0 +1,170 @@
+"""`camcaffe cam MODEL.onnx INPUT... --out DIR`: class activation maps, boxes, overlays, results.csv."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from camcaffe.commands.convert import _floats, _ints
+from camcaffe.errors import CamcaffeError, InputFileError
+
+EXIT_SOME_FAILED = 1
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cam",
+        help="compute class activation maps, boxes and overlays for images",
+        description="Run a converted model on images and write CAM overlays, boxes and a results table.",
+    )
+    parser.add_argument("model", type=Path, help="ONNX file written by 'camcaffe convert' (or caffe2onnx)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
+    parser.add_argument("--labels", type=Path, help="label file (default: the labels embedded by convert)")
+    parser.add_argument("--feature-layer", help="feature blob to map (default: detected CAM head)")
+    parser.add_argument("--fc-layer", help="classifier layer (default: detected CAM head)")
+    parser.add_argument("--top-k", type=int, default=None, help="map the K most probable classes (default 1)")
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="NAME|INDEX",
+        help="map this class (repeatable)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
+    parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in overlays (default 0.5)")
+    parser.add_argument(
+        "--box-threshold",
+        type=float,
+        default=0.2,
+        help="box around the region above this fraction of the map's maximum (default 0.2)",
+    )
+    parser.add_argument("--save-npy", action="store_true", help="also save raw CAMs as <stem>_cam.npy")
+    parser.add_argument("--no-overlays", action="store_true", help="skip writing overlay images")
+    parser.add_argument("--json", action="store_true", help="also write results.json")
+    parser.add_argument("--mean", type=lambda t: _floats(t, "--mean"), help="override the model's mean")
+    parser.add_argument("--mean-file", type=Path, help="override with a mean image (.binaryproto/.npy)")
+    parser.add_argument("--raw-scale", type=float, help="override raw scale")
+    parser.add_argument(
+        "--channel-swap", type=lambda t: _ints(t, "--channel-swap"), help="override channel swap"
+    )
+    parser.add_argument("--input-scale", type=float, help="override input scale")
+    parser.set_defaults(run=run)
+
+
+def _prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputFileError(f"{out}: exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFileError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise InputFileError(f"{out}: output folder is not writable; choose another --out")
+
+
+def _write_results(out: Path, rows: list[dict], as_json: bool) -> None:
+    import pandas as pd
+
+    from camcaffe.atomic import write_atomic, write_json_atomic
+    from camcaffe.pipeline import RESULT_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    write_atomic(out / "results.csv", lambda handle: frame.to_csv(handle, index=False))
+    if as_json:
+        write_json_atomic(out / "results.json", rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from camcaffe.inputs import expand_inputs, output_stems
+    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, error_row, preprocess_from_metadata
+    from camcaffe.runtime import ModelSession
+
+    quiet = getattr(args, "quiet", False)
+    if args.batch_size <= 0:
+        raise CamcaffeError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CamcaffeError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {args.box_threshold}")
+    top_k = args.top_k if args.top_k is not None else (0 if args.classes else 1)
+    session = ModelSession(args.model, args.provider)
+    labels = None
+    if args.labels is not None:
+        from camcaffe.labels import load_labels
+
+        labels = load_labels(args.labels)
+    mean_image = None
+    if args.mean_file is not None:
+        from camcaffe.preprocess import load_mean_file
+
+        mean_image = load_mean_file(args.mean_file)
+    preprocess, assumed = preprocess_from_metadata(
+        session, Preprocess(args.mean, mean_image, args.raw_scale, args.channel_swap, args.input_scale)
+    )
+    settings = CamSettings(
+        top_k=top_k,
+        classes=list(args.classes),
+        alpha=args.alpha,
+        box_threshold=args.box_threshold,
+        save_npy=args.save_npy,
+        write_overlays=not args.no_overlays,
+    )
+    pipeline = CamPipeline(session, preprocess, settings, labels, args.feature_layer, args.fc_layer)
+    paths, problems = expand_inputs(args.inputs)
+    for problem in problems:
+        print(f"camcaffe: warning: {problem}", file=sys.stderr)
+    if not paths:
+        raise InputFileError(f"no images found in {' '.join(args.inputs)}")
+    _prepare_out_dir(args.out)
+    if assumed and not quiet:
+        print(
+            "camcaffe: warning: the model carries no preprocessing metadata; assuming Caffe ImageNet defaults "
+            "(BGR, 0-255, mean 104,117,123); override with --mean/--raw-scale/--channel-swap",
+            file=sys.stderr,
+        )
+    if not quiet:
+        print(
+            f"camcaffe: {len(paths)} image(s), provider {session.provider_used}, CAM of "
+            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
+            file=sys.stderr,
+        )
+    stems = output_stems(paths)
+    rows: list[dict] = []
+    failed = 0
+    from tqdm import tqdm
+
+    show_bar = len(paths) > 1 and not quiet and sys.stderr.isatty()
+    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show_bar)
+    try:
+        for start in range(0, len(paths), args.batch_size):
+            batch = paths[start : start + args.batch_size]
+            for outcome in pipeline.process(batch, stems[start : start + args.batch_size], args.out):
+                if outcome.error:
+                    failed += 1
+                    rows.append(error_row(outcome))
+                    progress.write(f"camcaffe: warning: skipped {outcome.error}", file=sys.stderr)
+                else:
+                    rows.extend(outcome.rows)
+            progress.update(len(batch))
+    except KeyboardInterrupt:
+        progress.close()
+        _write_results(args.out, rows, args.json)
+        done = len({r["image"] for r in rows})
+        print(
+            f"camcaffe: interrupted; {args.out / 'results.csv'} lists the {done} image(s) finished",
+            file=sys.stderr,
+        )
+        raise
+    progress.close()
+    _write_results(args.out, rows, args.json)
+    if not quiet:
+        print(
+            f"camcaffe: wrote {args.out / 'results.csv'}: {len(paths) - failed} image(s) done, {failed} failed",
+            file=sys.stderr,
+        )
+    return EXIT_SOME_FAILED if failed else 0

@@ -1,0 +1,289 @@
+"""The CAM pipeline: decode -> preprocess -> inference -> CAM -> box -> (overlay), in batches.
+
+One implementation for every front end (the `cam` command, scripts, a distributed runner): each
+stage is a method with plain inputs and outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camcaffe.cam import compute_cams, normalize, softmax, upsample
+from camcaffe.cam_head import CamHead, find_cam_head
+from camcaffe.errors import CamcaffeError, LabelsError
+from camcaffe.localize import box_from_cam
+from camcaffe.preprocess import Transformer, load_image
+from camcaffe.runtime import ModelSession
+
+RESULT_COLUMNS = [
+    "image",
+    "rank",
+    "class_index",
+    "label",
+    "probability",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "overlay",
+    "error",
+]
+IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
+
+
+@dataclass
+class CamSettings:
+    top_k: int = 1
+    classes: list[str] = field(default_factory=list)  # names or indices, as given
+    alpha: float = 0.5
+    box_threshold: float = 0.2
+    save_npy: bool = False
+    write_overlays: bool = True
+
+
+@dataclass
+class Preprocess:
+    mean: list[float] | None = None
+    mean_image: np.ndarray | None = None
+    raw_scale: float | None = None
+    channel_swap: list[int] | None = None
+    input_scale: float | None = None
+
+
+@dataclass
+class ImageOutcome:
+    path: Path
+    stem: str
+    rows: list[dict]
+    error: str | None = None
+    cams: np.ndarray | None = None  # (k, h, w) raw maps for the selected classes
+
+
+def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tuple[Preprocess, bool]:
+    """Metadata written by `convert`, overridden by flags; (settings, whether defaults were assumed)."""
+    meta = session.info.preprocess
+    assumed = (
+        not meta and overrides.mean is None and overrides.mean_image is None and overrides.raw_scale is None
+    )
+    base = IMAGENET_DEFAULTS if assumed else meta
+    mean_image = overrides.mean_image if overrides.mean_image is not None else session.info.mean_image()
+    return Preprocess(
+        mean=overrides.mean
+        if overrides.mean is not None
+        else (None if mean_image is not None else base.get("mean")),
+        mean_image=mean_image if overrides.mean is None else None,
+        raw_scale=overrides.raw_scale if overrides.raw_scale is not None else base.get("raw_scale"),
+        channel_swap=overrides.channel_swap
+        if overrides.channel_swap is not None
+        else base.get("channel_swap"),
+        input_scale=overrides.input_scale if overrides.input_scale is not None else base.get("input_scale"),
+    ), assumed
+
+
+class CamPipeline:
+    def __init__(
+        self,
+        session: ModelSession,
+        preprocess: Preprocess,
+        settings: CamSettings,
+        labels: list[str] | None = None,
+        feature_layer: str | None = None,
+        fc_layer: str | None = None,
+    ):
+        self.session = session
+        self.settings = settings
+        self.head: CamHead = find_cam_head(session.model, feature_layer=feature_layer, fc_layer=fc_layer)
+        self.labels = labels if labels is not None else session.info.labels
+        if self.labels is not None and len(self.labels) != self.head.num_classes:
+            raise LabelsError(
+                f"{len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
+                f"{self.head.num_classes} classes; give a matching --labels file"
+            )
+        self.input_name = session.input_names[0]
+        shape = self._input_shape()
+        self.input_hw = shape[-2:]
+        self.transformer = Transformer({self.input_name: (1, *shape[1:])})
+        self.transformer.set_transpose(self.input_name, (2, 0, 1))
+        if preprocess.channel_swap is not None:
+            self.transformer.set_channel_swap(self.input_name, preprocess.channel_swap)
+        if preprocess.raw_scale is not None:
+            self.transformer.set_raw_scale(self.input_name, preprocess.raw_scale)
+        if preprocess.mean_image is not None:
+            self.transformer.set_mean(self.input_name, preprocess.mean_image)
+        elif preprocess.mean is not None:
+            self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
+        if preprocess.input_scale is not None:
+            self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
+        self.class_indices = [self._class_index(c) for c in settings.classes]
+        if settings.top_k < 0 or settings.top_k > self.head.num_classes:
+            raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
+
+    def _input_shape(self) -> list[int]:
+        for value in self.session.model.graph.input:
+            if value.name == self.input_name:
+                dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+                if len(dims) == 4 and all(d > 0 for d in dims[1:]):
+                    return dims
+        raise CamcaffeError(f"{self.session.source}: input '{self.input_name}' has no fixed C,H,W shape")
+
+    def _class_index(self, given: str) -> int:
+        if given.lstrip("-").isdigit():
+            index = int(given)
+            if not 0 <= index < self.head.num_classes:
+                raise CamcaffeError(f"--class {given}: index out of range 0..{self.head.num_classes - 1}")
+            return index
+        if self.labels and given in self.labels:
+            return self.labels.index(given)
+        import difflib
+
+        close = difflib.get_close_matches(given, self.labels or [], n=3)
+        hint = (
+            f" (closest: {', '.join(close)})"
+            if close
+            else ""
+            if self.labels
+            else " (the model has no labels)"
+        )
+        raise CamcaffeError(f"--class {given}: no such label{hint}; give a label or a class index")
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels else f"class_{index}"
+
+    # --- stages -------------------------------------------------------------------------------------
+    def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and preprocess one image: (RGB float image in [0,1], net input C×H×W)."""
+        image = load_image(path)
+        return image, self.transformer.preprocess(self.input_name, image)
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
+        wanted = [self.head.feature_blob] + ([self.head.prob_output] if self.head.prob_output else [])
+        values = self.session.run({self.input_name: batch}, wanted)
+        features = values[self.head.feature_blob]
+        if self.head.prob_output:
+            probabilities = values[self.head.prob_output].reshape(len(batch), -1)
+        else:
+            pooled = features.mean(axis=(2, 3))
+            logits = pooled if self.head.kind == "class_conv" else pooled @ self.head.weights.T
+            if self.head.bias is not None and self.head.kind != "class_conv":
+                logits = logits + self.head.bias
+            probabilities = softmax(logits, axis=1)
+        return probabilities, features
+
+    def select_classes(self, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: the classes to map (top-k then named ones) and their ranks (1 = best)."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(
+            ranks, order, np.arange(1, order.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1
+        )
+        chosen = []
+        for row in order:
+            picked = list(row[: self.settings.top_k]) + [
+                c for c in self.class_indices if c not in row[: self.settings.top_k]
+            ]
+            chosen.append(picked)
+        classes = np.asarray(chosen, dtype=np.int64).reshape(len(order), -1)
+        return classes, np.take_along_axis(ranks, classes, axis=1)
+
+    def cams(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        return compute_cams(features, self.head.weights, classes)
+
+    def process(
+        self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
+    ) -> list[ImageOutcome]:
+        """Run one batch; an image that cannot be read is reported in its outcome, the rest go on."""
+        outcomes: list[ImageOutcome | None] = [None] * len(paths)
+        images, inputs, positions = [], [], []
+        for position, path in enumerate(paths):
+            try:
+                image, data = self.load(path)
+            except CamcaffeError as exc:
+                outcomes[position] = ImageOutcome(path, stems[position], [], error=str(exc))
+                continue
+            images.append(image)
+            inputs.append(data)
+            positions.append(position)
+        if inputs:
+            probabilities, features = self.infer(np.stack(inputs))
+            classes, ranks = self.select_classes(probabilities)
+            raw = self.cams(features, classes)
+            for i, position in enumerate(positions):
+                outcomes[position] = self._finish(
+                    paths[position],
+                    stems[position],
+                    images[i],
+                    probabilities[i],
+                    classes[i],
+                    ranks[i],
+                    raw[i],
+                    out_dir,
+                )
+        return [o for o in outcomes if o is not None]
+
+    def _finish(
+        self,
+        path: Path,
+        stem: str,
+        image: np.ndarray,
+        probabilities: np.ndarray,
+        classes: np.ndarray,
+        ranks: np.ndarray,
+        raw: np.ndarray,
+        out_dir: Path | None,
+    ) -> ImageOutcome:
+        height, width = image.shape[:2]
+        maps = normalize(upsample(raw, (height, width))) if len(classes) else raw
+        rows = []
+        base = None
+        for j, (class_index, rank) in enumerate(zip(classes, ranks, strict=True)):
+            box = box_from_cam(maps[j], self.settings.box_threshold)
+            overlay_path = ""
+            if out_dir is not None and self.settings.write_overlays:
+                from camcaffe.render import overlay, write_image_atomic
+
+                if base is None:
+                    base = np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                name = f"{stem}_cam.png" if j == 0 else f"{stem}_cam_{int(class_index)}.png"
+                text = f"{self.label(int(class_index))} {float(probabilities[class_index]):.3f}"
+                write_image_atomic(out_dir / name, overlay(base, maps[j], self.settings.alpha, text, box))
+                overlay_path = str(out_dir / name)
+            rows.append(
+                {
+                    "image": str(path),
+                    "rank": int(rank),
+                    "class_index": int(class_index),
+                    "label": self.label(int(class_index)),
+                    "probability": float(probabilities[class_index]),
+                    "x0": box[0],
+                    "y0": box[1],
+                    "x1": box[2],
+                    "y1": box[3],
+                    "overlay": overlay_path,
+                    "error": "",
+                }
+            )
+        if out_dir is not None and self.settings.save_npy:
+            from camcaffe.atomic import save_npy_atomic
+
+            save_npy_atomic(out_dir / f"{stem}_cam.npy", raw.astype(np.float32))
+        return ImageOutcome(path, stem, rows, cams=raw)
+
+
+def error_row(outcome: ImageOutcome) -> dict:
+    return {
+        "image": str(outcome.path),
+        "rank": "",
+        "class_index": "",
+        "label": "",
+        "probability": "",
+        "x0": "",
+        "y0": "",
+        "x1": "",
+        "y1": "",
+        "overlay": "",
+        "error": outcome.error or "",
+    }
