@@ -56,7 +56,8 @@ def read_prototxt_text(path: str | os.PathLike) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CaffeFormatError(
-            f"{path}: byte {exc.start} is not UTF-8 text; a deploy prototxt must be a text file"
+            f"{path}: binary data (byte {exc.start} is not UTF-8 text), not a text prototxt; did you swap the "
+            "prototxt and caffemodel arguments?"
         ) from None
 
 

@@ -116,10 +116,11 @@ def run(args: argparse.Namespace) -> int:
     )
     pipeline = CamPipeline(session, preprocess, settings, labels, args.feature_layer, args.fc_layer)
     paths, problems = expand_inputs(args.inputs)
+    if not paths:
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise InputFileError(f"no images found in {' '.join(args.inputs)}{detail}")
     for problem in problems:
         print(f"camcaffe: warning: {problem}", file=sys.stderr)
-    if not paths:
-        raise InputFileError(f"no images found in {' '.join(args.inputs)}")
     _prepare_out_dir(args.out)
     if assumed and not quiet:
         print(
