@@ -633,18 +633,36 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
 
 
+INPLACE_SAFE_TYPES = NEURON_TYPES | {"BatchNorm", "Scale", "Bias", "Softmax", "Flatten", "Reshape"}
+
+
+def shares_data(layer: caffe_pb2.LayerParameter) -> bool:
+    """Layers whose tops are views of the bottom's memory (Blob::ShareData), not copies: Split, Flatten,
+    Reshape, and Concat with one bottom / Slice with one top. A later in-place write to either blob
+    changes both, as it does in Caffe."""
+    t = layer.type
+    return (
+        t in ("Split", "Flatten", "Reshape")
+        or (t == "Concat" and len(layer.bottom) == 1)
+        or (t == "Slice" and len(layer.top) == 1)
+    )
+
+
 def run_net(
     net: caffe_pb2.NetParameter,
     inputs: dict[str, np.ndarray],
     weight_source: WeightSource,
     observer: Callable[[caffe_pb2.LayerParameter, list[np.ndarray], list[np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
+    """Caffe's Net::Forward. Blobs are numpy buffers: an in-place layer (top i == bottom i) writes into
+    its bottom's buffer, a data-sharing layer's top is a view of its bottom, so every alias of a buffer
+    reads the last value written to it, exactly as Caffe's net.blobs do."""
     check(not net.layers, "V1 `layers {}` nets are not modelled by the reference")
     declared = declared_inputs(net)
     state: dict[str, np.ndarray] = {}
     for name in declared:
         check(name in inputs, f"no value for input blob {name}")
-        state[name] = _as_f32(inputs[name])
+        state[name] = np.array(inputs[name], dtype=np.float32, copy=True)
     for layer in net.layer:
         if not layer_in_phase(layer) or layer.type == "Input":
             continue
@@ -656,9 +674,22 @@ def run_net(
         check(len(tops) == len(layer.top), f"layer {layer.name}: wrong number of tops")
         if observer is not None:
             observer(layer, bottoms, tops)
-        for name, value in zip(layer.top, tops, strict=True):
-            state[name] = value
-    return state
+        sharing = shares_data(layer)
+        for i, (name, value) in enumerate(zip(layer.top, tops, strict=True)):
+            in_place = i < len(layer.bottom) and layer.bottom[i] == name
+            check(in_place or name not in state, f"top blob {name!r} produced by multiple sources")
+            if sharing:
+                check(not (in_place and layer.type == "Split"), "Split does not allow in-place computation")
+                view = bottoms[0].reshape(value.shape)
+                check(np.shares_memory(view, bottoms[0]), "internal: a data-sharing top must be a view")
+                state[name] = view
+            elif in_place:
+                check(layer.type in INPLACE_SAFE_TYPES, f"in-place {layer.type} is ill-defined in Caffe")
+                check(value.shape == state[name].shape, f"in-place {layer.type} changes the shape")
+                state[name][...] = value
+            else:
+                state[name] = value
+    return {name: np.array(value, copy=True) for name, value in state.items()}
 
 
 def forward(
