@@ -115,10 +115,6 @@ def conv_geometry(p: caffe_pb2.ConvolutionParameter) -> dict[str, tuple[int, int
     return {"kernel": kernel, "stride": stride, "pad": pad, "dilation": dilation}
 
 
-def _as_f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 # ------------------------------------------------------------------------------------------- vision layers
 
 
@@ -670,7 +666,8 @@ def run_net(
             check(b in state, f"layer {layer.name}: unknown bottom blob {b}")
         bottoms = [state[b] for b in layer.bottom]
         blobs = weight_source(layer, bottoms)
-        tops = [_as_f32(t) for t in run_layer(layer, bottoms, blobs)]
+        # fresh float32 buffers: a layer function may return a view of its bottom (Slice, Crop)
+        tops = [np.array(t, dtype=np.float32, copy=True) for t in run_layer(layer, bottoms, blobs)]
         check(len(tops) == len(layer.top), f"layer {layer.name}: wrong number of tops")
         if observer is not None:
             observer(layer, bottoms, tops)

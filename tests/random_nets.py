@@ -9,6 +9,7 @@ redrawn when any blob is non-finite or huge, so the tests compare well-condition
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +21,10 @@ from tests import caffe_reference as cr
 MAX_BLOB_ELEMENTS = 12_000
 MAX_FC_INPUT = 3_000
 MAX_ABS_VALUE = 1e4
+# Split/Flatten/Reshape (and 1-bottom Concat, 1-top Slice) tops share their bottom's memory in Caffe, so an
+# in-place layer on one of them changes the others too. Off by default: the converter models tops as
+# copies (see test_fuzz_layers' Aliasing-* cases); set CAMCAFFE_FUZZ_ALIASING=1 to fuzz that as well.
+ALIASED_IN_PLACE = os.environ.get("CAMCAFFE_FUZZ_ALIASING") == "1"
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -139,6 +144,7 @@ class _Builder:
         self.n_layers = 0
         self.n_blobs = 0
         self.fancy_names = bool(rng.random() < 0.3)
+        self.buffer: dict[str, int] = {}  # blob -> id of the memory it shares (Caffe's ShareData)
 
     # -- naming and bookkeeping
 
@@ -168,6 +174,10 @@ class _Builder:
         body = f'name: "{name}" type: "{type_}" '
         body += "".join(f'bottom: "{b}" ' for b in bottoms) + "".join(f'top: "{t}" ' for t in tops) + params
         layer = text_format.Parse(body, caffe_pb2.LayerParameter())
+        in_place = [t for i, t in enumerate(tops) if i < len(bottoms) and bottoms[i] == t]
+        for t in in_place:
+            if not ALIASED_IN_PLACE and sum(1 for v in self.buffer.values() if v == self.buffer[t]) > 1:
+                return []
         bottom_values = [self.values[b] for b in bottoms]
         try:
             if type_ == "Pooling" and cr.pooling_has_empty_window(
@@ -184,6 +194,11 @@ class _Builder:
             if not np.all(np.isfinite(out)) or np.abs(out).max(initial=0) > MAX_ABS_VALUE:
                 return []
         self.layers.append("layer { " + body + " }")
+        for top in tops:
+            if cr.shares_data(layer):
+                self.buffer[top] = self.buffer[bottoms[0]]
+            elif top not in in_place:
+                self.buffer[top] = len(self.layers) * 16 + tops.index(top)
         for top, out in zip(tops, outs, strict=True):
             self.values[top] = out.astype(np.float32)
             if top in self.recent:
@@ -376,7 +391,7 @@ class _Builder:
         return bool(self.add("Power", [s], [s] if self.chance(0.4) else None, params))
 
     def bn_chain(self) -> bool:
-        x = self.choose(lambda v: v.ndim in (2, 4))
+        x = self.choose(lambda v: 2 <= v.ndim <= 5)
         if x is None:
             return False
         params = ""
@@ -548,10 +563,14 @@ class _Builder:
         return bool(self.add("Slice", [x], tops, f"slice_param {{ {params}}}" if params else ""))
 
     def split(self) -> bool:
+        """Explicit Split, or a one-bottom Concat / one-top Slice: tops that share the bottom's memory."""
         x = self.choose()
         if x is None:
             return False
-        return bool(self.add("Split", [x], [self.blob_name() for _ in range(int(self.pick([2, 3])))]))
+        kind = self.pick(["Split", "Split", "Concat", "Slice"])
+        if kind == "Split":
+            return bool(self.add("Split", [x], [self.blob_name() for _ in range(int(self.pick([2, 3])))]))
+        return bool(self.add(kind, [x]))
 
     def flatten(self) -> bool:
         x = self.choose(lambda v: v.ndim >= 2)
@@ -738,7 +757,7 @@ class _Builder:
 def _input_block(rng: np.random.Generator, shape: tuple[int, ...]) -> str:
     style = int(rng.integers(3))
     dims = "".join(f"dim: {d} " for d in shape)
-    if style == 0:
+    if style == 0 and len(shape) == 4:  # input_dim comes in groups of four
         return 'input: "data"\n' + "".join(f"input_dim: {d}\n" for d in shape)
     if style == 1:
         return f'input: "data"\ninput_shape {{ {dims}}}\n'
@@ -746,14 +765,21 @@ def _input_block(rng: np.random.Generator, shape: tuple[int, ...]) -> str:
 
 
 def _build(rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:
-    shape = (
-        int(rng.integers(1, 3)),
-        int(rng.integers(1, 5)),
-        int(rng.integers(5, 13)),
-        int(rng.integers(5, 13)),
-    )
+    batch = int(rng.integers(1, 3))
+    if rng.random() < 0.85:
+        shape: tuple[int, ...] = (
+            batch,
+            int(rng.integers(1, 5)),
+            int(rng.integers(5, 13)),
+            int(rng.integers(5, 13)),
+        )
+    elif rng.random() < 0.5:
+        shape = (batch, int(rng.integers(2, 40)))
+    else:
+        shape = (batch, int(rng.integers(1, 6)), int(rng.integers(2, 12)))
     b = _Builder(rng)
     b.values["data"] = rng.standard_normal(shape).astype(np.float32)
+    b.buffer["data"] = -1
     b.recent.append("data")
     names = list(_Builder.MOVES)
     probs = np.array([_Builder.MOVES[n] for n in names], dtype=float)

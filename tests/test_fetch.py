@@ -18,8 +18,15 @@ def _manifest(tmp_path, payload: bytes, digest: str | None):
     project = tmp_path / "project"
     (project / "weights").mkdir(parents=True)
     manifest = project / "weights" / "manifest.json"
-    manifest.write_text(json.dumps({"files": [{"name": "m", "url": source.as_uri(), "sha256": digest,
-                                               "target": "weights/m.caffemodel"}]}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "files": [
+                    {"name": "m", "url": source.as_uri(), "sha256": digest, "target": "weights/m.caffemodel"}
+                ]
+            }
+        )
+    )
     return manifest, project / "weights" / "m.caffemodel"
 
 

@@ -227,9 +227,9 @@ def _l(
 
 def _net(layers: str, shape: tuple[int, ...] = IN, style: str = "input_dim") -> str:
     dims = "".join(f"dim: {d} " for d in shape)
-    if style == "input_dim":
+    if style == "input_dim" and len(shape) == 4:  # input_dim comes in groups of four
         head = 'input: "data"\n' + "".join(f"input_dim: {d}\n" for d in shape)
-    elif style == "input_shape":
+    elif style in ("input_shape", "input_dim"):
         head = f'input: "data"\ninput_shape {{ {dims}}}\n'
     else:
         head = f'layer {{ name: "input" type: "Input" top: "data" input_param {{ shape {{ {dims}}} }} }}\n'
@@ -404,7 +404,7 @@ CASES: list[tuple[str, str]] = [
         "Slice-slice_dim",
         _net(_l("s", "Slice", "data", ["s1", "s2"], "slice_param { slice_dim: 2 slice_point: 3 }")),
     ),
-    ("Split", _net(_l("s", "Split", "data", ["s1", "s2"]) + _l("r", "ReLU", "s1", "s1"))),
+    ("Split", _net(_l("s", "Split", "data", ["s1", "s2"]) + _l("r", "ReLU", "s1", "r"))),
     ("Flatten", _net(_one("Flatten"))),
     ("Flatten-axis-end", _net(_one("Flatten", "flatten_param { axis: 2 end_axis: 3 }"))),
     ("Flatten-end-negative", _net(_one("Flatten", "flatten_param { axis: 0 end_axis: -2 }"))),
@@ -461,6 +461,96 @@ CASES: list[tuple[str, str]] = [
         _net(CONV3 + _l("s", "Sigmoid", "c") + _l("r", "ReLU", "c", "c") + _l("e", "Eltwise", ["c", "s"])),
     ),
     ("InPlace-on-input", _net(_l("r", "ReLU", "data", "data") + CONV3)),
+    ("Concat-single-bottom", _net(_l("k", "Concat", "data"))),
+    ("Slice-single-top", _net(_l("s", "Slice", "data", ["s1"]))),
+    # Split, Flatten, Reshape, one-bottom Concat and one-top Slice share their bottom's memory in Caffe
+    # (Blob::ShareData): a later in-place layer on either blob changes both.
+    (
+        "Aliasing-flatten-then-inplace-on-source",
+        _net(CONV3 + _l("f", "Flatten", "c") + _l("r", "ReLU", "c", "c")),
+    ),
+    (
+        "Aliasing-reshape-then-inplace-on-top",
+        _net(
+            CONV3
+            + _l("r", "Reshape", "c", "rs", "reshape_param { shape { dim: 0 dim: -1 } }")
+            + _l("a", "AbsVal", "rs", "rs")
+            + _l("p", "Pooling", "c", params="pooling_param { pool: MAX kernel_size: 2 }")
+        ),
+    ),
+    (
+        "Aliasing-split-then-inplace",
+        _net(
+            CONV3
+            + _l("s", "Split", "c", ["s1", "s2"])
+            + _l("r", "ReLU", "s1", "s1")
+            + _l("e", "Eltwise", ["s1", "s2"], None, "eltwise_param { coeff: 1 coeff: -1 }")
+        ),
+    ),
+    ("Aliasing-concat1-then-inplace", _net(CONV3 + _l("k", "Concat", "c") + _l("t", "TanH", "c", "c"))),
+    (
+        "Deconvolution-hw",
+        _net(
+            _conv(
+                "num_output: 3 kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0",
+                "Deconvolution",
+            )
+        ),
+    ),
+    (
+        "ArgMax-2d",
+        _net(
+            _one("InnerProduct", "inner_product_param { num_output: 6 }")
+            + _l("am", "ArgMax", "x", params="argmax_param { top_k: 2 out_max_val: true }")
+        ),
+    ),
+    ("ArgMax-3d", _net(_one("ArgMax", "argmax_param { top_k: 2 }"), (2, 5, 4))),
+    ("Scale-batch-axis", _net(_one("Scale", "scale_param { axis: 0 num_axes: 1 }"))),
+    ("BatchNorm-3d", _net(_l("bn", "BatchNorm", "data", "data"), (2, 4, 5))),
+    (
+        "Softmax-1d",
+        _net(
+            _one("InnerProduct", "inner_product_param { num_output: 6 axis: 0 }")
+            + _l("p", "Softmax", "x", params="softmax_param { axis: 0 }")
+        ),
+    ),
+    (
+        "Input-2d",
+        _net(
+            _one("InnerProduct", "inner_product_param { num_output: 3 }") + _l("p", "Softmax", "x"),
+            (2, 10),
+            style="input_shape",
+        ),
+    ),
+    (
+        "Input-two",
+        'input: "a"\ninput_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\ninput: "b"\n'
+        "input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n"
+        + _l("e", "Eltwise", ["a", "b"], None, "eltwise_param { operation: PROD }")
+        + _l("k", "Concat", ["a", "e"]),
+    ),
+    (
+        "Input-two-input_dim",
+        'input: "a"\ninput: "b"\n'
+        + "".join(f"input_dim: {d}\n" for d in (1, 2, 3, 4) * 2)
+        + _l("e", "Eltwise", ["a", "b"], None, "eltwise_param { operation: MAX }"),
+    ),
+    (
+        "Input-named-image",
+        'layer { name: "in" type: "Input" top: "image" input_param { shape { dim: 1 dim: 3 '
+        "dim: 6 dim: 6 } } }\n"
+        + _l("r", "ReLU", "image", "image")
+        + _l("c", "Convolution", "image", params="convolution_param { num_output: 2 kernel_size: 3 }"),
+    ),
+    (
+        "Phase-rules",
+        _net(
+            CONV3
+            + _l("d", "ReLU", "c", "c", "include { phase: TRAIN }")
+            + _l("e", "TanH", "c", "c", "exclude { phase: TEST }")
+            + _l("f", "Sigmoid", "c", "c", "include { phase: TEST }")
+        ),
+    ),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,23 @@ def test_argmax_ties_and_shapes(tmp_path):
     assert blobs["am"][1, 0, 0, 0] == 11.0  # all zero but one: the last zero wins
     assert blobs["ax"].shape == (2, 1, 2, 2)
     assert blobs["ax"][1, 0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    "layer,message",
+    [
+        (
+            'layer { name: "r" type: "ReLU" bottom: "data" bottom: "data" top: "r" }',
+            "takes 1 bottom(s), got 2",
+        ),
+        (
+            'layer { name: "r" type: "Pooling" bottom: "data" top: "p" top: "mask" pooling_param { kernel_size: 2 } }',
+            "takes 1 top(s), got 2",
+        ),
+        ('layer { name: "r" type: "Eltwise" bottom: "data" top: "e" }', "takes at least 2 bottom(s), got 1"),
+        ('layer { name: "r" type: "Crop" bottom: "data" top: "c" }', "takes 2 bottom(s), got 1"),
+    ],
+)
+def test_wrong_bottom_or_top_counts_are_refused(tmp_path, layer, message):
+    with pytest.raises(UnsupportedLayerError, match=re.escape(message)):
+        _run(tmp_path, layer)

@@ -18,14 +18,17 @@ from camcaffe.errors import CamcaffeError, OnnxModelError
 from camcaffe.runtime_model import load_onnx_model
 from tests.helpers import net_text
 
-BASE = net_text((1, 3, 12, 12), """
+BASE = net_text(
+    (1, 3, 12, 12),
+    """
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-""")
+""",
+)
 WORK = Path(tempfile.mkdtemp(prefix="camcaffe_fuzz_"))
 (WORK / "base.prototxt").write_text(BASE)
 write_random_caffemodel(WORK / "base.prototxt", WORK / "base.caffemodel", seed=0)
@@ -44,8 +47,11 @@ def _mutate_text(data) -> str:
         elif choice == "insert":
             text = text[:position] + data.draw(st.text(max_size=12)) + text[position:]
         elif choice == "replace_number":
-            text = text.replace(data.draw(st.sampled_from(["3", "4", "5", "12", "2", "1"])),
-                                str(data.draw(st.integers(-5, 10**6))), 1)
+            text = text.replace(
+                data.draw(st.sampled_from(["3", "4", "5", "12", "2", "1"])),
+                str(data.draw(st.integers(-5, 10**6))),
+                1,
+            )
         else:
             text = text[:position]
     return text
@@ -92,7 +98,9 @@ def test_mutated_caffemodel_gives_only_camcaffe_errors(data):
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    result = convert_files(WORK / "base.prototxt", WORK / "base.caffemodel", model_dir / "m.onnx", external_data=True)
+    result = convert_files(
+        WORK / "base.prototxt", WORK / "base.caffemodel", model_dir / "m.onnx", external_data=True
+    )
     model = onnx.load(str(result.paths[0]), load_external_data=False)
     secret = tmp_path / "secret.bin"
     secret.write_bytes(os.urandom(4096))

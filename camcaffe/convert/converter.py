@@ -11,7 +11,7 @@ import numpy as np
 from camcaffe.caffe import caffe_pb2
 from camcaffe.caffe.net import CaffeNet, check_blob_shape
 from camcaffe.convert.graph import GraphBuilder
-from camcaffe.convert.registry import LayerContext, LayerRefused, get_converter, refuse_all
+from camcaffe.convert.registry import LayerContext, LayerRefused, check_arity, get_converter, refuse_all
 from camcaffe.errors import CaffeFormatError
 
 ParamSource = Callable[[caffe_pb2.LayerParameter, list[tuple[int, ...]]], list[np.ndarray]]
@@ -51,25 +51,109 @@ class ConvertedNet:
     cam_head: dict | None = None
 
 
-def _tensor_names(net: CaffeNet) -> list[list[str]]:
-    """ONNX name of each top of each layer: the blob name for its last writer, else blob@layer."""
-    last_writer: dict[str, int] = {}
-    input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
+def _shares_memory(layer) -> bool:
+    """Caffe layers whose tops are views of the bottom's memory (ShareData in their Reshape)."""
+    if layer.type in ("Split", "Flatten", "Reshape"):
+        return True
+    return (layer.type == "Concat" and len(layer.bottom) == 1) or (
+        layer.type == "Slice" and len(layer.top) == 1
+    )
+
+
+def alias_groups(net: CaffeNet) -> dict[str, str]:
+    """Blob -> representative of the blobs that share its memory (union-find over sharing layers)."""
+    parent: dict[str, str] = {}
+
+    def find(blob: str) -> str:
+        parent.setdefault(blob, blob)
+        while parent[blob] != blob:
+            parent[blob] = parent[parent[blob]]
+            blob = parent[blob]
+        return blob
+
+    for layer in net.layers:
+        for top in layer.top:
+            find(top)
+        if _shares_memory(layer) and layer.bottom:
+            for top in layer.top:
+                parent[find(top)] = find(layer.bottom[0])
+    return {blob: find(blob) for blob in parent}
+
+
+def _in_place_writes(layer) -> list[str]:
+    return [
+        top for index, top in enumerate(layer.top) if index < len(layer.bottom) and layer.bottom[index] == top
+    ]
+
+
+def _final_events(net: CaffeNet, groups: dict[str, str]) -> dict[str, tuple[int, bool]]:
+    """Per blob: (layer index, explicit) of the write that leaves its final value. An in-place write to a
+    blob also rewrites every other blob sharing its memory that exists by then (implicit write)."""
+    final: dict[str, tuple[int, bool]] = {}
+    members: dict[str, list[str]] = {}
     for index, layer in enumerate(net.layers):
         for top in layer.top:
-            last_writer[top] = index
+            final[top] = (index, True)
+            group = members.setdefault(groups[top], [])
+            if top not in group:
+                group.append(top)
+        for top in _in_place_writes(layer):
+            for other in members[groups[top]]:
+                if other != top:
+                    final[other] = (index, False)
+    return final
+
+
+def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]]) -> list[list[str]]:
+    """ONNX name of each top of each layer: the blob name for the write that leaves its final value,
+    else blob@layer (graph inputs always keep their name)."""
+    input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
     names = []
     for index, layer in enumerate(net.layers):
         if layer.type == "Input":
-            names.append(list(layer.top))  # graph inputs keep the blob name, even if rewritten in place
+            names.append(list(layer.top))
             continue
         names.append(
             [
-                top if last_writer[top] == index and top not in input_blobs else f"{top}@{layer.name}"
+                top if final[top] == (index, True) and top not in input_blobs else f"{top}@{layer.name}"
                 for top in layer.top
             ]
         )
     return names
+
+
+def _propagate_in_place_write(
+    layer,
+    index: int,
+    groups: dict[str, str],
+    final: dict[str, tuple[int, bool]],
+    input_blobs: set[str],
+    current: dict[str, str],
+    shapes: dict[str, list[int]],
+    batch_led: set[str],
+    builder: GraphBuilder,
+) -> None:
+    """After an in-place write, every other existing blob sharing that memory sees the new values."""
+    for top in _in_place_writes(layer):
+        new_tensor = current[top]
+        for other in list(current):
+            if other == top or groups.get(other) != groups[top]:
+                continue
+            name = (
+                other
+                if final[other] == (index, False) and other not in input_blobs
+                else f"{other}@{layer.name}"
+            )
+            other_shape = shapes[current[other]]
+            if other_shape == shapes[new_tensor]:
+                builder.node("Identity", [new_tensor], [name], name=f"{layer.name}/alias:{other}")
+            else:
+                batch_dim = [0] if current[other] in batch_led else other_shape[:1]
+                target = builder.constant(f"{layer.name}/alias_shape:{other}", [*batch_dim, *other_shape[1:]])
+                builder.node("Reshape", [new_tensor, target], [name], name=f"{layer.name}/alias:{other}")
+            current[other], shapes[name] = name, list(other_shape)
+            if new_tensor in batch_led:
+                batch_led.add(name)
 
 
 def convert_net(net: CaffeNet, params: ParamSource, options: ConvertOptions | None = None) -> ConvertedNet:
@@ -92,7 +176,10 @@ def convert_net(net: CaffeNet, params: ParamSource, options: ConvertOptions | No
 def _convert(
     net: CaffeNet, params: ParamSource, options: ConvertOptions, symbolic: bool
 ) -> ConvertedNet | None:
-    tensor_names = _tensor_names(net)
+    groups = alias_groups(net)
+    final_events = _final_events(net, groups)
+    input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
+    tensor_names = _tensor_names(net, final_events)
     builder = GraphBuilder(reserved_names=[name for names in tensor_names for name in names])
     current: dict[str, str] = {}
     shapes: dict[str, list[int]] = {}
@@ -100,7 +187,7 @@ def _convert(
     inputs: list[tuple[str, list[int]]] = []
     layers: dict[str, LayerRecord] = {}
     unsupported: list[tuple[str, str, str]] = []
-    for layer, names in zip(net.layers, tensor_names, strict=True):
+    for layer_index, (layer, names) in enumerate(zip(net.layers, tensor_names, strict=True)):
         if layer.type == "Input":
             for top, name in zip(layer.top, names, strict=True):
                 overrides = options.input_shapes or {}
@@ -118,6 +205,10 @@ def _convert(
         if fn is None:
             unsupported.append((layer.name, layer.type, ""))
             continue
+        arity_problem = check_arity(layer.type, len(layer.bottom), len(layer.top))
+        if arity_problem:
+            unsupported.append((layer.name, layer.type, arity_problem))
+            continue
         if unsupported and any(bottom not in current for bottom in layer.bottom):
             continue  # downstream of a refused layer: no shapes to work with
         ctx = LayerContext(
@@ -128,12 +219,6 @@ def _convert(
             graph=builder,
             fetch_params=params,
         )
-        if not ctx.inputs:
-            unsupported.append((layer.name, layer.type, "it has no bottom"))
-            continue
-        if not names:
-            unsupported.append((layer.name, layer.type, "it has no top"))
-            continue
         try:
             out_shapes = fn(ctx)
         except LayerRefused as refusal:
@@ -147,6 +232,9 @@ def _convert(
             current[top], shapes[name] = name, list(shape)
             if keeps_batch:
                 batch_led.add(name)
+        _propagate_in_place_write(
+            layer, layer_index, groups, final_events, input_blobs, current, shapes, batch_led, builder
+        )
         layers[layer.name] = LayerRecord(
             layer.type,
             list(layer.bottom),

@@ -138,13 +138,13 @@ def _scale_like(
     return [result_shape]
 
 
-@converter("Scale")
+@converter("Scale", arity=(1, 2, 1, 1))
 def scale(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.scale_param
     return _scale_like(ctx, "Mul", param.axis, param.num_axes, extra_blob=bool(param.bias_term))
 
 
-@converter("Bias")
+@converter("Bias", arity=(1, 2, 1, 1))
 def bias(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.bias_param
     return _scale_like(ctx, "Add", param.axis, param.num_axes, extra_blob=False)

@@ -12,7 +12,7 @@ INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 
 
-@converter("Eltwise")
+@converter("Eltwise", arity=(2, None, 1, 1))
 def eltwise(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.eltwise_param
     shape = ctx.shape
@@ -49,7 +49,7 @@ def eltwise(ctx: LayerContext) -> list[Shape]:
     return [shape]
 
 
-@converter("Concat")
+@converter("Concat", arity=(1, None, 1, 1))
 def concat(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.concat_param
     rank = len(ctx.shape)
@@ -76,7 +76,7 @@ def concat(ctx: LayerContext) -> list[Shape]:
     return [out]
 
 
-@converter("Slice")
+@converter("Slice", arity=(1, 1, 1, None))
 def slice_layer(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.slice_param
     rank = len(ctx.shape)
@@ -114,7 +114,7 @@ def slice_layer(ctx: LayerContext) -> list[Shape]:
     return shapes
 
 
-@converter("Split")
+@converter("Split", arity=(1, 1, 1, None))
 def split(ctx: LayerContext) -> list[Shape]:
     for output in ctx.outputs:
         ctx.graph.node("Identity", ctx.inputs[:1], [output], name=f"{ctx.name}/{output}")
@@ -189,7 +189,7 @@ def reshape(ctx: LayerContext) -> list[Shape]:
     return [out]
 
 
-@converter("Crop")
+@converter("Crop", arity=(2, 2, 1, 1))
 def crop(ctx: LayerContext) -> list[Shape]:
     if len(ctx.inputs) != 2:
         raise LayerRefused("Crop needs two bottoms (the blob to crop and the reference)")

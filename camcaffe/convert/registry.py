@@ -21,15 +21,34 @@ Shape = list[int]
 Converter = Callable[["LayerContext"], list[Shape]]
 
 _CONVERTERS: dict[str, Converter] = {}
+# (min bottoms, max bottoms, min tops, max tops) as Caffe's layers check them; None = unbounded.
+Arity = tuple[int, int | None, int, int | None]
+_ARITY: dict[str, Arity] = {}
+_ONE_TO_ONE: Arity = (1, 1, 1, 1)
 
 
-def converter(*type_names: str) -> Callable[[Converter], Converter]:
+def converter(*type_names: str, arity: Arity = _ONE_TO_ONE) -> Callable[[Converter], Converter]:
     def register(fn: Converter) -> Converter:
         for type_name in type_names:
             _CONVERTERS[type_name] = fn
+            _ARITY[type_name] = arity
         return fn
 
     return register
+
+
+def check_arity(type_name: str, bottoms: int, tops: int) -> str | None:
+    """Why the layer's bottom/top counts are invalid for its type, or None."""
+    min_b, max_b, min_t, max_t = _ARITY.get(type_name, _ONE_TO_ONE)
+
+    def describe(low: int, high: int | None) -> str:
+        return str(low) if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+
+    if bottoms < min_b or (max_b is not None and bottoms > max_b):
+        return f"takes {describe(min_b, max_b)} bottom(s), got {bottoms}"
+    if tops < min_t or (max_t is not None and tops > max_t):
+        return f"takes {describe(min_t, max_t)} top(s), got {tops}"
+    return None
 
 
 _loaded = False
@@ -128,8 +147,8 @@ def refuse_all(unsupported: list[tuple[str, str, str]], source: str) -> Unsuppor
     ]
     types = sorted({type_name for _, type_name, reason in unsupported if not reason})
     hint = f" unsupported type(s): {', '.join(types)};" if types else ""
+    known = f". camcaffe converts: {', '.join(supported_types())}" if types else ""
     return UnsupportedLayerError(
-        f"{source}: cannot convert {len(unsupported)} layer(s):{hint} {'; '.join(parts)}. "
-        f"camcaffe converts: {', '.join(supported_types())}",
+        f"{source}: cannot convert {len(unsupported)} layer(s):{hint} {'; '.join(parts)}{known}",
         layers=[(name, type_name) for name, type_name, _ in unsupported],
     )
