@@ -42,6 +42,8 @@ class CamSettings:
     box_threshold: float = 0.2
     save_npy: bool = False
     write_overlays: bool = True
+    resize: str = "warp"  # "warp": whole image to the input size; "crop": resize to crop_base, centre crop
+    crop_base: int = 256
 
 
 @dataclass
@@ -117,6 +119,12 @@ class CamPipeline:
             self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
+        if settings.resize not in ("warp", "crop"):
+            raise CamcaffeError(f"--resize must be warp or crop, not '{settings.resize}'")
+        if settings.resize == "crop" and min(self.input_hw) > settings.crop_base:
+            raise CamcaffeError(
+                f"--resize crop: the net input {tuple(self.input_hw)} is larger than {settings.crop_base}"
+            )
         self.class_indices = [self._class_index(c) for c in settings.classes]
         if settings.top_k < 0 or settings.top_k > self.head.num_classes:
             raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
@@ -156,7 +164,34 @@ class CamPipeline:
     def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Decode and preprocess one image: (RGB float image in [0,1], net input C×H×W)."""
         image = load_image(path)
+        if self.settings.resize == "crop":
+            from camcaffe.preprocess import resize_image
+
+            base = self.settings.crop_base
+            top, left = self._crop_offset()
+            resized = resize_image(image, (base, base))
+            crop = resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]
+            return image, self.transformer.preprocess(self.input_name, crop)
         return image, self.transformer.preprocess(self.input_name, image)
+
+    def _crop_offset(self) -> tuple[int, int]:
+        base = self.settings.crop_base
+        return (base - self.input_hw[0]) // 2, (base - self.input_hw[1]) // 2
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Raw CAMs (k, h, w) -> maps over the original image (k, height, width), normalised to [0, 1]."""
+        if self.settings.resize == "crop":
+            base = self.settings.crop_base
+            top, left = self._crop_offset()
+            canvas = np.zeros((raw.shape[0], base, base), dtype=np.float32)
+            canvas[:, top : top + self.input_hw[0], left : left + self.input_hw[1]] = upsample(
+                raw, self.input_hw
+            )
+            low = raw.min(axis=(1, 2), keepdims=True)
+            canvas[:, :top] = canvas[:, top + self.input_hw[0] :] = low
+            canvas[:, :, :left] = canvas[:, :, left + self.input_hw[1] :] = low
+            return normalize(upsample(canvas, (height, width)))
+        return normalize(upsample(raw, (height, width)))
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
@@ -180,13 +215,9 @@ class CamPipeline:
         np.put_along_axis(
             ranks, order, np.arange(1, order.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1
         )
-        chosen = []
-        for row in order:
-            picked = list(row[: self.settings.top_k]) + [
-                c for c in self.class_indices if c not in row[: self.settings.top_k]
-            ]
-            chosen.append(picked)
-        classes = np.asarray(chosen, dtype=np.int64).reshape(len(order), -1)
+        named = np.asarray(self.class_indices, dtype=np.int64)[None, :].repeat(len(order), 0)
+        # A named class that is also in the top-k appears twice here; _finish writes it once.
+        classes = np.concatenate([order[:, : self.settings.top_k], named], axis=1).astype(np.int64)
         return classes, np.take_along_axis(ranks, classes, axis=1)
 
     def cams(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -236,10 +267,14 @@ class CamPipeline:
         out_dir: Path | None,
     ) -> ImageOutcome:
         height, width = image.shape[:2]
-        maps = normalize(upsample(raw, (height, width))) if len(classes) else raw
+        maps = self.to_image_space(raw, height, width) if len(classes) else raw
         rows = []
         base = None
+        seen: set[int] = set()
         for j, (class_index, rank) in enumerate(zip(classes, ranks, strict=True)):
+            if int(class_index) in seen:
+                continue
+            seen.add(int(class_index))
             box = box_from_cam(maps[j], self.settings.box_threshold)
             overlay_path = ""
             if out_dir is not None and self.settings.write_overlays:

@@ -105,7 +105,7 @@ def overlay(image_path: str, cam: np.ndarray) -> np.ndarray:
     image = cv2.imread(image_path)
     height, width = image.shape[:2]
     heatmap = py_map2jpg(im2double(cv2.resize(cam, (width, height))))
-    return np.uint8(np.clip((im2double(image) * 0.3 + im2double(heatmap) * 0.5) * 255, 0, 255))
+    return np.uint8(np.clip((im2double(image) * 0.2 + im2double(heatmap) * 0.7) * 255, 0, 255))
 
 
 def main(argv: list[str] | None = None) -> int:

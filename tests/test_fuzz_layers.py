@@ -188,7 +188,8 @@ def test_random_nets_match_reference(tmp_path):
             refused.append(f"seed {seed}: {exc}")
             continue
         except Exception as exc:  # converter or ONNX Runtime crash: a bug as well
-            failures.append(f"seed {seed}: {type(exc).__name__}: {exc}\n{text}")
+            small = minimise(tmp_path / f"{seed}-min", text, seed)
+            failures.append(f"seed {seed}: {type(exc).__name__}: {str(exc)[:400]}\nminimal net:\n{small}")
             continue
         if comparison.worst > worst:
             worst, worst_where = comparison.worst, f"seed {seed} blob {comparison.worst_blob!r}"
@@ -488,6 +489,23 @@ CASES: list[tuple[str, str]] = [
         ),
     ),
     ("Aliasing-concat1-then-inplace", _net(CONV3 + _l("k", "Concat", "c") + _l("t", "TanH", "c", "c"))),
+    (
+        "Aliasing-reshape-all-then-inplace-on-top",
+        _net(
+            _l("r", "Reshape", "data", "r", "reshape_param { shape { dim: -1 } }") + _l("a", "ReLU", "r", "r")
+        ),
+    ),
+    (
+        "Aliasing-flatten-axis0-then-inplace-on-top",
+        _net(_l("f", "Flatten", "data", "f", "flatten_param { axis: 0 }") + _l("a", "ReLU", "f", "f")),
+    ),
+    (
+        "Aliasing-reshape-batch-moved-then-inplace-on-top",
+        _net(
+            _l("r", "Reshape", "data", "r", "reshape_param { shape { dim: 3 dim: -1 } }")
+            + _l("a", "ReLU", "r", "r")
+        ),
+    ),
     (
         "Deconvolution-hw",
         _net(

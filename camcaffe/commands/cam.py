@@ -43,6 +43,12 @@ def add_parser(subparsers) -> None:
         default=0.2,
         help="box around the region above this fraction of the map's maximum (default 0.2)",
     )
+    parser.add_argument(
+        "--resize",
+        choices=["warp", "crop"],
+        default="warp",
+        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop",
+    )
     parser.add_argument("--save-npy", action="store_true", help="also save raw CAMs as <stem>_cam.npy")
     parser.add_argument("--no-overlays", action="store_true", help="skip writing overlay images")
     parser.add_argument("--json", action="store_true", help="also write results.json")
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         box_threshold=args.box_threshold,
         save_npy=args.save_npy,
         write_overlays=not args.no_overlays,
+        resize=args.resize,
     )
     pipeline = CamPipeline(session, preprocess, settings, labels, args.feature_layer, args.fc_layer)
     paths, problems = expand_inputs(args.inputs)
