@@ -4,7 +4,9 @@ The oracle (`tests/caffe_reference.py`) was written from BVLC Caffe's layer sour
 converter, and is itself checked against real Caffe outputs in ../shared/golden. Every blob of every net
 is compared: max|onnx - ref| <= 1e-4 * max(1, max|ref|).
 
-`CAMCAFFE_FUZZ_SEEDS=N` changes the number of random nets, `CAMCAFFE_FUZZ_FIRST=K` the first seed.
+`CAMCAFFE_FUZZ_SEEDS=N` changes the number of random nets, `CAMCAFFE_FUZZ_FIRST=K` the first seed,
+`CAMCAFFE_FUZZ_ALIASING=0` keeps in-place layers off blobs that share memory (Split/Flatten/Reshape tops).
+A failing net is reported with a greedily minimised prototxt that still fails.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def run_converted(
     except CamcaffeError as exc:
         raise Refused(f"{type(exc).__name__}: {exc}") from exc
     blob_tensors = result.converted.blob_tensors
+    ort.set_default_logger_severity(3)  # failing kernels are reported through the test, not stderr
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

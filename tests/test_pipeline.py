@@ -52,7 +52,12 @@ def test_classes_ranks_and_named_classes(session):
     pipeline = _pipeline(session, top_k=2, classes=["dog", "0"])
     probabilities = np.array([[0.1, 0.5, 0.3, 0.1], [0.7, 0.1, 0.05, 0.15]])
     classes, ranks = pipeline.select_classes(probabilities)
-    assert classes[0].tolist() == [1, 2, 3, 0] and ranks[0].tolist() == [1, 2, 4, 3]  # ties: lower index ranks first
+    assert classes[0].tolist() == [1, 2, 3, 0] and ranks[0].tolist() == [
+        1,
+        2,
+        4,
+        3,
+    ]  # ties: lower index ranks first
     assert classes[1][:2].tolist() == [0, 3] and ranks[1][:2].tolist() == [1, 2]
     with pytest.raises(Exception, match="no such label"):
         _pipeline(session, classes=["zebra"])

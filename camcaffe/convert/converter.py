@@ -148,8 +148,9 @@ def _propagate_in_place_write(
             if other_shape == shapes[new_tensor]:
                 builder.node("Identity", [new_tensor], [name], name=f"{layer.name}/alias:{other}")
             else:
-                batch_dim = [0] if current[other] in batch_led else other_shape[:1]
-                target = builder.constant(f"{layer.name}/alias_shape:{other}", [*batch_dim, *other_shape[1:]])
+                # Dim 0 is inferred (it carries the batch); a net whose reshapes move the batch elsewhere
+                # was already converted with a fixed batch, so the other dims are exact.
+                target = builder.constant(f"{layer.name}/alias_shape:{other}", [-1, *other_shape[1:]])
                 builder.node("Reshape", [new_tensor, target], [name], name=f"{layer.name}/alias:{other}")
             current[other], shapes[name] = name, list(other_shape)
             if new_tensor in batch_led:
