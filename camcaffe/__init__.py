@@ -56,4 +56,18 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
-__all__ = sorted(_PYCAFFE_NAMES | {"__version__", "io"})
+__all__ = [
+    "TEST",
+    "TRAIN",
+    "Blob",
+    "Layer",
+    "Net",
+    "ParamBlob",
+    "PycaffeError",
+    "__version__",
+    "io",
+    "set_device",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_random_seed",
+]
