@@ -5,6 +5,7 @@ stage is a method with plain inputs and outputs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,14 +95,16 @@ class CamPipeline:
         labels: list[str] | None = None,
         feature_layer: str | None = None,
         fc_layer: str | None = None,
+        labels_source: str | os.PathLike | None = None,
     ):
         self.session = session
         self.settings = settings
         self.head: CamHead = find_cam_head(session.model, feature_layer=feature_layer, fc_layer=fc_layer)
         self.labels = labels if labels is not None else session.info.labels
         if self.labels is not None and len(self.labels) != self.head.num_classes:
+            where = f"label file {labels_source}" if labels_source else "the model's embedded labels"
             raise LabelsError(
-                f"{len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
+                f"{where} has {len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
                 f"{self.head.num_classes} classes; give a matching --labels file"
             )
         self.input_name = session.input_names[0]

@@ -129,10 +129,12 @@ def write_image_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C included: never leave the temporary file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        raise InputFileError(
-            f"cannot write {target} in {folder} ({exc.strerror or exc}); check the folder"
-        ) from None
+        if isinstance(exc, OSError):
+            raise InputFileError(
+                f"cannot write {target} in {folder} ({exc.strerror or exc}); check the folder"
+            ) from None
+        raise
     return target

@@ -9,8 +9,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from camcaffe.errors import InputFileError, OnnxModelError
-
-MAX_ONNX_BYTES = int(os.environ.get("CAMCAFFE_MAX_ONNX_BYTES", 4 * 1024**3))
+from camcaffe.limits import MAX_ONNX_BYTES, limit
 
 
 def check_external_data(model: onnx.ModelProto, folder: Path, path: Path) -> None:
@@ -38,12 +37,15 @@ def load_onnx_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, expected an .onnx file")
     if not os.access(path, os.R_OK):
-        raise InputFileError(f"{path}: not readable (permissions)")
+        raise InputFileError(f"{path}: not readable (permissions); fix its permissions")
     size = path.stat().st_size
     if size == 0:
         raise OnnxModelError(f"{path}: empty file, not an ONNX model; convert it again")
-    if size > MAX_ONNX_BYTES:
-        raise OnnxModelError(f"{path}: {size} bytes exceeds CAMCAFFE_MAX_ONNX_BYTES={MAX_ONNX_BYTES}")
+    max_bytes = limit(MAX_ONNX_BYTES)
+    if size > max_bytes:
+        raise OnnxModelError(
+            f"{path}: {size} bytes exceeds CAMCAFFE_MAX_ONNX_BYTES={max_bytes}; raise that limit if the model is trusted"
+        )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:

@@ -137,10 +137,8 @@ layer { name: "py" type: "Python" bottom: "r" top: "py" }
 
 
 def test_weights_go_external_automatically_above_the_threshold(tiny, tmp_path, monkeypatch):
-    from camcaffe.convert import onnx_io
-
     prototxt, caffemodel = tiny
-    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setenv("CAMCAFFE_EXTERNAL_DATA_THRESHOLD", "1000")
     result = convert_files(prototxt, caffemodel, tmp_path / "big.onnx")
     assert [p.name for p in result.paths] == ["big.onnx", "big.onnx.data"]
     x = np.ones((2, 3, 16, 16), np.float32)

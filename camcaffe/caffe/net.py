@@ -11,9 +11,7 @@ from camcaffe.caffe import caffe_pb2
 from camcaffe.caffe.prototxt import parse_prototxt, read_prototxt_text
 from camcaffe.caffe.v1types import V1_TYPE_NAMES
 from camcaffe.errors import CaffeFormatError, LimitError
-
-# Refuse blobs larger than this many elements (1 GiB of float32) before anything is allocated.
-MAX_BLOB_ELEMENTS = int(os.environ.get("CAMCAFFE_MAX_BLOB_ELEMENTS", 1 << 28))
+from camcaffe.limits import MAX_BLOB_ELEMENTS, limit
 
 # V1 layer fields that carry over to LayerParameter under the same name.
 _V1_PARAM_FIELDS = (
@@ -184,10 +182,11 @@ def check_blob_shape(shape: list[int], what: str) -> None:
     count = 1
     for dim in shape:
         count *= dim
-    if count > MAX_BLOB_ELEMENTS:
+    max_elements = limit(MAX_BLOB_ELEMENTS)
+    if count > max_elements:
         raise LimitError(
             f"{what} would have shape {'x'.join(map(str, shape))} = {count} elements, over the limit of "
-            f"{MAX_BLOB_ELEMENTS} (set CAMCAFFE_MAX_BLOB_ELEMENTS to raise it)"
+            f"{max_elements} (set CAMCAFFE_MAX_BLOB_ELEMENTS to raise it)"
         )
 
 

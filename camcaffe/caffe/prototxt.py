@@ -16,8 +16,7 @@ from google.protobuf import text_format
 
 from camcaffe.caffe import caffe_pb2
 from camcaffe.errors import CaffeFormatError, InputFileError
-
-MAX_PROTOTXT_BYTES = int(os.environ.get("CAMCAFFE_MAX_PROTOTXT_BYTES", 64 * 1024 * 1024))
+from camcaffe.limits import MAX_PROTOTXT_BYTES, limit
 
 _POSITION = re.compile(r"^(\d+):(\d+) : (.*)$", re.S)
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
@@ -42,9 +41,10 @@ def read_prototxt_text(path: str | os.PathLike) -> str:
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{path}: prototxt is not readable (permissions); fix its permissions")
     size = path.stat().st_size
-    if size > MAX_PROTOTXT_BYTES:
+    max_bytes = limit(MAX_PROTOTXT_BYTES)
+    if size > max_bytes:
         raise CaffeFormatError(
-            f"{path}: {size} bytes is too large for a deploy prototxt (limit {MAX_PROTOTXT_BYTES}, "
+            f"{path}: {size} bytes is too large for a deploy prototxt (limit {max_bytes}, "
             "set CAMCAFFE_MAX_PROTOTXT_BYTES to change it); did you pass the caffemodel by mistake?"
         )
     raw = path.read_bytes()

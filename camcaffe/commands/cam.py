@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise CamcaffeError(f"--alpha must lie in [0, 1], got {args.alpha}")
     if not 0.0 <= args.box_threshold <= 1.0:
         raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {args.box_threshold}")
+    from camcaffe.preprocess import max_image_pixels
+
+    max_image_pixels()  # a bad CAMCAFFE_MAX_IMAGE_PIXELS is one fatal error, not one per image
     top_k = args.top_k if args.top_k is not None else (0 if args.classes else 1)
     session = ModelSession(args.model, args.provider)
     labels = None
@@ -121,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         write_overlays=not args.no_overlays,
         resize=args.resize,
     )
-    pipeline = CamPipeline(session, preprocess, settings, labels, args.feature_layer, args.fc_layer)
+    pipeline = CamPipeline(
+        session, preprocess, settings, labels, args.feature_layer, args.fc_layer, labels_source=args.labels
+    )
     paths, problems = expand_inputs(args.inputs)
     if not paths:
         detail = f" ({'; '.join(problems)})" if problems else ""

@@ -11,7 +11,14 @@ import numpy as np
 from camcaffe.caffe import caffe_pb2
 from camcaffe.caffe.net import CaffeNet, check_blob_shape
 from camcaffe.convert.graph import GraphBuilder
-from camcaffe.convert.registry import LayerContext, LayerRefused, check_arity, get_converter, refuse_all
+from camcaffe.convert.registry import (
+    IN_PLACE_TYPES,
+    LayerContext,
+    LayerRefused,
+    check_arity,
+    get_converter,
+    refuse_all,
+)
 from camcaffe.errors import CaffeFormatError
 
 ParamSource = Callable[[caffe_pb2.LayerParameter, list[tuple[int, ...]]], list[np.ndarray]]
@@ -122,6 +129,26 @@ def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]]) -> list[lis
     return names
 
 
+def _converter_of(type_name: str):
+    converter_fn = get_converter(type_name)
+    assert converter_fn is not None
+    return converter_fn
+
+
+def _static_problem(layer) -> str | None:
+    """Why a layer cannot be converted, judged from its type and wiring alone ('' = unknown type)."""
+    if get_converter(layer.type) is None:
+        return ""
+    problem = check_arity(layer.type, len(layer.bottom), len(layer.top))
+    in_place = [top for i, top in enumerate(layer.top) if i < len(layer.bottom) and layer.bottom[i] == top]
+    if problem is None and in_place and layer.type not in IN_PLACE_TYPES:
+        problem = (
+            f"cannot run in-place (top '{in_place[0]}' is also its bottom): Caffe computes no "
+            "well-defined value; give the top a new name"
+        )
+    return problem
+
+
 def _propagate_in_place_write(
     layer,
     index: int,
@@ -202,28 +229,33 @@ def _convert(
                 batch_led.add(name)
             layers[layer.name] = LayerRecord(layer.type, [], list(layer.top), [], [])
             continue
-        fn = get_converter(layer.type)
-        if fn is None:
-            unsupported.append((layer.name, layer.type, ""))
-            continue
-        arity_problem = check_arity(layer.type, len(layer.bottom), len(layer.top))
-        if arity_problem:
-            unsupported.append((layer.name, layer.type, arity_problem))
-            continue
+        problem = _static_problem(layer)
         if unsupported and any(bottom not in current for bottom in layer.bottom):
-            continue  # downstream of a refused layer: no shapes to work with
-        ctx = LayerContext(
-            layer=layer,
-            inputs=[current[b] for b in layer.bottom],
-            input_shapes=[shapes[current[b]] for b in layer.bottom],
-            outputs=list(names),
-            graph=builder,
-            fetch_params=params,
-        )
-        try:
-            out_shapes = fn(ctx)
-        except LayerRefused as refusal:
-            unsupported.append((layer.name, layer.type, str(refusal)))
+            # Downstream of a refused layer there are no shapes to work with, but type and wiring
+            # problems are still reported, so that one error lists them all.
+            if problem is not None:
+                unsupported.append((layer.name, layer.type, problem))
+            for top in layer.top:
+                current.pop(top, None)
+            continue
+        out_shapes: list = []
+        if problem is None:
+            ctx = LayerContext(
+                layer=layer,
+                inputs=[current[b] for b in layer.bottom],
+                input_shapes=[shapes[current[b]] for b in layer.bottom],
+                outputs=list(names),
+                graph=builder,
+                fetch_params=params,
+            )
+            try:
+                out_shapes = _converter_of(layer.type)(ctx)
+            except LayerRefused as refusal:
+                problem = str(refusal)
+        if problem is not None:
+            unsupported.append((layer.name, layer.type, problem))
+            for top in layer.top:  # what it would have written is unknown from here on
+                current.pop(top, None)
             continue
         if ctx.batch_fixed and symbolic:
             return None

@@ -17,14 +17,13 @@ from onnx import TensorProto, helper
 
 from camcaffe.caffe import wire
 from camcaffe.convert.converter import BATCH_SYMBOL, ConvertedNet
+from camcaffe.limits import EXTERNAL_DATA_THRESHOLD, limit
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17
 _MODEL_GRAPH_FIELD = 7
 _GRAPH_INITIALIZER_FIELD = 5
 _TENSOR_RAW_DATA_FIELD = 9
-# Protobuf messages cannot exceed 2 GiB; keep a margin for the graph itself.
-EXTERNAL_DATA_THRESHOLD = int(os.environ.get("CAMCAFFE_EXTERNAL_DATA_THRESHOLD", 1_900_000_000))
 
 
 def _value_info(name: str, shape: list[int] | None, batch_led: bool) -> onnx.ValueInfoProto:
@@ -96,7 +95,8 @@ def write_model(
     path = Path(path)
     total = sum(array.nbytes for array in converted.builder.initializers.values())
     if external_data is None:
-        external_data = total > EXTERNAL_DATA_THRESHOLD
+        # Protobuf messages cannot exceed 2 GiB; the default threshold keeps a margin for the graph.
+        external_data = total > limit(EXTERNAL_DATA_THRESHOLD)
     data_path = path.with_name(path.name + ".data")
     tmp_model = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp_data = data_path.with_name(f".{data_path.name}.tmp{os.getpid()}")

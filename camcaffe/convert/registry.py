@@ -25,6 +25,13 @@ _CONVERTERS: dict[str, Converter] = {}
 Arity = tuple[int, int | None, int, int | None]
 _ARITY: dict[str, Arity] = {}
 _ONE_TO_ONE: Arity = (1, 1, 1, 1)
+# Layer types whose Caffe implementation gives a well-defined result when top == bottom. Others
+# (Convolution, Eltwise SUM/MAX, LRN, ...) overwrite their input while reading it, and Caffe itself
+# refuses in-place Flatten/Reshape, so there is no faithful value to reproduce.
+IN_PLACE_TYPES = frozenset({
+    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold",
+    "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split",
+})  # fmt: skip
 
 
 def converter(*type_names: str, arity: Arity = _ONE_TO_ONE) -> Callable[[Converter], Converter]:
@@ -143,7 +150,8 @@ class LayerContext:
 def refuse_all(unsupported: list[tuple[str, str, str]], source: str) -> UnsupportedLayerError:
     """One error listing every layer that cannot be converted: (name, type, reason)."""
     parts = [
-        f"'{name}' ({type_name}{': ' + reason if reason else ''})" for name, type_name, reason in unsupported
+        f"layer '{name}' ({type_name}{': ' + reason if reason else ''})"
+        for name, type_name, reason in unsupported
     ]
     types = sorted({type_name for _, type_name, reason in unsupported if not reason})
     hint = f" unsupported type(s): {', '.join(types)};" if types else ""
