@@ -38,6 +38,8 @@ def main() -> None:
     with C.temp_dir("photos") as folder:
         paths = C.copy_photos(Path(folder))
         done, next_sample, results = 0, 0, 0
+        C.wait_for_quiet()
+        monitor = C.CpuMonitor().__enter__()
         start = time.perf_counter()
         while done < args.images:
             count = min(BATCH, args.images - done)
@@ -62,6 +64,7 @@ def main() -> None:
                 )
                 next_sample = (done // SAMPLE_EVERY + 1) * SAMPLE_EVERY
         elapsed = time.perf_counter() - start
+        monitor.__exit__(None, None, None)
     fitted = [s for s in samples if s["images"] >= WARMUP_IMAGES]
     x = np.array([s["images"] for s in fitted], dtype=np.float64)
     rss = np.array([s["rss_mb"] for s in fitted])
@@ -76,6 +79,7 @@ def main() -> None:
         "rows_written": results,
         "seconds": round(elapsed, 1),
         "images_per_s": round(args.images / elapsed, 2),
+        "other_procs_cpu_pct": monitor.other_pct,
         "rss_before_model_mb": round(start_rss, 1),
         "samples": samples,
         "rss_slope_kb_per_1000_images": round(slope_mb_per_image * 1024 * 1000, 1),
@@ -96,7 +100,7 @@ def main() -> None:
     }
     lines = [
         f"{args.model}, pipeline (b), batch {BATCH}, {args.images} images in {figures['seconds']} s "
-        f"({figures['images_per_s']} images/s). RSS slope after {WARMUP_IMAGES} images: "
+        f"({figures['images_per_s']} images/s; other processes used {monitor.other_pct} % CPU). RSS slope after {WARMUP_IMAGES} images: "
         f"{figures['rss_slope_kb_per_1000_images']} KB per 1,000 images (fitted growth over the stream "
         f"{figures['rss_fitted_growth_mb']} MB); VmHWM rise after warm-up {figures['hwm_growth_after_warmup_mb']} MB; "
         f"peak RSS {figures['peak_rss_mb']} MB; flat: {flat}.",

@@ -189,12 +189,13 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
 
 def _to_unit_float(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """skimage.img_as_float semantics: uint8 / 255, uint16 / 65535, floats unchanged (as float64)."""
+    # float32 throughout: caffe.io.load_image returns float32 anyway (at most 1 ulp from float64 then cast)
     if image.dtype == np.uint8:
-        return image.astype(np.float64) / 255.0
+        return image.astype(np.float32) * np.float32(1.0 / 255.0)
     if image.dtype == np.uint16:
-        return image.astype(np.float64) / 65535.0
+        return image.astype(np.float32) * np.float32(1.0 / 65535.0)
     if image.dtype in (np.float32, np.float64):
-        return image.astype(np.float64)
+        return image.astype(np.float32)
     raise ImageError(f"{path}: pixel type {image.dtype} is not supported; save it as 8- or 16-bit PNG/JPEG")
 
 
@@ -307,7 +308,14 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     if not im_max > im_min:
         return np.full((height, width, image.shape[2]), im_min, dtype=np.float32)
     im_std = (image - im_min) / (im_max - im_min)
-    if interp_order == 1:
+    if interp_order == 1 and height <= image.shape[0] and width <= image.shape[1] and image.shape[2] <= 4:
+        # Shrinking both axes, every sample position (j + 0.5) * n_in / n_out - 0.5 lies inside the image,
+        # so the zero border of 'grid-constant' never takes part and OpenCV's bilinear resize computes the
+        # same values (in float32, without full-size float64 copies).
+        resized = cv2.resize(im_std, (width, height), interpolation=cv2.INTER_LINEAR)
+        if resized.ndim == 2:
+            resized = resized[:, :, np.newaxis]
+    elif interp_order == 1:
         resized = _resize_linear(im_std, height, width)
     else:
         resized = _resize_nearest(im_std, height, width)
