@@ -285,6 +285,7 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
     onnx_path = C.converted_model(name)
     _, pipeline = C.make_pipeline(onnx_path, write_overlays=False)
     _, pipeline_overlays = C.make_pipeline(onnx_path, write_overlays=True)
+    pool = worker_pool(onnx_path)
     session = bare_session(onnx_path)
     input_name = session.get_inputs()[0].name
     net = opencv_net(name)
@@ -315,6 +316,15 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
         def step_b(i, batch=batch):
             pipeline.process(batch_of(paths, batch, i), batch_of(stems, batch, i), out_dir=None)
 
+        def step_b_workers(i, batch=batch):
+            # what `camcaffe cam` runs on a CPU: one single-threaded pipeline per core, a batch each
+            rounds = [
+                (batch_of(paths, batch, i * pool.size + k), batch_of(stems, batch, i * pool.size + k))
+                for k in range(pool.size)
+            ]
+            for _ in pool.map(rounds, None):
+                pass
+
         def step_c(i, batch=batch):
             pipeline_overlays.process(
                 batch_of(paths, batch, i), batch_of(stems, batch, i), out_dir=overlay_dir
@@ -335,6 +345,7 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
         steps = {
             "a_bare_ort": step_a,
             "b_pipeline": step_b,
+            "b_workers": step_b_workers,
             "c_pipeline_overlays": step_c,
             "d_opencv_dnn": step_d,
             "e_opencv_imread_blob": step_e,
@@ -342,7 +353,7 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
         quiet_before = C.wait_for_quiet()
         latencies, monitor = interleaved(steps, batch)
         for mode, values in latencies.items():
-            stats = C.latency_stats(values, batch)
+            stats = C.latency_stats(values, batch * (pool.size if mode == "b_workers" else 1))
             rows.append(
                 {
                     "model": name,
@@ -360,6 +371,22 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
                 flush=True,
             )
     return {"rows": rows, "flops": count_macs(onnx_path), "ort_vs_opencv": agreement}
+
+
+def worker_pool(onnx_path: Path):
+    """The pool `camcaffe cam` builds on this machine: default_workers() single-threaded sessions."""
+    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.runtime import ModelSession
+    from camcaffe.workers import PipelinePool, default_workers
+
+    workers, threads = default_workers("CPUExecutionProvider")
+
+    def make():
+        session = ModelSession(onnx_path, "cpu", threads=threads)
+        preprocess, _ = preprocess_from_metadata(session, Preprocess())
+        return CamPipeline(session, preprocess, CamSettings(top_k=1, write_overlays=False))
+
+    return PipelinePool([make() for _ in range(workers)])
 
 
 def ratio(rows: list[dict], model: str, num: str, den: str, batch: int) -> float:
@@ -503,6 +530,8 @@ def main() -> None:
             key: {str(b): ratio(rows, name, num, den, b) for b in BATCHES}
             for key, (num, den) in {
                 "(b)/(a) pipeline vs bare ORT": ("b_pipeline", "a_bare_ort"),
+                "(b-workers)/(a) camcaffe cam's pool vs bare ORT": ("b_workers", "a_bare_ort"),
+                "(b-workers)/(d) camcaffe cam's pool vs OpenCV dnn": ("b_workers", "d_opencv_dnn"),
                 "(b)/(d) pipeline vs OpenCV dnn": ("b_pipeline", "d_opencv_dnn"),
                 "(a)/(d) bare ORT vs OpenCV dnn": ("a_bare_ort", "d_opencv_dnn"),
                 "(b)/(e) pipeline vs OpenCV imread+blobFromImages+dnn": (
@@ -535,6 +564,20 @@ def main() -> None:
                 "batch 1/8/32: " + " / ".join(str(bd_all[str(b)]) for b in BATCHES) + busy,
             )
         )
+        for den, label, goal in (
+            ("a_bare_ort", "bare ORT (a)", 0.9),
+            ("d_opencv_dnn", "OpenCV dnn (d)", 1.3),
+        ):
+            value = ratio(rows, name, "b_workers", den, 8)
+            targets.append(
+                C.target(
+                    f"{name}: camcaffe cam's worker pool (b-workers) / {label} throughput, batch 8",
+                    value,
+                    f">= {goal}",
+                    value >= goal,
+                    "what `camcaffe cam` runs: one single-threaded pipeline per core" + busy,
+                )
+            )
         bare = [r for r in rows if r["model"] == name and r["mode"] == "a_bare_ort"]
         best = max(bare, key=lambda r: r["images_per_s"])
         gflop = figures["flops"][name]["gflops"]

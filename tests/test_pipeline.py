@@ -106,3 +106,26 @@ def test_inputs_expand_folders_globs_and_unique_stems(tmp_path):
     from pathlib import Path
 
     assert output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("c/x.gif")]) == ["x", "x_2", "x_3"]
+
+
+def test_pipeline_pool_keeps_order_and_results(session, tmp_path):
+    from camcaffe.workers import PipelinePool, default_workers
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8))
+        paths.append(path)
+    paths.insert(4, tmp_path / "missing.png")
+    stems = [p.stem for p in paths]
+    batches = [(paths[i : i + 3], stems[i : i + 3]) for i in range(0, len(paths), 3)]
+    single = [o for b in batches for o in _pipeline(session, top_k=2).process(b[0], b[1], None)]
+    pool = PipelinePool.build(_pipeline(session, top_k=2), lambda: _pipeline(session, top_k=2), 3)
+    pooled = [o for outcomes in pool.map(batches, None) for o in outcomes]
+    pool.close()
+    assert [o.path for o in pooled] == paths
+    assert [o.rows for o in pooled] == [o.rows for o in single]
+    assert pooled[4].error and "missing.png" in pooled[4].error
+    assert default_workers("CUDAExecutionProvider")[0] == 1
+    assert default_workers("CPUExecutionProvider")[0] >= 1

@@ -36,6 +36,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
     parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel pipelines (default: one per CPU core, up to 4; 1 on a GPU)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in overlays (default 0.5)")
     parser.add_argument(
         "--box-threshold",
@@ -101,7 +107,15 @@ def run(args: argparse.Namespace) -> int:
 
     max_image_pixels()  # a bad CAMCAFFE_MAX_IMAGE_PIXELS is one fatal error, not one per image
     top_k = args.top_k if args.top_k is not None else (0 if args.classes else 1)
-    session = ModelSession(args.model, args.provider)
+    from camcaffe.runtime import choose_providers
+    from camcaffe.workers import PipelinePool, default_workers
+
+    workers, threads = default_workers(choose_providers(args.provider)[0])
+    if args.workers is not None:
+        if args.workers <= 0:
+            raise CamcaffeError(f"--workers must be a positive integer, got {args.workers}")
+        workers, threads = args.workers, max(1, (os.cpu_count() or 1) // args.workers)
+    session = ModelSession(args.model, args.provider, threads=threads)
     labels = None
     if args.labels is not None:
         from camcaffe.labels import load_labels
@@ -124,9 +138,19 @@ def run(args: argparse.Namespace) -> int:
         write_overlays=not args.no_overlays,
         resize=args.resize,
     )
-    pipeline = CamPipeline(
-        session, preprocess, settings, labels, args.feature_layer, args.fc_layer, labels_source=args.labels
-    )
+
+    def make_pipeline(model_session: ModelSession) -> CamPipeline:
+        return CamPipeline(
+            model_session,
+            preprocess,
+            settings,
+            labels,
+            args.feature_layer,
+            args.fc_layer,
+            labels_source=args.labels,
+        )
+
+    pipeline = make_pipeline(session)
     paths, problems = expand_inputs(args.inputs)
     if not paths:
         detail = f" ({'; '.join(problems)})" if problems else ""
@@ -153,18 +177,34 @@ def run(args: argparse.Namespace) -> int:
 
     show_bar = len(paths) > 1 and not quiet and sys.stderr.isatty()
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show_bar)
+    pool = PipelinePool.build(
+        pipeline,
+        lambda: make_pipeline(ModelSession(session.model, args.provider, threads, session.source)),
+        workers if len(paths) > args.batch_size else 1,
+    )
+    batches = [
+        (paths[i : i + args.batch_size], stems[i : i + args.batch_size])
+        for i in range(0, len(paths), args.batch_size)
+    ]
+
+    def record(outcomes) -> None:
+        nonlocal failed
+        for outcome in outcomes:
+            if outcome.error:
+                failed += 1
+                rows.append(error_row(outcome))
+                progress.write(f"camcaffe: warning: skipped {outcome.error}", file=sys.stderr)
+            else:
+                rows.extend(outcome.rows)
+        progress.update(len(outcomes))
+
     try:
-        for start in range(0, len(paths), args.batch_size):
-            batch = paths[start : start + args.batch_size]
-            for outcome in pipeline.process(batch, stems[start : start + args.batch_size], args.out):
-                if outcome.error:
-                    failed += 1
-                    rows.append(error_row(outcome))
-                    progress.write(f"camcaffe: warning: skipped {outcome.error}", file=sys.stderr)
-                else:
-                    rows.extend(outcome.rows)
-            progress.update(len(batch))
+        for outcomes in pool.map(batches, args.out):
+            record(outcomes)
     except KeyboardInterrupt:
+        # Batches already running finish (their files are complete) and are listed; none is half-listed.
+        for outcomes in pool.stop():
+            record(outcomes)
         progress.close()
         _write_results(args.out, rows, args.json)
         done = len({r["image"] for r in rows})
@@ -173,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         raise
+    pool.close()
     progress.close()
     _write_results(args.out, rows, args.json)
     if not quiet:
