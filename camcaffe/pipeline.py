@@ -17,6 +17,7 @@ from camcaffe.cam_head import CamHead, find_cam_head
 from camcaffe.errors import CamcaffeError, LabelsError
 from camcaffe.localize import box_from_cam
 from camcaffe.preprocess import Transformer, load_image
+from camcaffe.render import overlay, write_image_atomic
 from camcaffe.runtime import ModelSession
 
 RESULT_COLUMNS = [
@@ -281,8 +282,6 @@ class CamPipeline:
             box = box_from_cam(maps[j], self.settings.box_threshold)
             overlay_path = ""
             if out_dir is not None and self.settings.write_overlays:
-                from camcaffe.render import overlay, write_image_atomic
-
                 if base is None:
                     base = np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 name = f"{stem}_cam.png" if j == 0 else f"{stem}_cam_{int(class_index)}.png"

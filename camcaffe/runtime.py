@@ -9,7 +9,6 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -282,15 +281,3 @@ class ModelSession:
             values = dict(zip(fetch, session.run(fetch, feeds), strict=True)) if fetch else {}
         values.update({t: feeds[t] for t in tensors if t in self.input_names})
         return {name: values[tensor] for name, tensor in zip(names, tensors, strict=True)}
-
-
-_CACHE: dict[tuple[str, float, str], ModelSession] = {}
-
-
-def open_model(path: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> ModelSession:
-    """A cached ModelSession for an ONNX file (re-opened when the file changes)."""
-    path = Path(path)
-    key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0, f"{provider}:{threads}")
-    if key not in _CACHE:
-        _CACHE[key] = ModelSession(path, provider, threads)
-    return _CACHE[key]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,28 +41,6 @@ def opencv_available() -> bool:
     except ImportError:
         return False
     return hasattr(cv2, "dnn") and hasattr(cv2.dnn, "readNetFromCaffe")
-
-
-def run_onnx(
-    model_path: str | os.PathLike, feeds: dict[str, np.ndarray], outputs: list[str]
-) -> dict[str, np.ndarray]:
-    """Run the model on CPU and fetch `outputs`, adding any that are intermediate tensors."""
-    import onnx
-    import onnxruntime as ort
-
-    from camcaffe.runtime_model import load_onnx_model
-
-    model = load_onnx_model(model_path)
-    present = {o.name for o in model.graph.output}
-    for name in outputs:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            present.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = session.run(outputs, feeds)
-    return dict(zip(outputs, values, strict=True))
 
 
 def verify_with_opencv(
@@ -116,7 +93,10 @@ def verify_with_opencv(
     except cv2.error as exc:
         report.unavailable = f"OpenCV failed to run the net: {str(exc).strip().splitlines()[-1]}"
         return report
-    ours = run_onnx(onnx_path, feeds, [converted.blob_tensors[b] for b in comparable])
+    from camcaffe.runtime import ModelSession
+
+    tensors = [converted.blob_tensors[b] for b in comparable]
+    ours = ModelSession(onnx_path, "cpu", io_binding=False).run(feeds, tensors)
     for blob, reference in zip(comparable, cv_values, strict=True):
         value = ours[converted.blob_tensors[blob]]
         reference = np.asarray(reference)

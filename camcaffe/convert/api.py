@@ -20,7 +20,7 @@ from camcaffe.convert.head import detect_cam_head
 from camcaffe.convert.onnx_io import build_model, write_model
 from camcaffe.convert.registry import is_supported
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
-from camcaffe.errors import CaffeFormatError, InputFileError
+from camcaffe.errors import InputFileError
 
 META_PREFIX = "camcaffe."
 
@@ -191,7 +191,6 @@ def convert_in_memory(
 
 
 __all__ = [
-    "CaffeFormatError",
     "ConversionResult",
     "Preprocessing",
     "convert_files",

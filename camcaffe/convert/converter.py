@@ -41,6 +41,7 @@ class LayerRecord:
     tops: list[str]
     params: list[str]
     param_shapes: list[list[int]]
+    bottom_tensors: list[str] = field(default_factory=list)  # the ONNX tensors the layer read
 
 
 @dataclass
@@ -127,12 +128,6 @@ def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]]) -> list[lis
             ]
         )
     return names
-
-
-def _converter_of(type_name: str):
-    converter_fn = get_converter(type_name)
-    assert converter_fn is not None
-    return converter_fn
 
 
 def _static_problem(layer) -> str | None:
@@ -249,7 +244,9 @@ def _convert(
                 fetch_params=params,
             )
             try:
-                out_shapes = _converter_of(layer.type)(ctx)
+                converter_fn = get_converter(layer.type)
+                assert converter_fn is not None  # _static_problem vetted the type
+                out_shapes = converter_fn(ctx)
             except LayerRefused as refusal:
                 problem = str(refusal)
         if problem is not None:
@@ -274,6 +271,7 @@ def _convert(
             list(layer.top),
             list(ctx.param_names),
             [list(builder.initializers[p].shape) for p in ctx.param_names],
+            list(ctx.inputs),
         )
     if unsupported:
         raise refuse_all(unsupported, net.source)

@@ -23,53 +23,42 @@ def _covers_map(layer, shape: list[int]) -> bool:
 
 def detect_cam_head(net: CaffeNet, converted: ConvertedNet) -> dict | None:
     """Return a JSON-able description of the last CAM-compatible head, or None."""
-    tensors_at: dict[str, str] = {}  # blob -> tensor current at this point of the walk
-    producer: dict[str, object] = {}
+    producers: dict[str, list] = {}  # blob -> layers that wrote it so far, in order
     found: dict | None = None
-    layer_list = net.layers
-    for index, layer in enumerate(layer_list):
-        inputs = [tensors_at.get(b, b) for b in layer.bottom]
-        if layer.type == "Pooling" and inputs:
-            shape = converted.tensor_shapes.get(inputs[0])
+    for index, layer in enumerate(net.layers):
+        record = converted.layers.get(layer.name)
+        if layer.type == "Pooling" and record is not None and record.bottom_tensors:
+            feature_tensor = record.bottom_tensors[0]  # the value the pooling read (in-place chains included)
+            shape = converted.tensor_shapes.get(feature_tensor)
             if shape and _covers_map(layer, shape):
                 head = _follow_classifier(net, index, converted)
+                if head is None:
+                    head = _class_conv_head(layer.bottom[0], producers, net, index, layer.top[0])
                 if head is not None:
                     head.update(
                         feature_blob=layer.bottom[0],
-                        feature_tensor=inputs[0],
+                        feature_tensor=feature_tensor,
                         pool_layer=layer.name,
                         feature_shape=shape[1:],
                     )
                     found = head
-                else:
-                    class_conv = _class_conv_before(layer.bottom[0], producer)
-                    if class_conv is not None:
-                        found = {
-                            "kind": "class_conv",
-                            "fc_layer": class_conv.name,
-                            "num_classes": int(class_conv.convolution_param.num_output),
-                            "feature_blob": layer.bottom[0],
-                            "feature_tensor": inputs[0],
-                            "pool_layer": layer.name,
-                            "feature_shape": shape[1:],
-                            "prob_blob": _softmax_after(net, index, layer.top[0]),
-                        }
-        names = converted.layers.get(layer.name)
         for top in layer.top:
-            producer.setdefault(top, [])
-            producer[top].append(layer)  # type: ignore[union-attr]
-            tensors_at[top] = (
-                converted.blob_tensors.get(top, top) if names is None else _tensor_for(converted, layer, top)
-            )
+            producers.setdefault(top, []).append(layer)
     return found
 
 
-def _tensor_for(converted: ConvertedNet, layer, top: str) -> str:
-    final = converted.blob_tensors.get(top)
-    candidate = f"{top}@{layer.name}"
-    if candidate in converted.tensor_shapes:
-        return candidate
-    return final or top
+def _class_conv_head(
+    blob: str, producers: dict[str, list], net: CaffeNet, index: int, pooled: str
+) -> dict | None:
+    class_conv = _class_conv_before(blob, producers)
+    if class_conv is None:
+        return None
+    return {
+        "kind": "class_conv",
+        "fc_layer": class_conv.name,
+        "num_classes": int(class_conv.convolution_param.num_output),
+        "prob_blob": _softmax_after(net, index, pooled),
+    }
 
 
 def _consumers(net: CaffeNet, start: int, blob: str):
