@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (convert, inspect):
         module.add_parser(subparsers)
-    for name in ("cam", "bench"):
+    for name in ("cam", "evaluate", "report", "bench"):
         try:
             module = __import__(f"camcaffe.commands.{name}", fromlist=["add_parser"])
         except ImportError:

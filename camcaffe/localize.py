@@ -50,3 +50,22 @@ def box_from_cam(cam_upsampled: np.ndarray, threshold: float = 0.2) -> Box:
     x1 = x0 + int(stats[best, cv2.CC_STAT_WIDTH]) - 1
     y1 = y0 + int(stats[best, cv2.CC_STAT_HEIGHT]) - 1
     return x0, y0, x1, y1
+
+
+def threshold_boxes(cam_upsampled: np.ndarray, threshold: float = 0.2) -> list[Box]:
+    """The paper's heuristic as a box list (one box)."""
+    return [box_from_cam(cam_upsampled, threshold)]
+
+
+BOXERS = {"threshold": threshold_boxes}
+
+
+def make_boxer(kind: str, threshold: float = 0.2):
+    """A function map (H, W) in [0, 1] -> non-empty list of boxes, best first."""
+    from camcaffe.errors import CamcaffeError
+
+    try:
+        boxer = BOXERS[kind]
+    except KeyError:
+        raise CamcaffeError(f"--boxes {kind}: unknown; choose one of {', '.join(BOXERS)}") from None
+    return lambda cam: boxer(cam, threshold)

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from camcaffe.cam import compute_cams, normalize, softmax, upsample
-from camcaffe.cam_head import CamHead, find_cam_head
+from camcaffe.cam import softmax
+from camcaffe.cam_head import CamHead
 from camcaffe.errors import CamcaffeError, LabelsError
-from camcaffe.localize import box_from_cam
+from camcaffe.localize import make_boxer
+from camcaffe.methods import MethodBatch, make_method
 from camcaffe.preprocess import Transformer, load_image
 from camcaffe.render import overlay, write_image_atomic
 from camcaffe.runtime import ModelSession
+from camcaffe.views import make_views
 
 RESULT_COLUMNS = [
     "image",
@@ -44,8 +46,10 @@ class CamSettings:
     box_threshold: float = 0.2
     save_npy: bool = False
     write_overlays: bool = True
-    resize: str = "warp"  # "warp": whole image to the input size; "crop": resize to crop_base, centre crop
+    resize: str = "warp"  # a views.VIEWS name: "warp" (caffe.io), "crop" (256 + centre crop), ...
     crop_base: int = 256
+    method: str = "cam"  # a methods.METHODS name
+    boxes: str = "threshold"  # a localize.BOXERS name
 
 
 @dataclass
@@ -63,7 +67,7 @@ class ImageOutcome:
     stem: str
     rows: list[dict]
     error: str | None = None
-    cams: np.ndarray | None = None  # (k, h, w) raw maps for the selected classes
+    cams: np.ndarray | None = None  # (k, h, w) raw maps for the selected classes; (views, k, h, w) if several
 
 
 def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tuple[Preprocess, bool]:
@@ -100,7 +104,9 @@ class CamPipeline:
     ):
         self.session = session
         self.settings = settings
-        self.head: CamHead = find_cam_head(session.model, feature_layer=feature_layer, fc_layer=fc_layer)
+        self.method = make_method(settings.method, session, feature_layer=feature_layer, fc_layer=fc_layer)
+        self.head: CamHead = self.method.head
+        self.boxer = make_boxer(settings.boxes, settings.box_threshold)
         self.labels = labels if labels is not None else session.info.labels
         if self.labels is not None and len(self.labels) != self.head.num_classes:
             where = f"label file {labels_source}" if labels_source else "the model's embedded labels"
@@ -123,12 +129,7 @@ class CamPipeline:
             self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
-        if settings.resize not in ("warp", "crop"):
-            raise CamcaffeError(f"--resize must be warp or crop, not '{settings.resize}'")
-        if settings.resize == "crop" and min(self.input_hw) > settings.crop_base:
-            raise CamcaffeError(
-                f"--resize crop: the net input {tuple(self.input_hw)} is larger than {settings.crop_base}"
-            )
+        self.views = make_views(settings.resize, self.input_hw, settings.crop_base)
         self.class_indices = [self._class_index(c) for c in settings.classes]
         if settings.top_k < 0 or settings.top_k > self.head.num_classes:
             raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
@@ -166,36 +167,16 @@ class CamPipeline:
 
     # --- stages -------------------------------------------------------------------------------------
     def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Decode and preprocess one image: (RGB float image in [0,1], net input C×H×W)."""
+        """Decode and preprocess one image: (RGB float image in [0,1], net inputs views×C×H×W)."""
         image = load_image(path)
-        if self.settings.resize == "crop":
-            from camcaffe.preprocess import resize_image
-
-            base = self.settings.crop_base
-            top, left = self._crop_offset()
-            resized = resize_image(image, (base, base))
-            crop = resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]
-            return image, self.transformer.preprocess(self.input_name, crop)
-        return image, self.transformer.preprocess(self.input_name, image)
-
-    def _crop_offset(self) -> tuple[int, int]:
-        base = self.settings.crop_base
-        return (base - self.input_hw[0]) // 2, (base - self.input_hw[1]) // 2
+        views = self.views.inputs(image)
+        return image, np.stack([self.transformer.preprocess(self.input_name, view) for view in views])
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Raw CAMs (k, h, w) -> maps over the original image (k, height, width), normalised to [0, 1]."""
-        if self.settings.resize == "crop":
-            base = self.settings.crop_base
-            top, left = self._crop_offset()
-            canvas = np.zeros((raw.shape[0], base, base), dtype=np.float32)
-            canvas[:, top : top + self.input_hw[0], left : left + self.input_hw[1]] = upsample(
-                raw, self.input_hw
-            )
-            low = raw.min(axis=(1, 2), keepdims=True)
-            canvas[:, :top] = canvas[:, top + self.input_hw[0] :] = low
-            canvas[:, :, :left] = canvas[:, :, left + self.input_hw[1] :] = low
-            return normalize(upsample(canvas, (height, width)))
-        return normalize(upsample(raw, (height, width)))
+        """Raw maps of one image, (k, h, w) or (views, k, h, w) -> (k, height, width) normalised to [0, 1]."""
+        if raw.ndim == 3:
+            raw = raw[None]
+        return self.views.to_image_space(raw, height, width)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
@@ -224,8 +205,11 @@ class CamPipeline:
         classes = np.concatenate([order[:, : self.settings.top_k], named], axis=1).astype(np.int64)
         return classes, np.take_along_axis(ranks, classes, axis=1)
 
-    def cams(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        return compute_cams(features, self.head.weights, classes)
+    def maps(
+        self, inputs: np.ndarray, features: np.ndarray, probabilities: np.ndarray, classes: np.ndarray
+    ) -> np.ndarray:
+        """Raw maps (N, k, h, w) of the chosen classes, by the configured method."""
+        return self.method.maps(MethodBatch(inputs, features, probabilities, classes))
 
     def process(
         self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
@@ -243,9 +227,16 @@ class CamPipeline:
             inputs.append(data)
             positions.append(position)
         if inputs:
-            probabilities, features = self.infer(np.stack(inputs))
+            views = self.views.count
+            batch = np.concatenate(inputs)
+            view_probabilities, features = self.infer(batch)
+            # Several views of one image: classes are ranked on the averaged probabilities.
+            probabilities = view_probabilities.reshape(len(inputs), views, -1).mean(axis=1)
             classes, ranks = self.select_classes(probabilities)
-            raw = self.cams(features, classes)
+            raw = self.maps(batch, features, view_probabilities, np.repeat(classes, views, axis=0))
+            raw = raw.reshape(len(inputs), views, *raw.shape[1:])
+            if views == 1:
+                raw = raw[:, 0]
             for i, position in enumerate(positions):
                 outcomes[position] = self._finish(
                     paths[position],
@@ -279,7 +270,7 @@ class CamPipeline:
             if int(class_index) in seen:
                 continue
             seen.add(int(class_index))
-            box = box_from_cam(maps[j], self.settings.box_threshold)
+            box = self.boxer(maps[j])[0]
             overlay_path = ""
             if out_dir is not None and self.settings.write_overlays:
                 if base is None:

@@ -77,7 +77,7 @@ def test_process_batch_with_a_bad_image(session, tmp_path):
     assert (tmp_path / "good_cam.png").exists() and outcomes[0].cams.shape == (1, 16, 16)
     # CAM = W[c] . F, checked independently
     _, data = pipeline.load(good)
-    values = session.run({"data": data[None]}, ["feat"])
+    values = session.run({"data": data}, ["feat"])
     weights = pipeline.head.weights[row["class_index"]]
     np.testing.assert_allclose(
         outcomes[0].cams[0], np.tensordot(weights, values["feat"][0], axes=1), rtol=1e-5, atol=1e-5

@@ -55,6 +55,36 @@ def add_parser(subparsers) -> None:
         default="warp",
         help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop",
     )
+    parser.add_argument(
+        "--crops",
+        type=int,
+        default=1,
+        choices=[1, 10],
+        help="10: the CAM demo's oversampling (256 resize, 4 corners + centre, mirrored), maps merged",
+    )
+    parser.add_argument(
+        "--method",
+        default="cam",
+        metavar="NAME",
+        help="saliency method (default cam; see 'camcaffe cam --help' for the list)",
+    )
+    parser.add_argument(
+        "--boxes",
+        default="threshold",
+        metavar="KIND",
+        help="threshold: largest region above --box-threshold (the paper's heuristic, default); "
+        "dt: the CAM authors' released box generator",
+    )
+    parser.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local (default) or ray (Ray Data)"
+    )
+    parser.add_argument(
+        "--address", help="--engine ray: the Ray cluster to join (default: start one locally)"
+    )
+    parser.add_argument("--num-workers", type=int, default=None, help="--engine ray: inference actors")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="--engine ray: GPUs per inference actor"
+    )
     parser.add_argument("--save-npy", action="store_true", help="also save raw CAMs as <stem>_cam.npy")
     parser.add_argument("--no-overlays", action="store_true", help="skip writing overlay images")
     parser.add_argument("--json", action="store_true", help="also write results.json")
@@ -91,24 +121,27 @@ def _write_results(out: Path, rows: list[dict], as_json: bool) -> None:
         write_json_atomic(out / "results.json", rows)
 
 
-def run(args: argparse.Namespace) -> int:
+def build_job(args: argparse.Namespace):
+    """Validate the flags and describe the job; (job, first session, workers, preprocessing assumed)."""
     from camcaffe.inputs import expand_inputs, output_stems
-    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, error_row, preprocess_from_metadata
+    from camcaffe.job import CamJob
+    from camcaffe.pipeline import CamSettings, Preprocess, preprocess_from_metadata
     from camcaffe.runtime import ModelSession
 
-    quiet = getattr(args, "quiet", False)
     if args.batch_size <= 0:
         raise CamcaffeError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if not 0.0 <= args.alpha <= 1.0:
         raise CamcaffeError(f"--alpha must lie in [0, 1], got {args.alpha}")
     if not 0.0 <= args.box_threshold <= 1.0:
         raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {args.box_threshold}")
+    if args.crops not in (1, 10):
+        raise CamcaffeError(f"--crops must be 1 or 10, got {args.crops}")
     from camcaffe.preprocess import max_image_pixels
 
     max_image_pixels()  # a bad CAMCAFFE_MAX_IMAGE_PIXELS is one fatal error, not one per image
     top_k = args.top_k if args.top_k is not None else (0 if args.classes else 1)
     from camcaffe.runtime import choose_providers
-    from camcaffe.workers import PipelinePool, default_workers
+    from camcaffe.workers import default_workers
 
     workers, threads = default_workers(choose_providers(args.provider)[0])
     if args.workers is not None:
@@ -136,28 +169,40 @@ def run(args: argparse.Namespace) -> int:
         box_threshold=args.box_threshold,
         save_npy=args.save_npy,
         write_overlays=not args.no_overlays,
-        resize=args.resize,
+        resize="tencrop" if args.crops == 10 else args.resize,
+        method=args.method,
+        boxes=args.boxes,
     )
-
-    def make_pipeline(model_session: ModelSession) -> CamPipeline:
-        return CamPipeline(
-            model_session,
-            preprocess,
-            settings,
-            labels,
-            args.feature_layer,
-            args.fc_layer,
-            labels_source=args.labels,
-        )
-
-    pipeline = make_pipeline(session)
     paths, problems = expand_inputs(args.inputs)
     if not paths:
         detail = f" ({'; '.join(problems)})" if problems else ""
         raise InputFileError(f"no images found in {' '.join(args.inputs)}{detail}")
     for problem in problems:
         print(f"camcaffe: warning: {problem}", file=sys.stderr)
-    _prepare_out_dir(args.out)
+    job = CamJob(
+        model=args.model,
+        preprocess=preprocess,
+        settings=settings,
+        provider=args.provider,
+        threads=threads,
+        labels=labels,
+        labels_source=str(args.labels) if args.labels is not None else None,
+        feature_layer=args.feature_layer,
+        fc_layer=args.fc_layer,
+        batch_size=args.batch_size,
+        out=args.out,
+        json=args.json,
+        paths=paths,
+        stems=output_stems(paths),
+    )
+    return job, session, workers, assumed
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet = getattr(args, "quiet", False)
+    job, session, workers, assumed = build_job(args)
+    pipeline = job.make_pipeline(session)  # validates labels, classes, head before any output exists
+    _prepare_out_dir(job.out)
     if assumed and not quiet:
         print(
             "camcaffe: warning: the model carries no preprocessing metadata; assuming Caffe ImageNet defaults "
@@ -166,26 +211,46 @@ def run(args: argparse.Namespace) -> int:
         )
     if not quiet:
         print(
-            f"camcaffe: {len(paths)} image(s), provider {session.provider_used}, CAM of "
+            f"camcaffe: {len(job.paths)} image(s), provider {session.provider_used}, "
+            f"{job.settings.method.upper() if job.settings.method != 'cam' else 'CAM'} of "
             f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
             file=sys.stderr,
         )
-    stems = output_stems(paths)
+    if args.engine == "ray":
+        try:
+            from camcaffe.engine_ray import run_ray
+        except ImportError as exc:
+            raise CamcaffeError(
+                f"--engine ray needs Ray ({exc}); install it with: pip install 'camcaffe[ray]'"
+            ) from None
+        return run_ray(
+            job,
+            address=args.address,
+            num_workers=args.num_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            quiet=quiet,
+        )
+    return run_local(job, pipeline, workers, quiet)
+
+
+def run_local(job, pipeline, workers: int, quiet: bool) -> int:
+    """The single-process engine: one pipeline per worker thread, results.csv at the end."""
+    from camcaffe.pipeline import error_row
+    from camcaffe.workers import PipelinePool
+
     rows: list[dict] = []
     failed = 0
     from tqdm import tqdm
 
+    paths = job.paths
     show_bar = len(paths) > 1 and not quiet and sys.stderr.isatty()
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show_bar)
+    session = pipeline.session
     pool = PipelinePool.build(
         pipeline,
-        lambda: make_pipeline(ModelSession(session.model, args.provider, threads, session.source)),
-        workers if len(paths) > args.batch_size else 1,
+        lambda: job.make_pipeline(job.make_session(model=session.model)),
+        workers if len(paths) > job.batch_size else 1,
     )
-    batches = [
-        (paths[i : i + args.batch_size], stems[i : i + args.batch_size])
-        for i in range(0, len(paths), args.batch_size)
-    ]
 
     def record(outcomes) -> None:
         nonlocal failed
@@ -199,26 +264,26 @@ def run(args: argparse.Namespace) -> int:
         progress.update(len(outcomes))
 
     try:
-        for outcomes in pool.map(batches, args.out):
+        for outcomes in pool.map(job.batches(), job.out):
             record(outcomes)
     except KeyboardInterrupt:
         # Batches already running finish (their files are complete) and are listed; none is half-listed.
         for outcomes in pool.stop():
             record(outcomes)
         progress.close()
-        _write_results(args.out, rows, args.json)
+        _write_results(job.out, rows, job.json)
         done = len({r["image"] for r in rows})
         print(
-            f"camcaffe: interrupted; {args.out / 'results.csv'} lists the {done} image(s) finished",
+            f"camcaffe: interrupted; {job.out / 'results.csv'} lists the {done} image(s) finished",
             file=sys.stderr,
         )
         raise
     pool.close()
     progress.close()
-    _write_results(args.out, rows, args.json)
+    _write_results(job.out, rows, job.json)
     if not quiet:
         print(
-            f"camcaffe: wrote {args.out / 'results.csv'}: {len(paths) - failed} image(s) done, {failed} failed",
+            f"camcaffe: wrote {job.out / 'results.csv'}: {len(paths) - failed} image(s) done, {failed} failed",
             file=sys.stderr,
         )
     return EXIT_SOME_FAILED if failed else 0

@@ -1,0 +1,30 @@
+"""The interface every saliency method implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MethodBatch:
+    """What one forward pass produced, for N net inputs (views of images)."""
+
+    inputs: np.ndarray  # (N, C, H, W) the preprocessed net inputs
+    features: np.ndarray  # (N, C', h, w) the target feature blob
+    probabilities: np.ndarray  # (N, K)
+    classes: np.ndarray  # (N, k) int64 classes to map per input
+
+
+class SaliencyMethod:
+    """Base class. Subclasses set `name`, resolve `self.head` in __init__ and implement `maps`."""
+
+    name = "base"
+
+    def __init__(self, session, feature_layer: str | None = None, fc_layer: str | None = None, **options):
+        self.session = session
+        self.options = options
+
+    def maps(self, batch: MethodBatch) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
