@@ -94,10 +94,25 @@ def normalize(cam: np.ndarray) -> np.ndarray:
     arr = np.asarray(cam, dtype=np.float32)
     if arr.ndim < 2:
         raise CamInputError(f"cam shape {arr.shape} must end with (h, w)")
-    low = arr.min(axis=(-2, -1), keepdims=True)
-    span = arr.max(axis=(-2, -1), keepdims=True) - low
-    safe = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (arr - low) / safe, 0.0).astype(np.float32)
+    flat = arr.reshape((int(np.prod(arr.shape[:-2])), *arr.shape[-2:]))
+    out = np.empty(flat.shape, dtype=np.float32)
+    for index, plane in enumerate(flat):
+        if plane.size == 0:
+            continue
+        if not cv2.checkRange(plane)[
+            0
+        ]:  # NaN or infinite values: numpy's semantics (a NaN map becomes zeros)
+            low, span = plane.min(), plane.max() - plane.min()
+            with np.errstate(invalid="ignore"):
+                out[index] = np.where(span > 0, (plane - low) / np.where(span > 0, span, 1.0), 0.0)
+            continue
+        low, high = (np.float32(v) for v in cv2.minMaxLoc(plane)[:2])
+        if high > low:
+            np.subtract(plane, low, out=out[index])
+            np.divide(out[index], np.float32(high - low), out=out[index])
+        else:
+            out[index] = 0.0
+    return out.reshape(arr.shape)
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

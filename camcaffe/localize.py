@@ -31,25 +31,28 @@ def box_from_cam(cam_upsampled: np.ndarray, threshold: float = 0.2) -> Box:
     if not np.all(np.isfinite(cam)):
         raise CamInputError("cam contains NaN or infinite values; cannot place a box")
     height, width = cam.shape
-    peak = float(cam.max())
-    if peak <= 0.0 or peak == float(cam.min()):
+    low, peak = (float(v) for v in cv2.minMaxLoc(cam)[:2])
+    if peak <= 0.0 or peak == low:
         return whole_image_box(height, width)
-    mask = (cam >= np.float32(threshold * peak)).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    mask = cv2.compare(cam, float(np.float32(threshold * peak)), cv2.CMP_GE)
+    # Labels without per-component statistics, then the statistics of the winner only: several times faster
+    # than connectedComponentsWithStats on photo-sized maps, where usually one region is found.
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
     if count <= 1:
         return whole_image_box(height, width)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    candidates = np.flatnonzero(areas == areas.max()) + 1
-    if candidates.size > 1:
-        peaks = [float(cam[labels == label].max()) for label in candidates]
-        best = int(candidates[int(np.argmax(peaks))])
+    if count == 2:
+        region = mask
     else:
-        best = int(candidates[0])
-    x0 = int(stats[best, cv2.CC_STAT_LEFT])
-    y0 = int(stats[best, cv2.CC_STAT_TOP])
-    x1 = x0 + int(stats[best, cv2.CC_STAT_WIDTH]) - 1
-    y1 = y0 + int(stats[best, cv2.CC_STAT_HEIGHT]) - 1
-    return x0, y0, x1, y1
+        areas = np.bincount(labels.ravel(), minlength=count)[1:]
+        candidates = np.flatnonzero(areas == areas.max()) + 1
+        if candidates.size > 1:
+            peaks = [float(cam[labels == label].max()) for label in candidates]
+            best = int(candidates[int(np.argmax(peaks))])
+        else:
+            best = int(candidates[0])
+        region = np.equal(labels, best).view(np.uint8)
+    x0, y0, box_width, box_height = cv2.boundingRect(region)
+    return x0, y0, x0 + box_width - 1, y0 + box_height - 1
 
 
 def threshold_boxes(cam_upsampled: np.ndarray, threshold: float = 0.2) -> list[Box]:

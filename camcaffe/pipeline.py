@@ -17,10 +17,10 @@ from camcaffe.cam_head import CamHead
 from camcaffe.errors import CamcaffeError, LabelsError
 from camcaffe.localize import make_boxer
 from camcaffe.methods import MethodBatch, make_method
-from camcaffe.preprocess import Transformer, load_image
+from camcaffe.preprocess import Transformer, decode_image, display_pixels, image_from_decoded
 from camcaffe.render import overlay, write_image_atomic
 from camcaffe.runtime import ModelSession
-from camcaffe.views import make_views
+from camcaffe.views import ImageViews, make_views
 
 RESULT_COLUMNS = [
     "image",
@@ -68,6 +68,18 @@ class ImageOutcome:
     rows: list[dict]
     error: str | None = None
     cams: np.ndarray | None = None  # (k, h, w) raw maps for the selected classes; (views, k, h, w) if several
+
+
+@dataclass
+class PreparedBatch:
+    """One batch after `CamPipeline.prepare`: per image (in input order) the RGB float image in [0, 1]
+    and the net inputs (views×C×H×W), or None for both and the error message."""
+
+    paths: list[Path]
+    stems: list[str]
+    images: list[np.ndarray | None]
+    inputs: list[np.ndarray | None]
+    errors: list[str | None]
 
 
 def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tuple[Preprocess, bool]:
@@ -167,10 +179,17 @@ class CamPipeline:
 
     # --- stages -------------------------------------------------------------------------------------
     def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Decode and preprocess one image: (RGB float image in [0,1], net inputs views×C×H×W)."""
-        image = load_image(path)
+        """Decode and preprocess one image: (the photo as uint8 H×W×3 BGR for drawing, net inputs
+        views×C×H×W). The inputs are caffe.io's (load_image, then Transformer.preprocess of each view)."""
+        decoded = decode_image(path)
+        if self.views.count == 1 and type(self.views) is ImageViews:
+            fast = self.transformer.preprocess_decoded(self.input_name, decoded)
+            if fast is not None:
+                return display_pixels(decoded, path), fast[np.newaxis]
+        image = image_from_decoded(decoded, path)
         views = self.views.inputs(image)
-        return image, np.stack([self.transformer.preprocess(self.input_name, view) for view in views])
+        inputs = np.stack([self.transformer.preprocess(self.input_name, view) for view in views])
+        return np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8), inputs
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
         """Raw maps of one image, (k, h, w) or (views, k, h, w) -> (k, height, width) normalised to [0, 1]."""
@@ -211,17 +230,33 @@ class CamPipeline:
         """Raw maps (N, k, h, w) of the chosen classes, by the configured method."""
         return self.method.maps(MethodBatch(inputs, features, probabilities, classes))
 
-    def process(
-        self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
-    ) -> list[ImageOutcome]:
-        """Run one batch; an image that cannot be read is reported in its outcome, the rest go on."""
-        outcomes: list[ImageOutcome | None] = [None] * len(paths)
-        images, inputs, positions = [], [], []
-        for position, path in enumerate(paths):
+    def prepare(self, paths: Sequence[Path], stems: Sequence[str]) -> PreparedBatch:
+        """Decode and preprocess one batch (the CPU-bound first half of `process`); an image that
+        cannot be read gets its error, the rest go on."""
+        prepared = PreparedBatch(list(paths), list(stems), [], [], [])
+        for path in prepared.paths:
             try:
                 image, data = self.load(path)
             except CamcaffeError as exc:
-                outcomes[position] = ImageOutcome(path, stems[position], [], error=str(exc))
+                prepared.images.append(None)
+                prepared.inputs.append(None)
+                prepared.errors.append(str(exc))
+                continue
+            prepared.images.append(image)
+            prepared.inputs.append(data)
+            prepared.errors.append(None)
+        return prepared
+
+    def finish_batch(self, prepared: PreparedBatch, out_dir: Path | None) -> list[ImageOutcome]:
+        """Inference, maps, boxes and overlays of a prepared batch: outcomes in input order."""
+        paths, stems = prepared.paths, prepared.stems
+        outcomes: list[ImageOutcome | None] = [None] * len(paths)
+        images, inputs, positions = [], [], []
+        for position, (image, data, error) in enumerate(
+            zip(prepared.images, prepared.inputs, prepared.errors, strict=True)
+        ):
+            if error is not None or image is None or data is None:
+                outcomes[position] = ImageOutcome(paths[position], stems[position], [], error=error)
                 continue
             images.append(image)
             inputs.append(data)
@@ -250,6 +285,12 @@ class CamPipeline:
                 )
         return [o for o in outcomes if o is not None]
 
+    def process(
+        self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
+    ) -> list[ImageOutcome]:
+        """Run one batch; an image that cannot be read is reported in its outcome, the rest go on."""
+        return self.finish_batch(self.prepare(paths, stems), out_dir)
+
     def _finish(
         self,
         path: Path,
@@ -274,7 +315,7 @@ class CamPipeline:
             overlay_path = ""
             if out_dir is not None and self.settings.write_overlays:
                 if base is None:
-                    base = np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                    base = image
                 name = f"{stem}_cam.png" if j == 0 else f"{stem}_cam_{int(class_index)}.png"
                 text = f"{self.label(int(class_index))} {float(probabilities[class_index]):.3f}"
                 write_image_atomic(out_dir / name, overlay(base, maps[j], self.settings.alpha, text, box))

@@ -415,3 +415,62 @@ def test_npy_mean_drops_batch_dim_and_feeds_transformer(tmp_path: Path) -> None:
     vector = tmp_path / "vector.npy"
     np.save(vector, np.array([104.0, 117.0, 123.0]))
     assert load_mean_file(vector).shape == (3,)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The pipeline's fast path: preprocess straight from the decoded 8-bit pixels
+
+FAST_PATH_TOLERANCE = 1e-4  # 0-255 units; measured worst 4.6e-5 (3 float32 ulps near 255)
+
+
+def _fast_and_slow(image: np.ndarray, size: int, tmp_path: Path, name: str = "x.png"):
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), image)
+    transformer = caffe_imagenet_transformer((1, 3, size, size))
+    from camcaffe.preprocess import decode_image
+
+    fast = transformer.preprocess_decoded("data", decode_image(path))
+    slow = transformer.preprocess("data", load_image(path))
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((300, 451, 3), 224),
+        ((240, 240), 227),
+        ((230, 260, 4), 224),
+        ((224, 224, 3), 224),
+        ((227, 400, 3), 227),
+    ],
+)
+def test_fast_path_equals_caffe_io_within_rounding(shape, size, tmp_path) -> None:
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    fast, slow = _fast_and_slow(image, size, tmp_path)
+    assert fast is not None and fast.shape == slow.shape == (3, size, size)
+    assert np.abs(fast - slow).max() <= FAST_PATH_TOLERANCE
+
+
+def test_fast_path_constant_image_and_fallbacks(tmp_path) -> None:
+    fast, slow = _fast_and_slow(np.full((300, 300, 3), 77, np.uint8), 224, tmp_path)
+    assert np.array_equal(fast, slow)
+    small, _ = _fast_and_slow(np.zeros((100, 300, 3), np.uint8), 224, tmp_path)
+    assert small is None  # enlarging: caffe.io's zero border takes part, the long way handles it
+    deep, _ = _fast_and_slow(np.zeros((300, 300, 3), np.uint16), 224, tmp_path)
+    assert deep is None
+
+
+@pytest.mark.skipif(not _golden_cases(), reason="../shared/golden real_outputs.npz not available")
+@pytest.mark.parametrize(("folder", "size", "rel"), _golden_cases() or [("none", 0, "none")])
+def test_fast_path_matches_pycaffe(folder: str, size: int, rel: str) -> None:
+    from camcaffe.preprocess import decode_image
+
+    image_path = DATA / rel
+    if not image_path.is_file():
+        pytest.skip(f"{image_path} not available")
+    with np.load(GOLDEN / folder / "real_outputs.npz") as npz:
+        expected = npz[f"{_stem(rel)}/input"][0]
+    got = caffe_imagenet_transformer((1, 3, size, size)).preprocess_decoded("data", decode_image(image_path))
+    if got is None:
+        pytest.skip(f"{rel}: smaller than {size}, the fast path does not apply")
+    assert np.abs(got - expected).max() <= GOLDEN_TOLERANCE
