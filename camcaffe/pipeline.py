@@ -72,7 +72,7 @@ class ImageOutcome:
 
 @dataclass
 class PreparedBatch:
-    """One batch after `CamPipeline.prepare`: per image (in input order) the RGB float image in [0, 1]
+    """One batch after `CamPipeline.prepare`: per image (in input order) the photo as uint8 H×W×3 BGR
     and the net inputs (views×C×H×W), or None for both and the error message."""
 
     paths: list[Path]
