@@ -50,6 +50,7 @@ class CamSettings:
     crop_base: int = 256
     method: str = "cam"  # a methods.METHODS name
     boxes: str = "threshold"  # a localize.BOXERS name
+    batch_size: int = 8  # for methods that run extra forward passes (Score-CAM's masked inputs)
 
 
 @dataclass
@@ -116,7 +117,13 @@ class CamPipeline:
     ):
         self.session = session
         self.settings = settings
-        self.method = make_method(settings.method, session, feature_layer=feature_layer, fc_layer=fc_layer)
+        self.method = make_method(
+            settings.method,
+            session,
+            feature_layer=feature_layer,
+            fc_layer=fc_layer,
+            batch_size=settings.batch_size,
+        )
         self.head: CamHead = self.method.head
         self.boxer = make_boxer(settings.boxes, settings.box_threshold)
         self.labels = labels if labels is not None else session.info.labels

@@ -88,6 +88,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--save-npy", action="store_true", help="also save raw CAMs as <stem>_cam.npy")
     parser.add_argument("--no-overlays", action="store_true", help="skip writing overlay images")
     parser.add_argument("--json", action="store_true", help="also write results.json")
+    parser.add_argument(
+        "--report", action="store_true", help="also write report.html (see 'camcaffe report') into --out"
+    )
     parser.add_argument("--mean", type=lambda t: _floats(t, "--mean"), help="override the model's mean")
     parser.add_argument("--mean-file", type=Path, help="override with a mean image (.binaryproto/.npy)")
     parser.add_argument("--raw-scale", type=float, help="override raw scale")
@@ -172,6 +175,7 @@ def build_job(args: argparse.Namespace):
         resize="tencrop" if args.crops == 10 else args.resize,
         method=args.method,
         boxes=args.boxes,
+        batch_size=args.batch_size,
     )
     paths, problems = expand_inputs(args.inputs)
     if not paths:
@@ -223,14 +227,22 @@ def run(args: argparse.Namespace) -> int:
             raise CamcaffeError(
                 f"--engine ray needs Ray ({exc}); install it with: pip install 'camcaffe[ray]'"
             ) from None
-        return run_ray(
+        code = run_ray(
             job,
             address=args.address,
             num_workers=args.num_workers,
             gpus_per_worker=args.gpus_per_worker,
             quiet=quiet,
         )
-    return run_local(job, pipeline, workers, quiet)
+    else:
+        code = run_local(job, pipeline, workers, quiet)
+    if args.report:
+        from camcaffe.report import write_report
+
+        html = write_report(job.out / "results.csv", job.out / "report.html")
+        if not quiet:
+            print(f"camcaffe: wrote {html}", file=sys.stderr)
+    return code
 
 
 def run_local(job, pipeline, workers: int, quiet: bool) -> int:
