@@ -39,7 +39,7 @@ def cam_speed(name: str, paths: list[Path]) -> dict:
     from camcaffe.cam import compute_cams
 
     _, pipeline = C.make_pipeline(C.converted_model(name))
-    batch = np.stack([pipeline.load(p)[1] for p in C.cycle(paths, BATCH)])
+    batch = np.concatenate([pipeline.load(p)[1] for p in C.cycle(paths, BATCH)])
     probabilities, features = pipeline.infer(batch)
     classes, _ = pipeline.select_classes(probabilities)
     weights = pipeline.head.weights
@@ -67,7 +67,6 @@ def cam_speed(name: str, paths: list[Path]) -> dict:
 
 def stage_breakdown(name: str, paths: list[Path]) -> dict:
     """Per-image time of each stage of CamPipeline.process (batch 8, no overlays), by timing wrappers."""
-    import camcaffe.pipeline as pipeline_module
 
     _, pipeline = C.make_pipeline(C.converted_model(name))
     spent: dict[str, float] = {}
@@ -85,24 +84,20 @@ def stage_breakdown(name: str, paths: list[Path]) -> dict:
     pipeline.load = wrap("decode + preprocess (load)", pipeline.load)
     pipeline.infer = wrap("inference (infer)", pipeline.infer)
     pipeline.select_classes = wrap("top-k (select_classes)", pipeline.select_classes)
-    pipeline.cams = wrap("CAM (compute_cams)", pipeline.cams)
+    pipeline.maps = wrap("CAM (compute_cams)", pipeline.maps)
     pipeline.to_image_space = wrap("CAM upsample + normalise (to_image_space)", pipeline.to_image_space)
-    original_box = pipeline_module.box_from_cam
-    pipeline_module.box_from_cam = wrap("box (box_from_cam)", original_box)
-    try:
-        for i in range(2):  # warm-up
+    pipeline.boxer = wrap("box (box_from_cam)", pipeline.boxer)
+    for i in range(2):  # warm-up
+        chunk = C.cycle(paths, BATCH, start=i * BATCH)
+        pipeline.process(chunk, [p.stem for p in chunk], out_dir=None)
+    C.wait_for_quiet()
+    spent.clear()
+    with C.CpuMonitor() as monitor:
+        start = time.perf_counter()
+        for i in range(PIPELINE_BATCHES):
             chunk = C.cycle(paths, BATCH, start=i * BATCH)
             pipeline.process(chunk, [p.stem for p in chunk], out_dir=None)
-        C.wait_for_quiet()
-        spent.clear()
-        with C.CpuMonitor() as monitor:
-            start = time.perf_counter()
-            for i in range(PIPELINE_BATCHES):
-                chunk = C.cycle(paths, BATCH, start=i * BATCH)
-                pipeline.process(chunk, [p.stem for p in chunk], out_dir=None)
-            total = time.perf_counter() - start
-    finally:
-        pipeline_module.box_from_cam = original_box
+        total = time.perf_counter() - start
     images = PIPELINE_BATCHES * BATCH
     stages = {label: seconds / images for label, seconds in spent.items()}
     stages["other (stacking, rows, bookkeeping)"] = total / images - sum(stages.values())

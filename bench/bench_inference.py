@@ -289,7 +289,7 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
     session = bare_session(onnx_path)
     input_name = session.get_inputs()[0].name
     net = opencv_net(name)
-    tensors = [pipeline.load(p)[1] for p in paths]  # camcaffe's preprocessing of each distinct photo
+    tensors = [pipeline.load(p)[1][0] for p in paths]  # camcaffe's preprocessing of each distinct photo
     height, width = tensors[0].shape[1:]
     stems = [p.stem for p in paths]
 
@@ -371,6 +371,53 @@ def bench_model(name: str, paths: list[Path], overlay_dir: Path) -> dict:
                 flush=True,
             )
     return {"rows": rows, "flops": count_macs(onnx_path), "ort_vs_opencv": agreement}
+
+
+def jpeg_context(name: str, photo_dir: Path) -> dict:
+    """(b-workers)/(a) at batch 8 on the same photos re-encoded as JPEG (quality 95), ImageNet's format:
+    how much of the gap is PNG decoding (zlib) rather than camcaffe's own work."""
+    import cv2
+
+    paths = []
+    for path in C.photos():
+        target = photo_dir / f"{path.stem}.jpg"
+        cv2.imwrite(str(target), cv2.imread(str(path), cv2.IMREAD_COLOR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        paths.append(target)
+    onnx_path = C.CACHE / f"{name}.onnx"
+    _, pipeline = C.make_pipeline(onnx_path, write_overlays=False)
+    pool = worker_pool(onnx_path)
+    session = bare_session(onnx_path)
+    input_name = session.get_inputs()[0].name
+    stems = [p.stem for p in paths]
+    tensors = [pipeline.load(p)[1][0] for p in paths]
+    batch = 8
+    ready = [np.stack(C.cycle(tensors, batch, start=i * batch)) for i in range(len(paths))]
+
+    def step_a(i):
+        session.run(None, {input_name: ready[i % len(ready)]})
+
+    def step_b_workers(i):
+        rounds = [
+            (
+                C.cycle(paths, batch, (i * pool.size + k) * batch),
+                C.cycle(stems, batch, (i * pool.size + k) * batch),
+            )
+            for k in range(pool.size)
+        ]
+        for _ in pool.map(rounds, None):
+            pass
+
+    C.wait_for_quiet()
+    latencies, monitor = interleaved({"a_bare_ort": step_a, "b_workers": step_b_workers}, batch)
+    a = C.latency_stats(latencies["a_bare_ort"], batch)["images_per_s"]
+    b = C.latency_stats(latencies["b_workers"], batch * pool.size)["images_per_s"]
+    print(f"  {name:16s} JPEG photos, batch 8: a {a:.2f} img/s, b-workers {b:.2f} img/s, ratio {b / a:.3f}")
+    return {
+        "a_images_per_s": a,
+        "b_workers_images_per_s": b,
+        "ratio": round(b / a, 3),
+        "other_procs_cpu_pct": monitor.other_pct,
+    }
 
 
 def worker_pool(onnx_path: Path):
@@ -490,6 +537,20 @@ def markdown(figures: dict) -> str:
             f"{a['pipeline_b8_pct_of_measured_peak']} |"
         )
     lines += ["", f"GPU: {figures['gpu']['message']}"]
+    if figures.get("jpeg_context"):
+        lines += [
+            "",
+            "Context: the same photos re-encoded as JPEG q95 (ImageNet's format; 6 of the 9 photos are PNG, whose "
+            "zlib decoding costs 4-10 ms each), batch 8:",
+            "",
+            "| model | (a) img/s | (b-workers) img/s | ratio | other processes % CPU |",
+            "|---|---|---|---|---|",
+        ]
+        for model, c in figures["jpeg_context"].items():
+            lines.append(
+                f"| {model} | {c['a_images_per_s']} | {c['b_workers_images_per_s']} | {c['ratio']} | "
+                f"{c['other_procs_cpu_pct']} |"
+            )
     return "\n".join(lines)
 
 
@@ -520,6 +581,8 @@ def main() -> None:
             figures["rows"] += result["rows"]
             extras[name] = result
         figures["gpu"] = gpu_section(paths)
+    with C.temp_dir("jpeg") as jpeg_dir:
+        figures["jpeg_context"] = {name: jpeg_context(name, Path(jpeg_dir)) for name in C.MODELS}
     figures["flops"] = {name: extras[name]["flops"] for name in extras}
     figures["ort_vs_opencv_outputs"] = {name: extras[name]["ort_vs_opencv"] for name in extras}
     figures["achieved"] = []
