@@ -21,7 +21,7 @@ DEMO_IMAGES ?= $(firstword $(wildcard $(SHARED)/data/images) examples/images)
 MODEL ?= convert/demo.onnx
 IMAGES ?= $(DEMO_IMAGES)
 
-.PHONY: all setup test lint proto convert weights demo cam bench clean help
+.PHONY: all setup test lint proto convert weights demo cam report bench clean help
 
 all: test
 
@@ -31,6 +31,7 @@ help:
 	@echo "make convert  convert every prototxt/NAME.prototxt with weights/NAME.caffemodel to convert/NAME.onnx"
 	@echo "make weights  download the files listed in weights/manifest.json (checks sha256)"
 	@echo "make cam      MODEL=convert/x.onnx IMAGES=dir: CAMs into $(OUT)/cam"
+	@echo "make report   HTML gallery of $(OUT)/cam (run 'make cam' first) -> $(OUT)/cam/report.html"
 	@echo "make bench    benchmarks (figures to bench/results/)"
 	@echo "make proto    regenerate camcaffe/caffe/caffe_pb2.py (needs protoc 3.21, Debian: protobuf-compiler)"
 
@@ -74,6 +75,9 @@ demo: setup
 
 cam: setup
 	$(CAMCAFFE) cam $(MODEL) $(IMAGES) --out $(OUT)/cam
+
+report: setup
+	$(CAMCAFFE) report $(OUT)/cam -o $(OUT)/cam/report.html
 
 bench: setup
 	$(BIN)/python bench/run_all.py
