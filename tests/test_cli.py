@@ -246,3 +246,23 @@ def test_cam_error_cases(tmp_path, tiny):
     ok = camcaffe("cam", onnx_path, image, "--out", tmp_path / "o", "--class", "2")
     assert ok.returncode == 0, ok.stderr
     assert "no preprocessing metadata" in ok.stderr
+
+
+def test_cam_report_flag_writes_the_gallery(tmp_path, tiny):
+    import cv2
+    import numpy as np
+
+    prototxt, caffemodel = tiny
+    onnx_path = tmp_path / "tiny.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", onnx_path).returncode == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(
+            str(images / f"p{i}.png"), np.random.default_rng(i).integers(0, 255, (20, 24, 3), np.uint8)
+        )
+    out = tmp_path / "out"
+    result = camcaffe("cam", onnx_path, images, "--out", out, "--report", "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    html = (out / "report.html").read_text()
+    assert "p0.png" in html and "p2_cam.png" in html
