@@ -21,7 +21,7 @@ DEMO_IMAGES ?= $(firstword $(wildcard $(SHARED)/data/images) examples/images)
 MODEL ?= convert/demo.onnx
 IMAGES ?= $(DEMO_IMAGES)
 
-.PHONY: all setup test lint proto convert weights demo cam report bench clean help
+.PHONY: all setup test lint proto convert weights demo cam report reproduce bench clean help
 
 all: test
 
@@ -32,6 +32,7 @@ help:
 	@echo "make weights  download the files listed in weights/manifest.json (checks sha256)"
 	@echo "make cam      MODEL=convert/x.onnx IMAGES=dir: CAMs into $(OUT)/cam"
 	@echo "make report   HTML gallery of $(OUT)/cam (run 'make cam' first) -> $(OUT)/cam/report.html"
+	@echo "make reproduce ILSVRC_IMAGES=dir ILSVRC_ANNOTATIONS=dir: the CAM paper's ILSVRC val localisation, paper vs ours"
 	@echo "make bench    benchmarks (figures to bench/results/)"
 	@echo "make proto    regenerate camcaffe/caffe/caffe_pb2.py (needs protoc 3.21, Debian: protobuf-compiler)"
 
@@ -78,6 +79,23 @@ cam: setup
 
 report: setup
 	$(CAMCAFFE) report $(OUT)/cam -o $(OUT)/cam/report.html
+
+# make reproduce: the paper's protocol (10 crops, the authors' dt boxes, top-5) on ILSVRC 2012 val with the
+# published GoogLeNet-CAM ('make weights'); REPRO_LIMIT=N scores only the first N images.
+REPRO_MODEL ?= convert/googlenet_cam.onnx
+REPRO_PROTOTXT ?= prototxt/googlenet_cam.prototxt
+REPRO_WEIGHTS ?= weights/googlenet_cam.caffemodel
+REPRO_LABELS ?= $(firstword $(wildcard labels/synset_words.txt $(SHARED)/data/labels/synset_words.txt))
+REPRO_LIMIT ?= 0
+
+reproduce: setup
+	@if [ -z "$(ILSVRC_IMAGES)" ] || [ -z "$(ILSVRC_ANNOTATIONS)" ] || [ -z "$(REPRO_LABELS)" ]; then \
+	  echo "make reproduce: give ILSVRC_IMAGES=<ILSVRC2012 val images folder> ILSVRC_ANNOTATIONS=<val bbox XML folder>"; \
+	  echo "and REPRO_LABELS=<synset_words.txt> if ../shared is absent; run 'make weights' for GoogLeNet-CAM first."; \
+	  exit 1; fi
+	$(BIN)/python -m camcaffe.reproduce --images "$(ILSVRC_IMAGES)" --annotations "$(ILSVRC_ANNOTATIONS)" \
+	  --model "$(REPRO_MODEL)" --prototxt "$(REPRO_PROTOTXT)" --weights "$(REPRO_WEIGHTS)" \
+	  --labels "$(REPRO_LABELS)" --out $(OUT)/reproduce --limit $(REPRO_LIMIT)
 
 bench: setup
 	$(BIN)/python bench/run_all.py

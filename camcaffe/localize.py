@@ -60,7 +60,15 @@ def threshold_boxes(cam_upsampled: np.ndarray, threshold: float = 0.2) -> list[B
     return [box_from_cam(cam_upsampled, threshold)]
 
 
-BOXERS = {"threshold": threshold_boxes}
+def dt_boxes(cam_upsampled: np.ndarray, threshold: float = 0.2) -> list[Box]:
+    """The CAM authors' released box generator (camcaffe.dtbox, thresholds 20, 100, 110 of 255 as their
+    scripts pass them; `threshold` plays no part): several boxes, largest first."""
+    from camcaffe.dtbox import dt_boxes as authors_dt_boxes
+
+    return authors_dt_boxes(cam_upsampled)
+
+
+BOXERS = {"threshold": threshold_boxes, "dt": dt_boxes}
 
 
 def make_boxer(kind: str, threshold: float = 0.2):

@@ -34,6 +34,7 @@ RESULT_COLUMNS = [
     "y1",
     "overlay",
     "error",
+    "boxes",  # every box the boxer gave, best first: "x0 y0 x1 y1;x0 y0 x1 y1" (--boxes dt gives several)
 ]
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
 
@@ -206,11 +207,15 @@ class CamPipeline:
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
+        # Targets of the non-CAM methods name their class scores; without a Softmax those give the probabilities.
+        scores = None if self.head.prob_output else getattr(self.head, "score_tensor", None)
         wanted = [self.head.feature_blob] + ([self.head.prob_output] if self.head.prob_output else [])
-        values = self.session.run({self.input_name: batch}, wanted)
+        values = self.session.run({self.input_name: batch}, wanted + ([scores] if scores else []))
         features = values[self.head.feature_blob]
         if self.head.prob_output:
             probabilities = values[self.head.prob_output].reshape(len(batch), -1)
+        elif scores:
+            probabilities = softmax(values[scores].reshape(len(batch), -1), axis=1)
         else:
             pooled = features.mean(axis=(2, 3))
             logits = pooled if self.head.kind == "class_conv" else pooled @ self.head.weights.T
@@ -318,7 +323,8 @@ class CamPipeline:
             if int(class_index) in seen:
                 continue
             seen.add(int(class_index))
-            box = self.boxer(maps[j])[0]
+            boxes = self.boxer(maps[j])
+            box = boxes[0]
             overlay_path = ""
             if out_dir is not None and self.settings.write_overlays:
                 if base is None:
@@ -340,6 +346,7 @@ class CamPipeline:
                     "y1": box[3],
                     "overlay": overlay_path,
                     "error": "",
+                    "boxes": ";".join(" ".join(str(int(v)) for v in b) for b in boxes),
                 }
             )
         if out_dir is not None and self.settings.save_npy:
@@ -362,4 +369,5 @@ def error_row(outcome: ImageOutcome) -> dict:
         "y1": "",
         "overlay": "",
         "error": outcome.error or "",
+        "boxes": "",
     }
