@@ -19,12 +19,14 @@ SCRIPTS = {
     "bench_inference.py": "inference",
     "bench_cam.py": "cam",
     "bench_memory.py": "memory",
+    "bench_methods.py": "methods",
 }
 TITLES = {
     "convert": "Conversion (wall time, peak RSS; peer caffe2onnx 2.0.1)",
     "inference": "CPU inference: bare ORT (a), pipeline (b), pipeline + overlays (c), OpenCV dnn (d); FLOPs vs peak; GPU",
     "cam": "CAM alone and the pipeline's stages",
     "memory": "Memory over a 2,000-image stream",
+    "methods": "Saliency methods: time per image on GoogLeNet-CAM; Score-CAM batched vs one by one",
 }
 
 

@@ -66,7 +66,10 @@ def add_parser(subparsers) -> None:
         "--method",
         default="cam",
         metavar="NAME",
-        help="saliency method (default cam; see 'camcaffe cam --help' for the list)",
+        help="saliency method: cam (default; needs global average pooling + a linear classifier), gradcam, "
+        "gradcam++, layercam (gradients of the pre-softmax class score), scorecam (masked inputs, "
+        "--batch-size per forward), ablationcam, eigencam (class-agnostic); the non-CAM methods work on any "
+        "classifier, on --feature-layer (default: the CAM feature, else the last convolution)",
     )
     parser.add_argument(
         "--boxes",

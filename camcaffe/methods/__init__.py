@@ -8,10 +8,27 @@ object with
 
 from __future__ import annotations
 
+from camcaffe.methods.ablationcam import AblationCAM
 from camcaffe.methods.base import MethodBatch, SaliencyMethod
 from camcaffe.methods.cam import ClassActivationMap
+from camcaffe.methods.eigencam import EigenCAM
+from camcaffe.methods.gradcam import GradCAM
+from camcaffe.methods.gradcam_pp import GradCAMPlusPlus
+from camcaffe.methods.layercam import LayerCAM
+from camcaffe.methods.scorecam import ScoreCAM
 
-METHODS: dict[str, type[SaliencyMethod]] = {"cam": ClassActivationMap}
+METHODS: dict[str, type[SaliencyMethod]] = {
+    method.name: method
+    for method in (
+        ClassActivationMap,
+        GradCAM,
+        GradCAMPlusPlus,
+        LayerCAM,
+        ScoreCAM,
+        AblationCAM,
+        EigenCAM,
+    )
+}
 
 
 def method_names() -> list[str]:

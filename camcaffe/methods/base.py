@@ -28,3 +28,12 @@ class SaliencyMethod:
 
     def maps(self, batch: MethodBatch) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def relu(values: np.ndarray) -> np.ndarray:
+    return np.maximum(values, 0.0)
+
+
+def weighted_maps(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ReLU(sum_k weights[m, k] * features[m, k]): features (M, C, h, w), weights (M, C) -> (M, h, w)."""
+    return relu(np.einsum("mc,mchw->mhw", weights, features))
