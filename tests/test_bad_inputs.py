@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -367,28 +366,41 @@ def test_in_place_convolution_is_refused(net, tmp_path):
     assert_convert_failed(camcaffe("convert", bad, caffemodel, "-o", out), out, "layer 'conv'", "in-place")
 
 
+# Runs the CLI and records the process's own VmHWM at exit. (wait4's ru_maxrss is no use here: Linux
+# carries the forking test process's high-water mark into the child's.)
+_MEASURED_CLI = """
+import atexit, os, sys
+def _record():
+    with open(os.environ["CAMCAFFE_TEST_HWM_FILE"], "w") as out:
+        out.write(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+atexit.register(_record)
+from camcaffe.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_measured(args: list, env: dict[str, str]) -> tuple[int, str, float, int]:
     """Run the CLI; (exit code, stderr, seconds, peak RSS in bytes) of that process alone."""
     full = {k: v for k, v in os.environ.items() if k != "CAMCAFFE_DEBUG"}
     full.update(env)
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as folder:
+        hwm_file = Path(folder) / "hwm"
+        full["CAMCAFFE_TEST_HWM_FILE"] = str(hwm_file)
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "camcaffe.cli", *map(str, args)],
+            [sys.executable, "-c", _MEASURED_CLI, *map(str, args)],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=full,
         )
-        watchdog = threading.Timer(120, proc.kill)
-        watchdog.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            watchdog.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         elapsed = time.monotonic() - started
         err.seek(0)
-        return proc.returncode, err.read().decode(), elapsed, usage.ru_maxrss * 1024
+        return proc.returncode, err.read().decode(), elapsed, int(hwm_file.read_text()) * 1024
 
 
 def test_absurd_input_shape_is_refused_before_allocation(net, tmp_path):
