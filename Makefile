@@ -26,7 +26,7 @@ IMAGES ?= $(DEMO_IMAGES)
 all: test
 
 help:
-	@echo "make demo     set up, convert the demo model and write CAM overlays + results.csv to $(OUT)/demo"
+	@echo "make demo     set up, convert the demo model and write CAM overlays, results.csv and report.html to $(OUT)/demo"
 	@echo "make test     set up and run the test suite"
 	@echo "make convert  convert every prototxt/NAME.prototxt with weights/NAME.caffemodel to convert/NAME.onnx"
 	@echo "make weights  download the files listed in weights/manifest.json (checks sha256)"
@@ -71,8 +71,8 @@ demo: setup
 	@mkdir -p convert
 	$(CAMCAFFE) convert "$(DEMO_PROTOTXT)" "$(DEMO_WEIGHTS)" -o convert/demo.onnx $(CONVERT_FLAGS) \
 	  $(if $(DEMO_LABELS),--labels "$(DEMO_LABELS)")
-	$(CAMCAFFE) cam convert/demo.onnx "$(DEMO_IMAGES)" --out $(OUT)/demo --top-k 1
-	@echo "overlays and $(OUT)/demo/results.csv written"
+	$(CAMCAFFE) cam convert/demo.onnx "$(DEMO_IMAGES)" --out $(OUT)/demo --top-k 5 --report
+	@echo "overlays, $(OUT)/demo/results.csv and $(OUT)/demo/report.html written"
 
 cam: setup
 	$(CAMCAFFE) cam $(MODEL) $(IMAGES) --out $(OUT)/cam

@@ -242,9 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from camcaffe.report import write_report
 
-        html = write_report(job.out / "results.csv", job.out / "report.html")
-        if not quiet:
-            print(f"camcaffe: wrote {html}", file=sys.stderr)
+        write_report(job.out / "results.csv", job.out / "report.html", quiet=quiet)
     return code
 
 
