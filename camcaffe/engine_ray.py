@@ -26,7 +26,9 @@ import logging
 import math
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -431,6 +433,7 @@ def _run_pending(
     started = _connect(address)
     import ray
 
+    previous_handler = None
     try:
         _quiet_ray_data()
         workers, actor_cpus, actor_gpus, threads = plan_workers(
@@ -489,12 +492,32 @@ def _run_pending(
         show_bar = len(pending) > 1 and not quiet and sys.stderr.isatty()
         progress = tqdm(total=len(pending), unit="img", file=sys.stderr, disable=not show_bar)
         began = time.perf_counter()
+        # Ray Data's iterator may swallow a KeyboardInterrupt raised inside it and end the iteration early;
+        # our own handler remembers the Ctrl-C so that such a run still ends as interrupted (exit 130).
+        interrupted = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+
+            def on_sigint(signum, frame):
+                interrupted.set()
+                raise KeyboardInterrupt
+
+            previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        processed = 0
         try:
             for row in results.iter_rows():
                 merge_rows(chosen, read_shard(shard_dir / str(row["shard"])))
                 for error in str(row["errors"]).split("\n") if row["errors"] else []:
                     progress.write(f"camcaffe: warning: skipped {error}", file=sys.stderr)
+                processed += int(row["images"])
                 progress.update(int(row["images"]))
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            if processed < len(pending):
+                raise ray.exceptions.RayError(
+                    f"the dataset ended after {processed} of {len(pending)} image(s)"
+                )
         except KeyboardInterrupt:
             progress.close()
             chosen.clear()
@@ -525,5 +548,7 @@ def _run_pending(
                 file=sys.stderr,
             )
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         if started:
             ray.shutdown()
