@@ -74,3 +74,11 @@ def opencv_blobs(prototxt: Path, caffemodel: Path, x: np.ndarray, layer_names: l
     net.enableFusion(False)
     net.setInput(x)
     return [np.asarray(v) for v in net.forward(layer_names)]
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test interrupts: a shell that started the tests in the background
+    (`cmd &`) set SIGINT to 'ignore', which children inherit; restore the default so Ctrl-C reaches it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,7 +24,7 @@ import pytest
 
 from camcaffe.caffe.caffemodel import read_caffemodel, write_caffemodel
 from camcaffe.convert.random_model import write_random_caffemodel
-from tests.helpers import net_text
+from tests.helpers import default_sigint, net_text
 from tests.test_cli import assert_one_line_error, camcaffe
 
 LAYERS = """
@@ -884,6 +884,7 @@ def test_ctrl_c_leaves_a_consistent_results_table(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 120

@@ -28,6 +28,7 @@ from camcaffe.engine_ray import DELAY_ENV, KILL_ENV, KILL_MARKER, plan_workers  
 from camcaffe.errors import CamcaffeError  # noqa: E402
 from camcaffe.pipeline import RESULT_COLUMNS  # noqa: E402
 from camcaffe.shards import shard_files  # noqa: E402
+from tests.helpers import default_sigint  # noqa: E402
 from tests.test_pipeline import NET  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -194,7 +195,9 @@ def test_interrupted_run_then_rerun_on_the_cluster_address(local_ray, model, ima
     command = [sys.executable, "-m", "camcaffe.cli", "-q", "cam", str(model), str(images), "--out", str(out)]
     command += ["--top-k", "2", "--engine", "ray", "--address", address, "--num-workers", "1"]
     env = {**os.environ, DELAY_ENV: "0.15"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 60
     while len(shard_files(out / "shards")) < 4 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
