@@ -65,7 +65,10 @@ def dt_boxes(cam_upsampled: np.ndarray, threshold: float = 0.2) -> list[Box]:
     scripts pass them; `threshold` plays no part): several boxes, largest first."""
     from camcaffe.dtbox import dt_boxes as authors_dt_boxes
 
-    return authors_dt_boxes(cam_upsampled)
+    # The authors' edge clipping (x <= W-5, width <= W-5-x) leaves inverted boxes for contours that start in
+    # the last 4 columns or rows, or on maps under 5 px; their program prints those, we drop them.
+    boxes = [b for b in authors_dt_boxes(cam_upsampled) if b[2] >= b[0] and b[3] >= b[1] and min(b) >= 0]
+    return boxes or [whole_image_box(*np.asarray(cam_upsampled).shape[:2])]
 
 
 BOXERS = {"threshold": threshold_boxes, "dt": dt_boxes}

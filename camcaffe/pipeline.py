@@ -150,6 +150,11 @@ class CamPipeline:
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
         self.views = make_views(settings.resize, self.input_hw, settings.crop_base)
+        if self.views.count > 1 and settings.method == "eigencam":
+            raise CamcaffeError(
+                "--crops 10 merges the crops' maps by absolute value, as the CAM authors did; Eigen-CAM's maps are "
+                "signed (the background is negative) and would light up: use --crops 1 with eigencam"
+            )
         self.class_indices = [self._class_index(c) for c in settings.classes]
         if settings.top_k < 0 or settings.top_k > self.head.num_classes:
             raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")

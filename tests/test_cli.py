@@ -266,3 +266,25 @@ def test_cam_report_flag_writes_the_gallery(tmp_path, tiny):
     assert result.returncode == 0, result.stderr
     html = (out / "report.html").read_text()
     assert "p0.png" in html and "p2_cam.png" in html
+
+
+def test_cam_refuses_flag_combinations_that_map_nothing_or_mislead(tmp_path, tiny):
+    prototxt, caffemodel = tiny
+    onnx_path = tmp_path / "tiny.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", onnx_path).returncode == 0
+    image = tmp_path / "x.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    out = tmp_path / "out"
+    assert_one_line_error(
+        camcaffe("cam", onnx_path, image, "--out", out, "--top-k", "0"), "--top-k 0", "--class"
+    )
+    assert_one_line_error(
+        camcaffe("cam", onnx_path, image, "--out", out, "--crops", "10", "--resize", "crop"), "--crops 10"
+    )
+    assert_one_line_error(
+        camcaffe("cam", onnx_path, image, "--out", out, "--crops", "10", "--method", "eigencam"), "Eigen-CAM"
+    )
+    assert not out.exists() or not any(out.iterdir())

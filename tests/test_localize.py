@@ -72,3 +72,18 @@ def test_bad_input() -> None:
     cam[1, 1] = np.nan
     with pytest.raises(CamInputError, match="NaN"):
         box_from_cam(cam)
+
+
+def test_dt_boxes_are_never_inverted_on_small_or_edge_maps():
+    from camcaffe.localize import make_boxer
+
+    boxer = make_boxer("dt")
+    tiny = np.array([[0.0, 0.2, 0.1, 0.0], [0.3, 1.0, 0.8, 0.1], [0.0, 0.4, 0.2, 0.0]], np.float32)
+    edge = np.zeros((40, 50), np.float32)
+    edge[5:35, 46:49] = 1.0  # a region starting in the last 4 columns
+    for cam in (tiny, edge):
+        boxes = boxer(cam)
+        assert boxes
+        height, width = cam.shape
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 <= x1 < width + 1 and 0 <= y0 <= y1 < height + 1

@@ -142,6 +142,10 @@ def build_job(args: argparse.Namespace):
         raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {args.box_threshold}")
     if args.crops not in (1, 10):
         raise CamcaffeError(f"--crops must be 1 or 10, got {args.crops}")
+    if args.crops == 10 and args.resize != "warp":
+        raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
+    if args.top_k == 0 and not args.classes:
+        raise CamcaffeError("--top-k 0 maps no class; give at least one --class or a positive --top-k")
     from camcaffe.preprocess import max_image_pixels
 
     max_image_pixels()  # a bad CAMCAFFE_MAX_IMAGE_PIXELS is one fatal error, not one per image

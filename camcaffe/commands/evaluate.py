@@ -52,6 +52,11 @@ def add_parser(subparsers) -> None:
         "--resize", choices=["warp", "crop"], default="warp", help="--model: how images become the input"
     )
     parser.add_argument(
+        "--method", default="cam", help="--model: the saliency method the cam run used (default cam)"
+    )
+    parser.add_argument("--feature-layer", help="--model: the feature layer the cam run used")
+    parser.add_argument("--fc-layer", help="--model: the classifier layer the cam run used")
+    parser.add_argument(
         "--steps", type=int, default=32, help="--model: deletion/insertion steps (default 32)"
     )
     parser.add_argument(
@@ -119,8 +124,17 @@ def run(args: argparse.Namespace) -> int:
         from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
 
         preprocess, _ = preprocess_from_metadata(session, Preprocess())
-        pipeline = CamPipeline(session, preprocess, CamSettings(top_k=1, resize=args.resize))
-        _, paths, _ = guesses_by_image(rows)
+        pipeline = CamPipeline(
+            session,
+            preprocess,
+            CamSettings(top_k=1, resize=args.resize, method=args.method, batch_size=args.batch_size),
+            feature_layer=args.feature_layer,
+            fc_layer=args.fc_layer,
+        )
+        guesses, paths, _ = guesses_by_image(rows)
+        paths = {
+            key: path for key, path in paths.items() if key in guesses
+        }  # not the images cam could not read
         classes = {o.cls for objects in groundtruth.values() for o in objects}
         result.saliency = saliency_metrics(
             pipeline,
