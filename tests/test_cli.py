@@ -288,3 +288,24 @@ def test_cam_refuses_flag_combinations_that_map_nothing_or_mislead(tmp_path, tin
         camcaffe("cam", onnx_path, image, "--out", out, "--crops", "10", "--method", "eigencam"), "Eigen-CAM"
     )
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_cam_records_its_settings_for_evaluate(tmp_path, tiny):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from camcaffe.commands.evaluate import _cam_settings
+
+    prototxt, caffemodel = tiny
+    onnx_path = tmp_path / "tiny.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", onnx_path).returncode == 0
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((20, 20, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    result = camcaffe("cam", onnx_path, image, "--out", out, "--method", "gradcam", "--mean", "1,2,3")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((out / "cam_settings.json").read_text())
+    assert settings["method"] == "gradcam" and settings["preprocess"]["mean"] == [1.0, 2.0, 3.0]
+    assert _cam_settings(out / "results.csv") == settings and _cam_settings(tmp_path) == {}

@@ -127,6 +127,33 @@ def _write_results(out: Path, rows: list[dict], as_json: bool) -> None:
         write_json_atomic(out / "results.json", rows)
 
 
+SETTINGS_FILE = "cam_settings.json"
+
+
+def _write_settings(job, args: argparse.Namespace) -> None:
+    """What `camcaffe evaluate --model` needs to recompute this run's maps the same way."""
+    from camcaffe.atomic import write_json_atomic
+
+    pre = job.preprocess
+    write_json_atomic(
+        job.out / SETTINGS_FILE,
+        {
+            "model": str(job.model),
+            "method": job.settings.method,
+            "feature_layer": job.feature_layer,
+            "fc_layer": job.fc_layer,
+            "resize": job.settings.resize,
+            "preprocess": {
+                "mean": None if pre.mean is None else [float(v) for v in pre.mean],
+                "mean_file": None if args.mean_file is None else str(args.mean_file),
+                "raw_scale": pre.raw_scale,
+                "channel_swap": None if pre.channel_swap is None else [int(v) for v in pre.channel_swap],
+                "input_scale": pre.input_scale,
+            },
+        },
+    )
+
+
 def build_job(args: argparse.Namespace):
     """Validate the flags and describe the job; (job, first session, workers, preprocessing assumed)."""
     from camcaffe.inputs import expand_inputs, output_stems
@@ -214,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     job, session, workers, assumed = build_job(args)
     pipeline = job.make_pipeline(session)  # validates labels, classes, head before any output exists
     _prepare_out_dir(job.out)
+    _write_settings(job, args)
     if assumed and not quiet:
         print(
             "camcaffe: warning: the model carries no preprocessing metadata; assuming Caffe ImageNet defaults "

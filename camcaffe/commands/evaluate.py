@@ -49,13 +49,16 @@ def add_parser(subparsers) -> None:
         "--model", type=Path, help="the ONNX model of the run: also compute the saliency metrics"
     )
     parser.add_argument(
-        "--resize", choices=["warp", "crop"], default="warp", help="--model: how images become the input"
+        "--resize",
+        choices=["warp", "crop"],
+        default=None,
+        help="--model: how images become the input (default: the cam run's, from its cam_settings.json, else warp)",
     )
     parser.add_argument(
-        "--method", default="cam", help="--model: the saliency method the cam run used (default cam)"
+        "--method", default=None, help="--model: the saliency method (default: the cam run's, else cam)"
     )
-    parser.add_argument("--feature-layer", help="--model: the feature layer the cam run used")
-    parser.add_argument("--fc-layer", help="--model: the classifier layer the cam run used")
+    parser.add_argument("--feature-layer", help="--model: the feature layer (default: the cam run's)")
+    parser.add_argument("--fc-layer", help="--model: the classifier layer (default: the cam run's)")
     parser.add_argument(
         "--steps", type=int, default=32, help="--model: deletion/insertion steps (default 32)"
     )
@@ -123,13 +126,29 @@ def run(args: argparse.Namespace) -> int:
         from camcaffe.evaluate import guesses_by_image
         from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
 
-        preprocess, _ = preprocess_from_metadata(session, Preprocess())
+        run = _cam_settings(args.results)
+        pre = run.get("preprocess") or {}
+        mean_image = None
+        if pre.get("mean_file"):
+            from camcaffe.preprocess import load_mean_file
+
+            mean_image = load_mean_file(pre["mean_file"])
+        overrides = Preprocess(
+            pre.get("mean"), mean_image, pre.get("raw_scale"), pre.get("channel_swap"), pre.get("input_scale")
+        )
+        preprocess, _ = preprocess_from_metadata(session, overrides)
+        resize = args.resize or (run.get("resize") if run.get("resize") in ("warp", "crop") else "warp")
         pipeline = CamPipeline(
             session,
             preprocess,
-            CamSettings(top_k=1, resize=args.resize, method=args.method, batch_size=args.batch_size),
-            feature_layer=args.feature_layer,
-            fc_layer=args.fc_layer,
+            CamSettings(
+                top_k=1,
+                resize=resize,
+                method=args.method or run.get("method") or "cam",
+                batch_size=args.batch_size,
+            ),
+            feature_layer=args.feature_layer or run.get("feature_layer"),
+            fc_layer=args.fc_layer or run.get("fc_layer"),
         )
         guesses, paths, _ = guesses_by_image(rows)
         paths = {
@@ -152,3 +171,18 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(f"camcaffe: wrote {target}", file=sys.stderr)
     return 0
+
+
+def _cam_settings(results: Path) -> dict:
+    """The cam run's settings (cam_settings.json beside results.csv), or {} for runs that have none."""
+    import json
+
+    folder = results if results.is_dir() else results.parent
+    path = folder / "cam_settings.json"
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CamcaffeError(f"{path}: cannot be read ({exc}); delete it or rerun 'camcaffe cam'") from None
+    return settings if isinstance(settings, dict) else {}
