@@ -59,6 +59,20 @@ class CamHead:
     pool_node: str | None = None
 
 
+def producers_and_consumers(nodes) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """{tensor: index of the node writing it}, {tensor: indices of the nodes reading it}."""
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if out:
+                producer[out] = i
+        for inp in node.input:
+            if inp:
+                consumers.setdefault(inp, []).append(i)
+    return producer, consumers
+
+
 class _Graph:
     """Lookup tables over a graph: producers, consumers, constants and known shapes."""
 
@@ -66,16 +80,9 @@ class _Graph:
         graph = model.graph
         self.name = graph.name or "model"
         self.nodes = list(graph.node)
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
+        self.producer, self.consumers = producers_and_consumers(self.nodes)
         self.constants: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        for i, node in enumerate(self.nodes):
-            for out in node.output:
-                if out:
-                    self.producer[out] = i
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(i)
+        for node in self.nodes:
             if node.op_type == "Constant" and node.output:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:

@@ -61,21 +61,13 @@ class TailModel:
 
 class _Net:
     def __init__(self, model: onnx.ModelProto):
-        from camcaffe.cam_head import _known_shapes
+        from camcaffe.cam_head import _known_shapes, producers_and_consumers
 
         graph = model.graph
         self.model = model
         self.nodes = list(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            for out in node.output:
-                if out:
-                    self.producer[out] = i
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(i)
+        self.producer, self.consumers = producers_and_consumers(self.nodes)
         self.shapes = _known_shapes(model)
         self._constant_cache: dict[str, bool] = {}
 
