@@ -21,13 +21,15 @@ DEMO_IMAGES ?= $(firstword $(wildcard $(SHARED)/data/images) examples/images)
 MODEL ?= convert/demo.onnx
 IMAGES ?= $(DEMO_IMAGES)
 
-.PHONY: all setup test lint proto convert weights demo cam report reproduce bench clean help
+
+.PHONY: all setup test test-fast lint proto convert weights demo cam report reproduce bench clean help
 
 all: test
 
 help:
 	@echo "make demo     set up, convert the demo model and write CAM overlays, results.csv and report.html to $(OUT)/demo"
 	@echo "make test     set up and run the test suite"
+	@echo "make test-fast  the tests without the slow end-to-end cases (Ray, browser, real models)"
 	@echo "make convert  convert every prototxt/NAME.prototxt with weights/NAME.caffemodel to convert/NAME.onnx"
 	@echo "make weights  download the files listed in weights/manifest.json (checks sha256)"
 	@echo "make cam      MODEL=convert/x.onnx IMAGES=dir: CAMs into $(OUT)/cam"
@@ -44,8 +46,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# -n auto: one pytest worker per core; loadgroup keeps each xdist_group (Ray, browser) on one worker.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
+
+test-fast: setup
+	$(PYTEST) -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check camcaffe tests bench examples
@@ -93,7 +101,7 @@ reproduce: setup
 	  echo "make reproduce: give ILSVRC_IMAGES=<ILSVRC2012 val images folder> ILSVRC_ANNOTATIONS=<val bbox XML folder>"; \
 	  echo "and REPRO_LABELS=<synset_words.txt> if ../shared is absent; run 'make weights' for GoogLeNet-CAM first."; \
 	  exit 1; fi
-	$(BIN)/python -m camcaffe.reproduce --images "$(ILSVRC_IMAGES)" --annotations "$(ILSVRC_ANNOTATIONS)" \
+	$(BIN)/python -m camcaffe.cli.reproduce --images "$(ILSVRC_IMAGES)" --annotations "$(ILSVRC_ANNOTATIONS)" \
 	  --model "$(REPRO_MODEL)" --prototxt "$(REPRO_PROTOTXT)" --weights "$(REPRO_WEIGHTS)" \
 	  --labels "$(REPRO_LABELS)" --out $(OUT)/reproduce --limit $(REPRO_LIMIT)
 

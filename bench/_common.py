@@ -85,8 +85,8 @@ def cycle(items: list, count: int, start: int = 0) -> list:
 
 def make_pipeline(onnx_path: Path, write_overlays: bool = False):
     """(session, pipeline) exactly as the issue prescribes: ModelSession on CPU with THREADS threads."""
-    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
-    from camcaffe.runtime import ModelSession
+    from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.runtime.session import ModelSession
 
     session = ModelSession(onnx_path, "cpu", threads=THREADS)
     preprocess, _ = preprocess_from_metadata(session, Preprocess())

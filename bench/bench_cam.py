@@ -36,7 +36,7 @@ def best_per_call(fn, min_seconds: float = 0.5) -> float:
 
 
 def cam_speed(name: str, paths: list[Path]) -> dict:
-    from camcaffe.cam import compute_cams
+    from camcaffe.explain.cam import compute_cams
 
     _, pipeline = C.make_pipeline(C.converted_model(name))
     batch = np.concatenate([pipeline.load(p)[1] for p in C.cycle(paths, BATCH)])

@@ -422,9 +422,9 @@ def jpeg_context(name: str, photo_dir: Path) -> dict:
 
 def worker_pool(onnx_path: Path):
     """The pool `camcaffe cam` builds on this machine: default_workers() single-threaded sessions."""
-    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
-    from camcaffe.runtime import ModelSession
-    from camcaffe.workers import PipelinePool, default_workers
+    from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.engines.workers import PipelinePool, default_workers
+    from camcaffe.runtime.session import ModelSession
 
     workers, threads = default_workers("CPUExecutionProvider")
 
@@ -451,7 +451,7 @@ def gpu_section(paths: list[Path]) -> dict:
     """The CUDA path: measured only where camcaffe.runtime.cuda_usable() says a session can run on it."""
     import onnxruntime as ort
 
-    from camcaffe.runtime import cuda_usable
+    from camcaffe.runtime.session import cuda_usable
 
     usable = cuda_usable()
     providers = ort.get_available_providers()
@@ -463,8 +463,8 @@ def gpu_section(paths: list[Path]) -> dict:
         )
         print(result["message"])
         return result
-    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
-    from camcaffe.runtime import ModelSession
+    from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.runtime.session import ModelSession
 
     for name in C.MODELS:
         session = ModelSession(C.converted_model(name), "cuda")

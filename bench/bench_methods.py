@@ -38,8 +38,8 @@ def random_googlenet_cam() -> Path:
 
 
 def time_method(session, inputs: np.ndarray, name: str, batch_size: int, repeats: int) -> dict:
-    from camcaffe.methods import MethodBatch, make_method
-    from camcaffe.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.explain.methods import MethodBatch, make_method
 
     preprocess, _ = preprocess_from_metadata(session, Preprocess())
     pipeline = CamPipeline(session, preprocess, CamSettings(top_k=1, method=name, batch_size=batch_size))
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     C.require_shared("bench_methods.py")
     C.set_threads()
-    from camcaffe.runtime import ModelSession
+    from camcaffe.runtime.session import ModelSession
 
     session = ModelSession(random_googlenet_cam(), "cpu", threads=C.THREADS)
     _, pipeline = C.make_pipeline(C.CACHE / "googlenet_cam_random.onnx")

@@ -82,10 +82,10 @@ def run_cam(model: Path, photos: Path, out: Path, extra: list[str]) -> dict:
 
 def transport(model: Path, photos: list[Path], batch: int) -> dict:
     """Bytes and time to pack one batch for the actors: uint8 pixels + net inputs vs float pixels + inputs."""
-    from camcaffe.engine_ray import pack_batch, unpack_batch
-    from camcaffe.job import CamJob
-    from camcaffe.pipeline import CamSettings, Preprocess, preprocess_from_metadata
-    from camcaffe.runtime import ModelSession
+    from camcaffe.engines.job import CamJob
+    from camcaffe.engines.pipeline import CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.engines.ray_engine import pack_batch, unpack_batch
+    from camcaffe.runtime.session import ModelSession
 
     session = ModelSession(model, "cpu", threads=1)
     preprocess, _ = preprocess_from_metadata(session, Preprocess())

@@ -1,8 +1,15 @@
 """camcaffe: faithful Caffe → ONNX conversion, ONNX Runtime execution and Class Activation Maps.
 
+The public API, each name imported on first use so that `import camcaffe` stays light:
+
+- converting: `convert_files(deploy, weights, out, ConvertOptions(...), Preprocessing(...), labels_path=...)`;
+- running a model: `ModelSession(model_path, provider="auto")`;
+- CAMs over many images: `run_cam(CamOptions(model, inputs, out, ...))`, or build a `CamJob` and
+  `CamJob.make_pipeline()` for one pipeline;
+- evaluation of a run: `run_evaluate(EvaluateOptions(results, gt, ...))`; the HTML report: `write_report`.
+
 It also answers to pycaffe's names, so a legacy script runs with `import camcaffe as caffe`: `caffe.Net`,
-`caffe.TEST`, `caffe.set_mode_gpu()`, `caffe.io.Transformer`, ... (see camcaffe.pycaffe and camcaffe.io).
-They are imported on first use, so `import camcaffe` stays light."""
+`caffe.TEST`, `caffe.set_mode_gpu()`, `caffe.io.Transformer`, ... (see camcaffe.pycaffe)."""
 
 from __future__ import annotations
 
@@ -11,25 +18,45 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_PYCAFFE_NAMES = frozenset(
-    {
-        "TEST",
-        "TRAIN",
-        "Blob",
-        "Layer",
-        "Net",
-        "ParamBlob",
-        "PycaffeError",
-        "set_device",
-        "set_mode_cpu",
-        "set_mode_gpu",
-        "set_random_seed",
-    }
-)
+# public name -> the module that defines it
+_LAZY = {
+    "convert_files": "camcaffe.convert.api",
+    "ConvertOptions": "camcaffe.convert.converter",
+    "Preprocessing": "camcaffe.convert.api",
+    "ModelSession": "camcaffe.runtime.session",
+    "CamJob": "camcaffe.engines.job",
+    "CamOptions": "camcaffe.engines.cam_run",
+    "run_cam": "camcaffe.engines.cam_run",
+    "EvaluateOptions": "camcaffe.engines.evaluate_run",
+    "run_evaluate": "camcaffe.engines.evaluate_run",
+    "write_report": "camcaffe.output.report",
+    **{
+        name: "camcaffe.pycaffe.net"
+        for name in (
+            "TEST",
+            "TRAIN",
+            "Blob",
+            "Layer",
+            "Net",
+            "ParamBlob",
+            "PycaffeError",
+            "set_device",
+            "set_mode_cpu",
+            "set_mode_gpu",
+            "set_random_seed",
+        )
+    },
+}
 
 if TYPE_CHECKING:
-    from camcaffe import io
-    from camcaffe.pycaffe import (
+    from camcaffe.convert.api import Preprocessing, convert_files
+    from camcaffe.convert.converter import ConvertOptions
+    from camcaffe.engines.cam_run import CamOptions, run_cam
+    from camcaffe.engines.evaluate_run import EvaluateOptions, run_evaluate
+    from camcaffe.engines.job import CamJob
+    from camcaffe.output.report import write_report
+    from camcaffe.pycaffe import io
+    from camcaffe.pycaffe.net import (
         TEST,
         TRAIN,
         Blob,
@@ -42,13 +69,14 @@ if TYPE_CHECKING:
         set_mode_gpu,
         set_random_seed,
     )
+    from camcaffe.runtime.session import ModelSession
 
 
 def __getattr__(name: str) -> Any:
-    if name in _PYCAFFE_NAMES:
-        return getattr(importlib.import_module("camcaffe.pycaffe"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "io":
-        return importlib.import_module("camcaffe.io")
+        return importlib.import_module("camcaffe.pycaffe.io")
     raise AttributeError(f"module 'camcaffe' has no attribute '{name}'")
 
 
@@ -60,14 +88,24 @@ __all__ = [
     "TEST",
     "TRAIN",
     "Blob",
+    "CamJob",
+    "CamOptions",
+    "ConvertOptions",
+    "EvaluateOptions",
     "Layer",
+    "ModelSession",
     "Net",
     "ParamBlob",
+    "Preprocessing",
     "PycaffeError",
     "__version__",
+    "convert_files",
     "io",
+    "run_cam",
+    "run_evaluate",
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",
     "set_random_seed",
+    "write_report",
 ]

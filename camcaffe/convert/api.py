@@ -136,7 +136,7 @@ def _classifier_classes(converted: ConvertedNet) -> int | None:
 
 
 def load_labels_for(path: str | os.PathLike, converted: ConvertedNet) -> list[str]:
-    from camcaffe.labels import check_label_count, load_labels
+    from camcaffe.runtime.labels import check_label_count, load_labels
 
     labels = load_labels(path)
     classes = _classifier_classes(converted)

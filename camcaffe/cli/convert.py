@@ -1,0 +1,168 @@
+"""`camcaffe convert DEPLOY WEIGHTS -o OUT.onnx`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from camcaffe.errors import CamcaffeError, VerificationError
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a Caffe deploy prototxt + caffemodel to ONNX",
+        description="Convert a Caffe deploy prototxt and caffemodel into a faithful, self-describing ONNX file.",
+    )
+    parser.add_argument("deploy", type=Path, help="deploy .prototxt")
+    parser.add_argument("weights", type=Path, nargs="?", help=".caffemodel (omit with --random-weights)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+    parser.add_argument(
+        "--labels", type=Path, help="label file to embed (index label / CSV / synset_words / JSON)"
+    )
+    mean = parser.add_mutually_exclusive_group()
+    mean.add_argument(
+        "--mean",
+        type=lambda t: _floats(t, "--mean"),
+        help="per-channel mean in the net's channel order, e.g. 104,117,123",
+    )
+    mean.add_argument("--mean-file", type=Path, help="mean image (.binaryproto or .npy)")
+    parser.add_argument("--raw-scale", type=float, help="multiply [0,1] pixels by this (classic: 255)")
+    parser.add_argument(
+        "--channel-swap",
+        type=lambda t: _ints(t, "--channel-swap"),
+        help="channel order, e.g. 2,1,0 for RGB->BGR",
+    )
+    parser.add_argument("--input-scale", type=float, help="multiply after mean subtraction")
+    parser.add_argument("--batch", type=int, help="fix the batch size (default: symbolic)")
+    parser.add_argument(
+        "--expose", nargs="+", default=[], metavar="BLOB", help="also output these Caffe blobs"
+    )
+    parser.add_argument(
+        "--expose-all", action="store_true", help="output every Caffe blob (as pycaffe net.blobs)"
+    )
+    parser.add_argument(
+        "--external-data", action="store_true", help="store weights in OUT.onnx.data (automatic above 1.9 GB)"
+    )
+    parser.add_argument(
+        "--random-weights",
+        type=int,
+        metavar="SEED",
+        help="no caffemodel: use seeded random weights (testing)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare every blob with OpenCV 4's Caffe runtime on a random input",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="--verify tolerance on max|diff| / max(1, max|reference|) (default 1e-4)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from camcaffe.convert.api import Preprocessing, convert_files
+    from camcaffe.convert.converter import ConvertOptions
+
+    if args.weights is None and args.random_weights is None:
+        raise CamcaffeError(
+            "convert: give the .caffemodel weights file (or --random-weights SEED for testing)"
+        )
+    if args.weights is not None and args.random_weights is not None:
+        raise CamcaffeError("convert: give either a caffemodel or --random-weights, not both")
+    if args.batch is not None and args.batch <= 0:
+        raise CamcaffeError(f"convert: --batch must be a positive integer, got {args.batch}")
+    if args.verify and args.weights is None:
+        raise CamcaffeError("convert: --verify needs a caffemodel (OpenCV reads the same files)")
+    preprocessing = None
+    if any(
+        v is not None
+        for v in (args.mean, args.mean_file, args.raw_scale, args.channel_swap, args.input_scale)
+    ):
+        mean_image = None
+        if args.mean_file is not None:
+            from camcaffe.runtime.preprocess import load_mean_file
+
+            mean_image = load_mean_file(args.mean_file)
+        preprocessing = Preprocessing(
+            mean=args.mean,
+            mean_image=mean_image,
+            raw_scale=args.raw_scale,
+            channel_swap=args.channel_swap,
+            input_scale=args.input_scale,
+        )
+    started = time.perf_counter()
+    result = convert_files(
+        args.deploy,
+        args.weights,
+        args.output,
+        ConvertOptions(batch=args.batch, expose=list(args.expose), expose_all=args.expose_all),
+        preprocessing=preprocessing,
+        labels_path=args.labels,
+        external_data=True if args.external_data else None,
+        random_seed=args.random_weights,
+    )
+    elapsed = time.perf_counter() - started
+    for warning in result.warnings:
+        print(f"camcaffe: warning: {warning}", file=sys.stderr)
+    converted = result.converted
+    head = converted.cam_head
+    head_text = (
+        f"; CAM head: feature '{head['feature_blob']}' -> '{head['fc_layer']}' ({head['num_classes']} classes)"
+        if head
+        else "; no CAM head found"
+    )
+    if not getattr(args, "quiet", False):
+        print(
+            f"wrote {', '.join(str(p) for p in result.paths)}: {len(result.net.layers)} layers, "
+            f"{len(converted.builder.nodes)} ONNX nodes, outputs {', '.join(converted.outputs)}{head_text} "
+            f"({elapsed:.2f} s)",
+            file=sys.stderr,
+        )
+    if args.verify:
+        from camcaffe.convert.verify import verify_with_opencv
+
+        report = verify_with_opencv(args.deploy, args.weights, result.paths[0], result.net, converted)
+        if report.unavailable:
+            print(f"camcaffe: warning: --verify skipped: {report.unavailable}", file=sys.stderr)
+            return 0
+        worst = report.worst()
+        failures = report.failures(args.tolerance)
+        summary = (
+            (
+                f"verify: {len(report.compared)} blobs compared with OpenCV, worst '{worst.blob}' "
+                f"relative difference {worst.relative:.2e} (tolerance {args.tolerance:g})"
+            )
+            if worst
+            else "verify: nothing compared"
+        )
+        if failures:
+            names = ", ".join(f"{f.blob} ({f.relative:.2e})" for f in failures[:5])
+            for path in result.paths:
+                path.unlink(missing_ok=True)
+            raise VerificationError(
+                f"{summary}; {len(failures)} blob(s) differ beyond tolerance: {names} "
+                f"({args.output} removed; rerun without --verify to keep it)"
+            )
+        print(summary, file=sys.stderr)
+    return 0

@@ -1,0 +1,378 @@
+"""The CAM pipeline: decode -> preprocess -> inference -> CAM -> box -> (overlay), in batches.
+
+One implementation for every front end (the `cam` command, scripts, a distributed runner): each
+stage is a method with plain inputs and outputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camcaffe.errors import CamcaffeError, LabelsError
+from camcaffe.explain.cam import softmax
+from camcaffe.explain.cam_head import CamHead
+from camcaffe.explain.methods import MethodBatch, make_method
+from camcaffe.explain.views import ImageViews, make_views
+from camcaffe.localize.boxes import make_boxer
+from camcaffe.output.render import overlay, write_image_atomic
+from camcaffe.runtime.preprocess import Transformer, decode_image, display_pixels, image_from_decoded
+from camcaffe.runtime.session import ModelSession
+
+RESULT_COLUMNS = [
+    "image",
+    "rank",
+    "class_index",
+    "label",
+    "probability",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "overlay",
+    "error",
+    "boxes",  # every box the boxer gave, best first: "x0 y0 x1 y1;x0 y0 x1 y1" (--boxes dt gives several)
+]
+IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
+
+
+@dataclass
+class CamSettings:
+    top_k: int = 1
+    classes: list[str] = field(default_factory=list)  # names or indices, as given
+    alpha: float = 0.5
+    box_threshold: float = 0.2
+    save_npy: bool = False
+    write_overlays: bool = True
+    resize: str = "warp"  # a views.VIEWS name: "warp" (caffe.io), "crop" (256 + centre crop), ...
+    crop_base: int = 256
+    method: str = "cam"  # a methods.METHODS name
+    boxes: str = "threshold"  # a localize.BOXERS name
+    batch_size: int = 8  # for methods that run extra forward passes (Score-CAM's masked inputs)
+
+
+@dataclass
+class Preprocess:
+    mean: list[float] | None = None
+    mean_image: np.ndarray | None = None
+    raw_scale: float | None = None
+    channel_swap: list[int] | None = None
+    input_scale: float | None = None
+
+
+@dataclass
+class ImageOutcome:
+    path: Path
+    stem: str
+    rows: list[dict]
+    error: str | None = None
+    cams: np.ndarray | None = None  # (k, h, w) raw maps for the selected classes; (views, k, h, w) if several
+
+
+@dataclass
+class PreparedBatch:
+    """One batch after `CamPipeline.prepare`: per image (in input order) the photo as uint8 H×W×3 BGR
+    and the net inputs (views×C×H×W), or None for both and the error message."""
+
+    paths: list[Path]
+    stems: list[str]
+    images: list[np.ndarray | None]
+    inputs: list[np.ndarray | None]
+    errors: list[str | None]
+
+
+def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tuple[Preprocess, bool]:
+    """Metadata written by `convert`, overridden by flags; (settings, whether defaults were assumed)."""
+    meta = session.info.preprocess
+    assumed = (
+        not meta and overrides.mean is None and overrides.mean_image is None and overrides.raw_scale is None
+    )
+    base = IMAGENET_DEFAULTS if assumed else meta
+    mean_image = overrides.mean_image if overrides.mean_image is not None else session.info.mean_image()
+    return Preprocess(
+        mean=overrides.mean
+        if overrides.mean is not None
+        else (None if mean_image is not None else base.get("mean")),
+        mean_image=mean_image if overrides.mean is None else None,
+        raw_scale=overrides.raw_scale if overrides.raw_scale is not None else base.get("raw_scale"),
+        channel_swap=overrides.channel_swap
+        if overrides.channel_swap is not None
+        else base.get("channel_swap"),
+        input_scale=overrides.input_scale if overrides.input_scale is not None else base.get("input_scale"),
+    ), assumed
+
+
+class CamPipeline:
+    def __init__(
+        self,
+        session: ModelSession,
+        preprocess: Preprocess,
+        settings: CamSettings,
+        labels: list[str] | None = None,
+        feature_layer: str | None = None,
+        fc_layer: str | None = None,
+        labels_source: str | os.PathLike | None = None,
+    ):
+        self.session = session
+        self.settings = settings
+        self.method = make_method(
+            settings.method,
+            session,
+            feature_layer=feature_layer,
+            fc_layer=fc_layer,
+            batch_size=settings.batch_size,
+        )
+        self.head: CamHead = self.method.head
+        self.boxer = make_boxer(settings.boxes, settings.box_threshold)
+        self.labels = labels if labels is not None else session.info.labels
+        if self.labels is not None and len(self.labels) != self.head.num_classes:
+            where = f"label file {labels_source}" if labels_source else "the model's embedded labels"
+            raise LabelsError(
+                f"{where} has {len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
+                f"{self.head.num_classes} classes; give a matching --labels file"
+            )
+        self.input_name = session.input_names[0]
+        shape = self._input_shape()
+        self.input_hw = shape[-2:]
+        self.transformer = Transformer({self.input_name: (1, *shape[1:])})
+        self.transformer.set_transpose(self.input_name, (2, 0, 1))
+        if preprocess.channel_swap is not None:
+            self.transformer.set_channel_swap(self.input_name, preprocess.channel_swap)
+        if preprocess.raw_scale is not None:
+            self.transformer.set_raw_scale(self.input_name, preprocess.raw_scale)
+        if preprocess.mean_image is not None:
+            self.transformer.set_mean(self.input_name, preprocess.mean_image)
+        elif preprocess.mean is not None:
+            self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
+        if preprocess.input_scale is not None:
+            self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
+        self.views = make_views(settings.resize, self.input_hw, settings.crop_base)
+        if self.views.count > 1 and settings.method == "eigencam":
+            raise CamcaffeError(
+                "--crops 10 merges the crops' maps by absolute value, as the CAM authors did; Eigen-CAM's maps are "
+                "signed (the background is negative) and would light up: use --crops 1 with eigencam"
+            )
+        self.class_indices = [self._class_index(c) for c in settings.classes]
+        if settings.top_k < 0 or settings.top_k > self.head.num_classes:
+            raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
+
+    def _input_shape(self) -> list[int]:
+        for value in self.session.model.graph.input:
+            if value.name == self.input_name:
+                dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+                if len(dims) == 4 and all(d > 0 for d in dims[1:]):
+                    return dims
+        raise CamcaffeError(f"{self.session.source}: input '{self.input_name}' has no fixed C,H,W shape")
+
+    def _class_index(self, given: str) -> int:
+        if given.lstrip("-").isdigit():
+            index = int(given)
+            if not 0 <= index < self.head.num_classes:
+                raise CamcaffeError(f"--class {given}: index out of range 0..{self.head.num_classes - 1}")
+            return index
+        if self.labels and given in self.labels:
+            return self.labels.index(given)
+        import difflib
+
+        close = difflib.get_close_matches(given, self.labels or [], n=3)
+        hint = (
+            f" (closest: {', '.join(close)})"
+            if close
+            else ""
+            if self.labels
+            else " (the model has no labels)"
+        )
+        raise CamcaffeError(f"--class {given}: no such label{hint}; give a label or a class index")
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels else f"class_{index}"
+
+    # --- stages -------------------------------------------------------------------------------------
+    def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and preprocess one image: (the photo as uint8 H×W×3 BGR for drawing, net inputs
+        views×C×H×W). The inputs are caffe.io's (load_image, then Transformer.preprocess of each view)."""
+        decoded = decode_image(path)
+        if self.views.count == 1 and type(self.views) is ImageViews:
+            fast = self.transformer.preprocess_decoded(self.input_name, decoded)
+            if fast is not None:
+                return display_pixels(decoded, path), fast[np.newaxis]
+        image = image_from_decoded(decoded, path)
+        views = self.views.inputs(image)
+        inputs = np.stack([self.transformer.preprocess(self.input_name, view) for view in views])
+        return np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8), inputs
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Raw maps of one image, (k, h, w) or (views, k, h, w) -> (k, height, width) normalised to [0, 1]."""
+        if raw.ndim == 3:
+            raw = raw[None]
+        return self.views.to_image_space(raw, height, width)
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
+        # Targets of the non-CAM methods name their class scores; without a Softmax those give the probabilities.
+        scores = None if self.head.prob_output else getattr(self.head, "score_tensor", None)
+        wanted = [self.head.feature_blob] + ([self.head.prob_output] if self.head.prob_output else [])
+        values = self.session.run({self.input_name: batch}, wanted + ([scores] if scores else []))
+        features = values[self.head.feature_blob]
+        if self.head.prob_output:
+            probabilities = values[self.head.prob_output].reshape(len(batch), -1)
+        elif scores:
+            probabilities = softmax(values[scores].reshape(len(batch), -1), axis=1)
+        else:
+            pooled = features.mean(axis=(2, 3))
+            logits = pooled if self.head.kind == "class_conv" else pooled @ self.head.weights.T
+            if self.head.bias is not None and self.head.kind != "class_conv":
+                logits = logits + self.head.bias
+            probabilities = softmax(logits, axis=1)
+        return probabilities, features
+
+    def select_classes(self, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: the classes to map (top-k then named ones) and their ranks (1 = best)."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(
+            ranks, order, np.arange(1, order.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1
+        )
+        named = np.asarray(self.class_indices, dtype=np.int64)[None, :].repeat(len(order), 0)
+        # A named class that is also in the top-k appears twice here; _finish writes it once.
+        classes = np.concatenate([order[:, : self.settings.top_k], named], axis=1).astype(np.int64)
+        return classes, np.take_along_axis(ranks, classes, axis=1)
+
+    def maps(
+        self, inputs: np.ndarray, features: np.ndarray, probabilities: np.ndarray, classes: np.ndarray
+    ) -> np.ndarray:
+        """Raw maps (N, k, h, w) of the chosen classes, by the configured method."""
+        return self.method.maps(MethodBatch(inputs, features, probabilities, classes))
+
+    def prepare(self, paths: Sequence[Path], stems: Sequence[str]) -> PreparedBatch:
+        """Decode and preprocess one batch (the CPU-bound first half of `process`); an image that
+        cannot be read gets its error, the rest go on."""
+        prepared = PreparedBatch(list(paths), list(stems), [], [], [])
+        for path in prepared.paths:
+            try:
+                image, data = self.load(path)
+            except CamcaffeError as exc:
+                prepared.images.append(None)
+                prepared.inputs.append(None)
+                prepared.errors.append(str(exc))
+                continue
+            prepared.images.append(image)
+            prepared.inputs.append(data)
+            prepared.errors.append(None)
+        return prepared
+
+    def finish_batch(self, prepared: PreparedBatch, out_dir: Path | None) -> list[ImageOutcome]:
+        """Inference, maps, boxes and overlays of a prepared batch: outcomes in input order."""
+        paths, stems = prepared.paths, prepared.stems
+        outcomes: list[ImageOutcome | None] = [None] * len(paths)
+        images, inputs, positions = [], [], []
+        for position, (image, data, error) in enumerate(
+            zip(prepared.images, prepared.inputs, prepared.errors, strict=True)
+        ):
+            if error is not None or image is None or data is None:
+                outcomes[position] = ImageOutcome(paths[position], stems[position], [], error=error)
+                continue
+            images.append(image)
+            inputs.append(data)
+            positions.append(position)
+        if inputs:
+            views = self.views.count
+            batch = np.concatenate(inputs)
+            view_probabilities, features = self.infer(batch)
+            # Several views of one image: classes are ranked on the averaged probabilities.
+            probabilities = view_probabilities.reshape(len(inputs), views, -1).mean(axis=1)
+            classes, ranks = self.select_classes(probabilities)
+            raw = self.maps(batch, features, view_probabilities, np.repeat(classes, views, axis=0))
+            raw = raw.reshape(len(inputs), views, *raw.shape[1:])
+            if views == 1:
+                raw = raw[:, 0]
+            for i, position in enumerate(positions):
+                outcomes[position] = self._finish(
+                    paths[position],
+                    stems[position],
+                    images[i],
+                    probabilities[i],
+                    classes[i],
+                    ranks[i],
+                    raw[i],
+                    out_dir,
+                )
+        return [o for o in outcomes if o is not None]
+
+    def process(
+        self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
+    ) -> list[ImageOutcome]:
+        """Run one batch; an image that cannot be read is reported in its outcome, the rest go on."""
+        return self.finish_batch(self.prepare(paths, stems), out_dir)
+
+    def _finish(
+        self,
+        path: Path,
+        stem: str,
+        image: np.ndarray,
+        probabilities: np.ndarray,
+        classes: np.ndarray,
+        ranks: np.ndarray,
+        raw: np.ndarray,
+        out_dir: Path | None,
+    ) -> ImageOutcome:
+        height, width = image.shape[:2]
+        maps = self.to_image_space(raw, height, width) if len(classes) else raw
+        rows = []
+        base = None
+        seen: set[int] = set()
+        for j, (class_index, rank) in enumerate(zip(classes, ranks, strict=True)):
+            if int(class_index) in seen:
+                continue
+            seen.add(int(class_index))
+            boxes = self.boxer(maps[j])
+            box = boxes[0]
+            overlay_path = ""
+            if out_dir is not None and self.settings.write_overlays:
+                if base is None:
+                    base = image
+                name = f"{stem}_cam.png" if j == 0 else f"{stem}_cam_{int(class_index)}.png"
+                text = f"{self.label(int(class_index))} {float(probabilities[class_index]):.3f}"
+                write_image_atomic(out_dir / name, overlay(base, maps[j], self.settings.alpha, text, box))
+                overlay_path = str(out_dir / name)
+            rows.append(
+                {
+                    "image": str(path),
+                    "rank": int(rank),
+                    "class_index": int(class_index),
+                    "label": self.label(int(class_index)),
+                    "probability": float(probabilities[class_index]),
+                    "x0": box[0],
+                    "y0": box[1],
+                    "x1": box[2],
+                    "y1": box[3],
+                    "overlay": overlay_path,
+                    "error": "",
+                    "boxes": ";".join(" ".join(str(int(v)) for v in b) for b in boxes),
+                }
+            )
+        if out_dir is not None and self.settings.save_npy:
+            from camcaffe.atomic import save_npy_atomic
+
+            save_npy_atomic(out_dir / f"{stem}_cam.npy", raw.astype(np.float32))
+        return ImageOutcome(path, stem, rows, cams=raw)
+
+
+def error_row(outcome: ImageOutcome) -> dict:
+    return {
+        "image": str(outcome.path),
+        "rank": "",
+        "class_index": "",
+        "label": "",
+        "probability": "",
+        "x0": "",
+        "y0": "",
+        "x1": "",
+        "y1": "",
+        "overlay": "",
+        "error": outcome.error or "",
+        "boxes": "",
+    }

@@ -1,0 +1,203 @@
+"""What a saliency method explains: a feature tensor and the class scores of any classifier.
+
+CAM needs a GAP + linear head (`cam_head.find_cam_head`); the other methods only need
+  - the feature blob: `--feature-layer` (a Caffe blob name resolves to its final value, i.e. after an in-place
+    ReLU: `conv5_3` is post-`relu5_3`), else the CAM head's feature when the net has one, else the value of the
+    last convolution before the classifier after its in-place activations;
+  - the class score: the pre-softmax logits, i.e. the input of the Softmax that produces the probabilities, or
+    with `--fc-layer` that layer's output; without a Softmax the net's output itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from camcaffe.errors import CamHeadError
+
+_PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+_IN_PLACE = {"Relu", "LeakyRelu", "PRelu", "Elu", "BatchNormalization", "Identity", "Dropout", "Mul", "Add"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The tensors a method reads; duck-types the fields of `CamHead` that the pipeline uses."""
+
+    feature_blob: str  # ONNX tensor of the feature map (N, C, h, w)
+    score_tensor: str  # class scores (pre-softmax logits), (N, K) or (N, K, 1, 1)
+    prob_output: str | None  # the Softmax output, when the net has one
+    num_classes: int
+    fc_node: str  # the node producing the scores, for messages
+    kind: str = "scores"
+    weights: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    pool_node: str | None = None
+
+
+class _Lookup:
+    def __init__(self, model: onnx.ModelProto):
+        from camcaffe.explain.cam_head import _known_shapes
+
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.producer = {out: i for i, node in enumerate(self.nodes) for out in node.output if out}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(i)
+        self.constants = {t.name for t in model.graph.initializer}
+        self.inputs = {v.name for v in model.graph.input} - self.constants
+        self.outputs = [v.name for v in model.graph.output]
+        self.shapes = _known_shapes(model)
+
+    def label(self, tensor: str) -> str:
+        index = self.producer.get(tensor)
+        return tensor if index is None else (self.nodes[index].name or tensor)
+
+    def ancestors(self, tensor: str) -> set[str]:
+        seen, frontier = {tensor}, [tensor]
+        while frontier:
+            index = self.producer.get(frontier.pop())
+            if index is None:
+                continue
+            for inp in self.nodes[index].input:
+                if inp and inp not in seen and inp not in self.constants:
+                    seen.add(inp)
+                    frontier.append(inp)
+        return seen
+
+
+def _resolve_name(lookup: _Lookup, blobs: dict[str, str], name: str, what: str) -> str:
+    """A Caffe blob name (its final value), an ONNX tensor name, or a node (Caffe layer) name."""
+    if name in blobs:
+        return blobs[name]
+    if name in lookup.producer or name in lookup.inputs:
+        return name
+    for node in lookup.nodes:
+        if node.name == name and node.output:
+            return node.output[0]
+    pool = sorted(set(blobs) | set(lookup.producer) | {n.name for n in lookup.nodes if n.name})
+    close = difflib.get_close_matches(name, pool, n=4, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else "list the names with `camcaffe inspect`"
+    raise CamHeadError(f"{what} '{name}' is not in the model; {hint}")
+
+
+def _softmax_outputs(lookup: _Lookup) -> list[int]:
+    """Softmax nodes whose output reaches a graph output through reshape-like ops, in graph order."""
+    found = []
+    outputs = set(lookup.outputs)
+    for index, node in enumerate(lookup.nodes):
+        if node.op_type != "Softmax":
+            continue
+        frontier, seen = [node.output[0]], set()
+        while frontier:
+            tensor = frontier.pop()
+            if tensor in outputs:
+                found.append(index)
+                break
+            for consumer in lookup.consumers.get(tensor, []):
+                c = lookup.nodes[consumer]
+                if c.op_type in _PASS_THROUGH and c.output[0] not in seen:
+                    seen.add(c.output[0])
+                    frontier.append(c.output[0])
+    return found
+
+
+def _scores(lookup: _Lookup, blobs: dict[str, str], fc_layer: str | None) -> tuple[str, str | None]:
+    """(score tensor, probability tensor or None)."""
+    if fc_layer is not None:
+        score = _resolve_name(lookup, blobs, fc_layer, "fc layer")
+        prob = None
+        for index in _softmax_outputs(lookup):
+            if lookup.nodes[index].input[0] == score:
+                prob = lookup.nodes[index].output[0]
+        return score, prob
+    softmaxes = _softmax_outputs(lookup)
+    if softmaxes:
+        node = lookup.nodes[softmaxes[-1]]
+        return node.input[0], node.output[0]
+    for name in lookup.outputs:
+        shape = lookup.shapes.get(name)
+        if shape is not None and (len(shape) == 2 or (len(shape) == 4 and tuple(shape[2:]) == (1, 1))):
+            return name, None
+    raise CamHeadError(
+        "found no class scores: the net has no Softmax feeding an output and no (N, K) output; name the "
+        "classifier with --fc-layer"
+    )
+
+
+def _last_conv_feature(lookup: _Lookup, score: str) -> str | None:
+    """The final value (after in-place activations) of the last Conv with a spatial map before `score`."""
+    before = lookup.ancestors(score)
+    best = None
+    for index, node in enumerate(lookup.nodes):
+        out = node.output[0] if node.output else ""
+        shape = lookup.shapes.get(out)
+        spatial = shape is not None and len(shape) == 4 and (shape[2] or 0) * (shape[3] or 0) > 1
+        if node.op_type == "Conv" and out in before and spatial:
+            best = index
+    if best is None:
+        return None
+    tensor = lookup.nodes[best].output[0]
+    while True:
+        consumers = lookup.consumers.get(tensor, [])
+        if len(consumers) != 1:
+            return tensor
+        node = lookup.nodes[consumers[0]]
+        others = [t for t in node.input[1:] if t]
+        if (
+            node.op_type not in _IN_PLACE
+            or node.input[0] != tensor
+            or any(t not in lookup.constants for t in others)
+        ):
+            return tensor
+        tensor = node.output[0]
+
+
+def resolve_target(session, feature_layer: str | None = None, fc_layer: str | None = None) -> Target:
+    """The feature tensor and class scores of the model of `session` (a runtime.ModelSession)."""
+    from camcaffe.explain.cam_head import find_cam_head
+
+    lookup = _Lookup(session.model)
+    blobs = session.info.blobs
+    score, prob = _scores(lookup, blobs, fc_layer)
+    if feature_layer is not None:
+        feature = _resolve_name(lookup, blobs, feature_layer, "feature layer")
+    else:
+        feature = None
+        with contextlib.suppress(CamHeadError):
+            feature = find_cam_head(session.model).feature_blob
+        if feature is None or feature not in lookup.ancestors(score):
+            feature = _last_conv_feature(lookup, score)
+        if feature is None:
+            raise CamHeadError(
+                f"found no convolutional feature map before the scores '{lookup.label(score)}'; name one with "
+                "--feature-layer"
+            )
+    if feature not in lookup.ancestors(score):
+        raise CamHeadError(
+            f"feature layer '{feature_layer or feature}' does not feed the class scores "
+            f"'{lookup.label(score)}'; name a blob before the classifier"
+        )
+    shape = lookup.shapes.get(feature)
+    if shape is not None and len(shape) != 4:
+        raise CamHeadError(
+            f"feature layer '{feature_layer or feature}' has shape {tuple(shape)}, not a (N, C, h, w) map; name "
+            "a convolutional blob"
+        )
+    score_shape = lookup.shapes.get(score)
+    if score_shape is None or any(d is None for d in score_shape[1:]):
+        raise CamHeadError(f"the class scores '{lookup.label(score)}' have no static shape; name --fc-layer")
+    num_classes = int(np.prod(score_shape[1:]))
+    return Target(
+        feature_blob=feature,
+        score_tensor=score,
+        prob_output=prob,
+        num_classes=num_classes,
+        fc_node=lookup.label(score),
+    )

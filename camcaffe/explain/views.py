@@ -1,0 +1,118 @@
+"""How one image becomes the net's input(s), and how the maps computed on them return to the image.
+
+A view strategy gives `count` images at the net's input size (or larger, for the Transformer to resize) per
+photo, and places the raw maps of those inputs back over the photo. `warp` (caffe.io: the whole image
+resized to the input) and `crop` (resize to 256, centre crop) give one input each; `tencrop` (the CAM demo's
+oversampling) gives ten."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from camcaffe.errors import CamcaffeError
+from camcaffe.explain.cam import normalize, upsample
+from camcaffe.runtime.preprocess import oversample, resize_image
+
+
+class ImageViews:
+    """Base: the whole image, resized to the input by the Transformer."""
+
+    name = "warp"
+    count = 1
+
+    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.crop_base = int(crop_base)
+
+    def inputs(self, image: np.ndarray) -> list[np.ndarray]:
+        """H×W×3 float images, one per view, for the Transformer (which resizes them to the input)."""
+        return [image]
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """raw (count, k, h, w) -> (k, height, width) maps over the photo, normalised to [0, 1]."""
+        return normalize(upsample(raw[0], (height, width)))
+
+
+class CentreCropViews(ImageViews):
+    """Resize to crop_base × crop_base, take the centre input-size crop; the map is placed back there
+    (the rest of the canvas gets the map's minimum) and then resized over the photo."""
+
+    name = "crop"
+    flag = "--resize crop"
+
+    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
+        super().__init__(input_hw, crop_base)
+        if max(self.input_hw) > self.crop_base:
+            raise CamcaffeError(
+                f"{self.flag}: the net input {self.input_hw} is larger than the {self.crop_base} x "
+                f"{self.crop_base} resize it is cropped from; use --resize warp"
+            )
+
+    def offset(self) -> tuple[int, int]:
+        return (self.crop_base - self.input_hw[0]) // 2, (self.crop_base - self.input_hw[1]) // 2
+
+    def inputs(self, image: np.ndarray) -> list[np.ndarray]:
+        top, left = self.offset()
+        resized = resize_image(image, (self.crop_base, self.crop_base))
+        return [resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]]
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        maps = raw[0]
+        base = self.crop_base
+        top, left = self.offset()
+        h, w = self.input_hw
+        canvas = np.empty((maps.shape[0], base, base), dtype=np.float32)
+        canvas[:] = maps.min(axis=(1, 2), keepdims=True)
+        canvas[:, top : top + h, left : left + w] = upsample(maps, self.input_hw)
+        return normalize(upsample(canvas, (height, width)))
+
+
+class TenCropViews(CentreCropViews):
+    """The CAM authors' 10-crop oversampling (their demo and ILSVRC protocol; caffe.io.oversample's order):
+    resize to crop_base x crop_base, crops at the four corners (top-left, top-right, bottom-left,
+    bottom-right) and the centre, then the same five mirrored left-right.
+
+    Merging follows their MATLAB code: each crop's map is resized to the crop, the mirrored ones are flipped
+    back, every map is put at its place on a crop_base x crop_base canvas of zeros, and the canvas holds the
+    sum of their absolute values; the canvas is resized over the photo and divided by its maximum."""
+
+    name = "tencrop"
+    flag = "--crops 10"
+    count = 10
+
+    def offsets(self) -> list[tuple[int, int]]:
+        """(top, left) of the five crops on the canvas, as caffe.io.oversample places them."""
+        base = self.crop_base
+        h, w = self.input_hw
+        centre = (int(base / 2.0 - h / 2.0), int(base / 2.0 - w / 2.0))
+        return [(0, 0), (0, base - w), (base - h, 0), (base - h, base - w), centre]
+
+    def inputs(self, image: np.ndarray) -> list[np.ndarray]:
+        resized = resize_image(image, (self.crop_base, self.crop_base))
+        return list(oversample([resized], self.input_hw))
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        if raw.ndim != 4 or raw.shape[0] != self.count:
+            raise CamcaffeError(f"10-crop merge needs maps of shape (10, k, h, w), got {raw.shape}")
+        h, w = self.input_hw
+        crops = np.abs(upsample(raw, self.input_hw))
+        canvas = np.zeros((raw.shape[1], self.crop_base, self.crop_base), dtype=np.float32)
+        for view, (top, left) in enumerate(self.offsets() * 2):
+            crop = crops[view] if view < 5 else crops[view][:, :, ::-1]
+            canvas[:, top : top + h, left : left + w] += crop
+        merged = upsample(canvas, (height, width))
+        peak = merged.max(axis=(1, 2), keepdims=True)
+        return np.where(peak > 0, merged / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+
+
+VIEWS: dict[str, type[ImageViews]] = {"warp": ImageViews, "crop": CentreCropViews, "tencrop": TenCropViews}
+
+
+def make_views(name: str, input_hw: Sequence[int], crop_base: int = 256) -> ImageViews:
+    try:
+        cls = VIEWS[name]
+    except KeyError:
+        raise CamcaffeError(f"unknown view mode '{name}'; choose one of {', '.join(sorted(VIEWS))}") from None
+    return cls(input_hw, crop_base)

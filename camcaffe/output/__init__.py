@@ -1,0 +1,1 @@
+"""What a person looks at: CAM overlays and the HTML report."""

@@ -1,0 +1,1 @@
+"""The legacy pycaffe surface (`import camcaffe as caffe`): `Net`, blobs and params, modes, and `caffe.io`."""

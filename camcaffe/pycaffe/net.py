@@ -1,0 +1,630 @@
+"""A pycaffe-compatible surface: a legacy script runs with only `import camcaffe as caffe` changed.
+
+`Net(deploy, weights, TEST)` converts the deploy net once to ONNX with every blob exposed and runs it with
+ONNX Runtime; after `forward()` every blob in `net.blobs` reads as Caffe's would (in-place layers included:
+a blob holds its last writer's value). Reshaping an input blob's batch keeps the converted model; changing
+its other dimensions converts again on the next `forward()` / `reshape()`.
+
+Where it deliberately differs from pycaffe:
+
+* Inference only. `TRAIN`, `backward()` and `.diff` raise `PycaffeError`: a deploy net runs in TEST phase.
+* `set_mode_gpu()` where CUDA is not usable (no GPU, or onnxruntime without CUDA) prints one warning on
+  stderr and keeps running on the CPU, where a CPU-only pycaffe build would abort. The mode (and device)
+  in force at each `forward()` chooses the execution provider, as Caffe's global mode does.
+* `Net(deploy)` without weights uses seeded random parameters (`set_random_seed`), not the prototxt's fillers.
+* Parameters: `net.params[layer][i].data` is a writable copy of Caffe's array (made on first access); a
+  changed value takes effect from the next `forward()`, which converts again (net surgery works).
+* The Split blobs Caffe inserts for blobs read by several layers are not listed in `net.blobs` (they are
+  bit-identical aliases of their source blob); `forward(start=...)` from a middle layer is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from camcaffe import __version__
+from camcaffe.caffe import caffe_pb2
+from camcaffe.caffe.caffemodel import read_caffemodel, write_caffemodel
+from camcaffe.caffe.net import CaffeNet, load_net, net_from_param
+from camcaffe.caffe.prototxt import parse_prototxt, read_prototxt_text
+from camcaffe.convert.converter import ConvertedNet, ConvertOptions, ParamSource, convert_net
+from camcaffe.convert.onnx_io import build_model
+from camcaffe.convert.registry import is_supported
+from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
+from camcaffe.errors import CamcaffeError, WeightsError
+
+TRAIN = 0
+"""pycaffe's `caffe.TRAIN`; refused, since camcaffe runs deploy nets for inference."""
+TEST = 1
+"""pycaffe's `caffe.TEST`: the phase of deploy inference (the default)."""
+
+
+class PycaffeError(CamcaffeError, ValueError):
+    """A pycaffe call camcaffe cannot honour (training, gradients, a misfit input or argument).
+
+    It is also a ValueError, so scripts catching pycaffe's generic exceptions keep working."""
+
+
+# ---------------------------------------------------------------------------------------------- mode
+
+
+@dataclass
+class _ModeState:
+    gpu: bool = False  # pycaffe starts in CPU mode
+    device: int = 0
+    seed: int = 0
+    warned_no_cuda: bool = False
+
+
+_STATE = _ModeState()
+
+
+def _warn(message: str) -> None:
+    print(f"camcaffe: warning: {message}", file=sys.stderr)
+
+
+def set_mode_cpu() -> None:
+    """Run Nets on the CPU from their next forward() on."""
+    _STATE.gpu = False
+
+
+def set_mode_gpu() -> None:
+    """Run Nets on CUDA from their next forward() on; without usable CUDA, warn once and stay on the CPU."""
+    from camcaffe.runtime.session import cuda_usable
+
+    if cuda_usable():
+        _STATE.gpu = True
+        return
+    _STATE.gpu = False
+    if not _STATE.warned_no_cuda:
+        _STATE.warned_no_cuda = True
+        _warn(
+            "set_mode_gpu(): CUDA is not usable here (no GPU, or onnxruntime without CUDA 12/13 + cuDNN 9); "
+            "running on the CPU"
+        )
+
+
+def set_device(device_id: int) -> None:
+    """The CUDA device used in GPU mode (0 by default)."""
+    if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
+        raise PycaffeError(f"set_device({device_id!r}): the device id must be a non-negative integer")
+    _STATE.device = int(device_id)
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed of the random parameters given to Nets created without weights."""
+    _STATE.seed = int(seed)
+
+
+def _mode_key() -> tuple[bool, int]:
+    return (True, _STATE.device) if _STATE.gpu else (False, 0)
+
+
+# --------------------------------------------------------------------------------------------- blobs
+
+
+def _dims(shape: Sequence, what: str) -> tuple[int, ...]:
+    """reshape(1, 3, 224, 224) or reshape((1, 3, 224, 224)) -> a tuple of positive ints."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise PycaffeError(f"{what}.reshape{tuple(shape)}: dimensions must be integers") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise PycaffeError(f"{what}.reshape{dims}: give one or more positive dimensions")
+    return dims
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+class Blob:
+    """A Caffe blob: `.data` is the float32 array (N, C, H, W) that forward() reads (inputs) and fills."""
+
+    def __init__(self, name: str, shape: Sequence[int]):
+        self.name = name
+        self._data = np.zeros(tuple(shape), dtype=np.float32)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        raise PycaffeError(
+            f"blob '{self.name}': camcaffe runs inference only, there are no gradients (.diff)"
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self.data.size)
+
+    def _legacy_dim(self, axis: int) -> int:
+        shape = self.shape
+        return shape[axis] if axis < len(shape) else 1
+
+    @property
+    def num(self) -> int:
+        return self._legacy_dim(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy_dim(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy_dim(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy_dim(3)
+
+    def reshape(self, *shape: int) -> None:
+        """Caffe's Blob::Reshape: the first values survive when the blob does not grow, else zeros."""
+        dims = _dims(shape, f"blob '{self.name}'")
+        old = self.data
+        if dims == old.shape:
+            return
+        new = np.zeros(dims, dtype=np.float32)
+        if new.size <= old.size:
+            new.reshape(-1)[:] = old.reshape(-1)[: new.size]
+        self._set(new)
+
+    def _set(self, array: np.ndarray) -> None:
+        self._data = array
+
+    def _store(self, value: np.ndarray) -> None:
+        """Write a forward result, in place when the shape is unchanged (held references stay live)."""
+        if value.shape == self._data.shape:
+            np.copyto(self._data, value, casting="unsafe")
+        else:
+            self._data = np.array(value, dtype=np.float32, copy=True)
+
+    def __repr__(self) -> str:
+        return f"<Blob '{self.name}' {self.shape}>"
+
+
+class ParamBlob(Blob):
+    """A layer parameter blob holding Caffe's array (e.g. InnerProduct (num_output, K), BatchNorm's raw
+    mean / variance / scale factor). `.data` is a writable copy made on first access; the net compares it
+    with the value it was converted with at each forward() and converts again when it changed."""
+
+    def __init__(self, name: str, array: np.ndarray):
+        self.name = name
+        self._baseline = _read_only(np.asarray(array, dtype=np.float32))
+        self._data: np.ndarray | None = None  # type: ignore[assignment]
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.array(self._baseline, dtype=np.float32, copy=True)
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.data[...] = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.current().shape)
+
+    @property
+    def count(self) -> int:
+        return int(self.current().size)
+
+    def current(self) -> np.ndarray:
+        """The value to convert with: the edited copy when there is one, else the original array."""
+        return self._data if self._data is not None else self._baseline
+
+    def changed(self) -> bool:
+        data = self._data
+        if data is None:
+            return False
+        return data.shape != self._baseline.shape or not np.array_equal(data, self._baseline)
+
+    def commit(self) -> None:
+        """The current value is now the one the converted model holds."""
+        if self._data is not None:
+            self._baseline = _read_only(self._data.copy())
+
+    def replace(self, array: np.ndarray) -> None:
+        """New values (copy_from): written into the held copy so references to `.data` see them."""
+        array = np.asarray(array, dtype=np.float32)
+        if self._data is not None and self._data.shape == array.shape:
+            np.copyto(self._data, array)
+            self._baseline = _read_only(self._data.copy())
+        else:
+            self._data = None
+            self._baseline = _read_only(array)
+
+    def __repr__(self) -> str:
+        return f"<ParamBlob '{self.name}' {self.shape}>"
+
+
+@dataclass
+class Layer:
+    """pycaffe's `net.layers[i]` / `net.layer_dict[name]`: the layer type and its parameter blobs."""
+
+    name: str
+    type: str
+    blobs: list[ParamBlob] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ conversion
+
+
+@dataclass
+class _RecordingSource:
+    """Wraps a parameter source and keeps, per layer, the arrays it handed to the converter."""
+
+    source: ParamSource
+    record: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def __call__(self, layer: caffe_pb2.LayerParameter, expected: list[tuple[int, ...]]) -> list[np.ndarray]:
+        arrays = self.source(layer, expected)
+        self.record[layer.name] = arrays
+        return arrays
+
+
+@dataclass
+class _Compiled:
+    """One conversion of the net for given input shapes, with its ONNX Runtime session (made lazily)."""
+
+    converted: ConvertedNet
+    model: object  # onnx.ModelProto
+    input_shapes: dict[str, tuple[int, ...]]
+    session: object = None
+    session_key: tuple[bool, int] | None = None
+
+    def fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
+        if self.converted.symbolic_batch:
+            return all(shapes[n][1:] == s[1:] for n, s in self.input_shapes.items())
+        return shapes == self.input_shapes
+
+    def blob_shape(self, blob: str, batch: int) -> tuple[int, ...]:
+        tensor = self.converted.blob_tensors[blob]
+        shape = list(self.converted.tensor_shapes[tensor])
+        if self.converted.symbolic_batch and tensor in self.converted.batch_led:
+            shape[0] = batch
+        return tuple(shape)
+
+
+def _load_caffe_net(path: str | os.PathLike, stages: Sequence[str] | None) -> CaffeNet:
+    if not stages:
+        return load_net(path, is_supported)
+    param = parse_prototxt(read_prototxt_text(path), str(path), is_supported)
+    param.state.stage.extend(str(s) for s in stages)
+    return net_from_param(param, str(path))
+
+
+def _net_arguments(args: tuple, phase, weights, level, stages) -> tuple:
+    """pycaffe's signatures: Net(file, phase, level=0, stages=None, weights=None) and the deprecated
+    Net(file, weights, phase); the phase may be omitted here (TEST)."""
+    rest = list(args)
+    if rest and isinstance(rest[0], (str, bytes, os.PathLike)):
+        if weights is not None:
+            raise PycaffeError("Net(): weights given both positionally and as weights=")
+        weights = rest.pop(0)
+    if len(rest) > 3:
+        raise PycaffeError(f"Net(): too many positional arguments {tuple(args)!r}")
+    chosen = {"phase": phase, "level": level, "stages": stages}
+    for name, value in zip(("phase", "level", "stages"), rest, strict=False):
+        if name == "phase" and phase is not None:
+            raise PycaffeError("Net(): phase given both positionally and as phase=")
+        chosen[name] = value
+    return weights, TEST if chosen["phase"] is None else chosen["phase"], chosen["level"], chosen["stages"]
+
+
+def _check_phase(phase) -> None:
+    if isinstance(phase, bool) or phase not in (TRAIN, TEST):
+        raise PycaffeError(f"Net(): phase must be caffe.TEST (or caffe.TRAIN), got {phase!r}")
+    if phase == TRAIN:
+        raise PycaffeError(
+            "Net(..., caffe.TRAIN): camcaffe runs deploy nets for inference only; use caffe.TEST"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- net
+
+
+class Net:
+    """pycaffe's `caffe.Net` for deploy inference: `Net(deploy, weights, caffe.TEST)`,
+    `Net(deploy, caffe.TEST, weights=...)` or `Net(deploy, weights)`."""
+
+    def __init__(
+        self, network_file: str | os.PathLike, *args, phase=None, weights=None, level=0, stages=None
+    ):
+        weights, phase, level, stages = _net_arguments(args, phase, weights, level, stages)
+        _check_phase(phase)
+        if level != 0:
+            raise PycaffeError(f"Net(level={level!r}): only level 0 is supported")
+        self._source = str(network_file)
+        self._caffe_net = _load_caffe_net(network_file, stages)
+        self.inputs = [t for lay in self._caffe_net.layers if lay.type == "Input" for t in lay.top]
+        self.outputs = list(self._caffe_net.outputs)
+        self._conversions = 0
+        self._stale = False
+        self._compiled = self._initial_conversion(weights)
+        batch = self._compiled.converted.inputs[0][1][0] if self._compiled.converted.inputs else 1
+        self.blobs: OrderedDict[str, Blob] = OrderedDict(
+            (name, Blob(name, self._compiled.blob_shape(name, batch))) for name in self._blob_order()
+        )
+
+    # -- structure
+
+    def _blob_order(self) -> list[str]:
+        """Caffe's blob table: each top in order of first appearance (input blobs first)."""
+        return list(dict.fromkeys(top for layer in self._caffe_net.layers for top in layer.top))
+
+    @property
+    def _layer_names(self) -> list[str]:
+        return [layer.name for layer in self._caffe_net.layers]
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [
+            Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in self._caffe_net.layers
+        ]
+
+    @property
+    def layer_dict(self) -> OrderedDict[str, Layer]:
+        return OrderedDict((layer.name, layer) for layer in self.layers)
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((layer.name, list(layer.top)) for layer in self._caffe_net.layers)
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((layer.name, list(layer.bottom)) for layer in self._caffe_net.layers)
+
+    # -- conversion
+
+    def _initial_conversion(self, weights) -> _Compiled:
+        if weights is None:
+            recorder = _RecordingSource(RandomWeights(seed=_STATE.seed))
+            compiled = self._convert(recorder, None)
+        else:
+            caffemodel = CaffemodelWeights(read_caffemodel(weights))
+            recorder = _RecordingSource(caffemodel)
+            compiled = self._convert(recorder, None)
+            caffemodel.check_complete(self._source)
+            for message in caffemodel.warnings:
+                _warn(message)
+        self.params: OrderedDict[str, list[ParamBlob]] = OrderedDict(
+            (
+                layer.name,
+                [ParamBlob(f"{layer.name}[{i}]", a) for i, a in enumerate(recorder.record[layer.name])],
+            )
+            for layer in self._caffe_net.layers
+            if recorder.record.get(layer.name)
+        )
+        return compiled
+
+    def _current_params(self, layer: caffe_pb2.LayerParameter, expected: list[tuple[int, ...]]) -> list:
+        arrays = [blob.current() for blob in self.params.get(layer.name, [])]
+        shapes = [tuple(a.shape) for a in arrays]
+        if shapes != [tuple(e) for e in expected]:
+            raise WeightsError(
+                f"{self._source}: layer '{layer.name}' has parameter shapes {shapes} but the net now needs "
+                f"{[tuple(e) for e in expected]}; check the input shape and any reshaped parameter"
+            )
+        return arrays
+
+    def _convert(self, source: ParamSource, shapes: dict[str, tuple[int, ...]] | None) -> _Compiled:
+        """Convert for the given input shapes (None: as declared). A net whose layers bake the batch in
+        (no symbolic batch) is converted for the exact batch of the inputs."""
+        overrides = {n: list(s) for n, s in shapes.items()} if shapes else None
+        fixed = overrides is not None and not self._compiled.converted.symbolic_batch
+        batch = next(iter(overrides.values()))[0] if fixed and overrides else None
+        converted = convert_net(
+            self._caffe_net, source, ConvertOptions(batch=batch, expose_all=True, input_shapes=overrides)
+        )
+        # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
+        converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
+        for message in converted.warnings:
+            _warn(message)
+        self._conversions += 1
+        metadata = {"camcaffe.version": __version__, "camcaffe.blobs": json.dumps(converted.blob_tensors)}
+        model = build_model(converted, metadata, with_initializers=True)
+        input_shapes = {name: tuple(shape) for name, shape in converted.inputs}
+        return _Compiled(converted, model, input_shapes)
+
+    def _input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.blobs[name].shape for name in self.inputs}
+
+    def _prepare(self) -> _Compiled:
+        """Convert again when an input's non-batch shape (or a fixed batch) or a parameter changed."""
+        changed = [blob for blobs in self.params.values() for blob in blobs if blob.changed()]
+        shapes = self._input_shapes()
+        if changed or self._stale or not self._compiled.fits(shapes):
+            self._compiled = self._convert(self._current_params, shapes)
+            for blob in changed:
+                blob.commit()
+            self._stale = False
+        return self._compiled
+
+    def reshape(self) -> None:
+        """Propagate the input blobs' shapes to every other blob (converting again if needed)."""
+        compiled = self._prepare()
+        batch = self.blobs[self.inputs[0]].num if self.inputs else 1
+        for name, blob in self.blobs.items():
+            if name not in self.inputs:
+                blob.reshape(*compiled.blob_shape(name, batch))
+
+    # -- running
+
+    def _session(self, compiled: _Compiled):
+        key = _mode_key()
+        if compiled.session is None or compiled.session_key != key:
+            from camcaffe.runtime.session import CPU, CUDA, ModelSession
+
+            session = ModelSession(compiled.model, provider="cuda" if key[0] else "cpu", source=self._source)
+            if key[0]:
+                session.providers = [(CUDA, {"device_id": str(key[1])}), CPU]
+            compiled.session, compiled.session_key = session, key
+        return compiled.session
+
+    @property
+    def provider(self) -> str:
+        """The ONNX Runtime execution provider the next forward() runs on."""
+        return self._session(self._prepare()).provider_used
+
+    def _run(self, compiled: _Compiled) -> dict[str, np.ndarray]:
+        session = self._session(compiled)
+        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in self.inputs}
+        tensors = list(dict.fromkeys(compiled.converted.blob_tensors.values()))
+        try:
+            return session.run(feeds, tensors)
+        except CamcaffeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            provider = "CUDA" if compiled.session_key and compiled.session_key[0] else "CPU"
+            raise CamcaffeError(f"{self._source}: ONNX Runtime failed on {provider}: {detail}") from None
+
+    def _set_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        for name, value in inputs.items():
+            if name not in self.inputs:
+                raise PycaffeError(
+                    f"forward({name}=...): '{name}' is not an input blob; inputs: {self.inputs}"
+                )
+            array, blob = np.asarray(value), self.blobs[name]
+            if array.ndim == 0 or array.shape[0] != blob.num:
+                raise PycaffeError(
+                    f"forward({name}=...): input of shape {array.shape} is not batch sized ({blob.num}); "
+                    f"call net.blobs['{name}'].reshape(...) first"
+                )
+            try:
+                blob.data[...] = array
+            except ValueError:
+                raise PycaffeError(
+                    f"forward({name}=...): shape {array.shape} does not fit blob shape {blob.shape}; "
+                    f"call net.blobs['{name}'].reshape(*x.shape) first"
+                ) from None
+
+    def _layers_through(self, start: str | None, end: str | None) -> list[caffe_pb2.LayerParameter]:
+        names = self._layer_names
+        for what, name in (("start", start), ("end", end)):
+            if name is not None and name not in names:
+                raise PycaffeError(f"forward({what}='{name}'): the net has no layer of that name")
+        first = next((i for i, layer in enumerate(self._caffe_net.layers) if layer.type != "Input"), 0)
+        if start is not None and names.index(start) > first:
+            raise PycaffeError(
+                f"forward(start='{start}'): running from a middle layer is not supported; forward the whole net"
+            )
+        stop = names.index(end) + 1 if end is not None else len(names)
+        return self._caffe_net.layers[:stop]
+
+    def forward(
+        self,
+        blobs: Sequence[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Run the net; every blob written by the layers run (all, or up to `end`) is updated.
+
+        Keyword arguments fill input blobs first. Returns {blob: net.blobs[blob].data} for the net's outputs
+        (the tops of `end` when given) and any extra `blobs`."""
+        for name in blobs or []:
+            if name not in self.blobs:
+                raise PycaffeError(f"forward(blobs=[...'{name}']): the net has no blob of that name")
+        layers = self._layers_through(start, end)
+        self._set_inputs(kwargs)
+        compiled = self._prepare()
+        values = self._run(compiled)
+        written = dict.fromkeys(top for layer in layers if layer.type != "Input" for top in layer.top)
+        tensors = compiled.converted.blob_tensors
+        for name in written:
+            self.blobs[name]._store(values[tensors[name]])
+        outputs = list(layers[-1].top) if end is not None else self.outputs
+        return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
+
+    def _batches(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
+        total = len(next(iter(arrays.values())))
+        size = self.blobs[self.inputs[0]].num
+        for begin in range(0, total, size):
+            batch = {name: a[begin : begin + size] for name, a in arrays.items()}
+            pad = size - len(next(iter(batch.values())))
+            if pad:
+                batch = {
+                    n: np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for n, a in batch.items()
+                }
+            yield batch
+
+    def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """pycaffe's forward_all: run the inputs through in batches of the input blob's size."""
+        if not kwargs:
+            return {name: value.copy() for name, value in self.forward(blobs).items()}
+        collected: dict[str, list[np.ndarray]] = {}
+        for batch in self._batches(kwargs):
+            for name, value in self.forward(blobs, **batch).items():
+                collected.setdefault(name, []).append(value.copy())
+        total = len(next(iter(kwargs.values())))
+        return {name: np.concatenate(parts)[:total] for name, parts in collected.items()}
+
+    def backward(self, *args, **kwargs) -> None:
+        raise PycaffeError("Net.backward(): camcaffe runs inference only; there is no backward pass")
+
+    # -- weights
+
+    def copy_from(self, weights: str | os.PathLike) -> None:
+        """Load parameters from a caffemodel, layer by name; layers it lacks keep their values (as Caffe)."""
+        source = CaffemodelWeights(read_caffemodel(weights))
+        for name, blobs in self.params.items():
+            held = source.weights.get(name)
+            if held is None or not held.blobs:
+                continue
+            arrays = source(self._caffe_net.layer(name), [blob.shape for blob in blobs])
+            for blob, array in zip(blobs, arrays, strict=True):
+                blob.replace(array)
+        if not source.used:
+            raise WeightsError(f"{weights}: has weights for none of the layers of {self._source}")
+        self._stale = True
+
+    def save(self, filename: str | os.PathLike) -> None:
+        """Write the current parameters as a caffemodel."""
+        layers = [
+            (layer.name, layer.type, [blob.current() for blob in self.params.get(layer.name, [])])
+            for layer in self._caffe_net.layers
+        ]
+        write_caffemodel(filename, layers)
+
+    def __repr__(self) -> str:
+        return f"<camcaffe Net '{self._caffe_net.name}' inputs={self.inputs} outputs={self.outputs}>"
+
+
+__all__ = [
+    "TEST",
+    "TRAIN",
+    "Blob",
+    "Layer",
+    "Net",
+    "ParamBlob",
+    "PycaffeError",
+    "set_device",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_random_seed",
+]

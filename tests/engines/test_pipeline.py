@@ -1,0 +1,131 @@
+"""The CAM pipeline's stages on a small converted model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from camcaffe.convert.api import Preprocessing, convert_files
+from camcaffe.convert.random_model import write_random_caffemodel
+from camcaffe.engines.inputs import expand_inputs, output_stems
+from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
+from camcaffe.runtime.session import ModelSession
+from tests.helpers import net_text
+
+NET = net_text(
+    (1, 3, 32, 32),
+    """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "feat" convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "feat" top: "feat" }
+layer { name: "gap" type: "Pooling" bottom: "feat" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "gap" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+""",
+)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    (folder / "d.prototxt").write_text(NET)
+    write_random_caffemodel(folder / "d.prototxt", folder / "w.caffemodel", seed=2)
+    labels = folder / "labels.txt"
+    labels.write_text("ant\nbee\ncat\ndog\n")
+    convert_files(
+        folder / "d.prototxt",
+        folder / "w.caffemodel",
+        folder / "m.onnx",
+        preprocessing=Preprocessing(mean=[104, 117, 123], raw_scale=255, channel_swap=[2, 1, 0]),
+        labels_path=labels,
+    )
+    return ModelSession(folder / "m.onnx", "cpu")
+
+
+def _pipeline(session, **settings):
+    preprocess, assumed = preprocess_from_metadata(session, Preprocess())
+    assert not assumed and preprocess.raw_scale == 255
+    return CamPipeline(session, preprocess, CamSettings(**settings))
+
+
+def test_classes_ranks_and_named_classes(session):
+    pipeline = _pipeline(session, top_k=2, classes=["dog", "0"])
+    probabilities = np.array([[0.1, 0.5, 0.3, 0.1], [0.7, 0.1, 0.05, 0.15]])
+    classes, ranks = pipeline.select_classes(probabilities)
+    assert classes[0].tolist() == [1, 2, 3, 0] and ranks[0].tolist() == [
+        1,
+        2,
+        4,
+        3,
+    ]  # ties: lower index ranks first
+    assert classes[1][:2].tolist() == [0, 3] and ranks[1][:2].tolist() == [1, 2]
+    with pytest.raises(Exception, match="no such label"):
+        _pipeline(session, classes=["zebra"])
+
+
+def test_process_batch_with_a_bad_image(session, tmp_path):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    pipeline = _pipeline(session, top_k=1)
+    outcomes = pipeline.process([good, bad], ["good", "bad"], tmp_path)
+    assert outcomes[0].error is None and outcomes[1].error
+    row = outcomes[0].rows[0]
+    assert row["label"] in ("ant", "bee", "cat", "dog")
+    assert 0 <= row["x0"] <= row["x1"] <= 59 and 0 <= row["y0"] <= row["y1"] <= 39
+    assert (tmp_path / "good_cam.png").exists() and outcomes[0].cams.shape == (1, 16, 16)
+    # CAM = W[c] . F, checked independently
+    _, data = pipeline.load(good)
+    values = session.run({"data": data}, ["feat"])
+    weights = pipeline.head.weights[row["class_index"]]
+    np.testing.assert_allclose(
+        outcomes[0].cams[0], np.tensordot(weights, values["feat"][0], axes=1), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_crop_mode_maps_back_into_the_original_image(session):
+    pipeline = _pipeline(session, resize="crop", crop_base=40)
+    raw = np.ones((1, 16, 16), np.float32)
+    raw[0, 8, 8] = 3.0
+    maps = pipeline.to_image_space(raw, 80, 80)
+    assert maps.shape == (1, 80, 80)
+    assert maps[0, :6].max() == 0 and maps[0, -6:].max() == 0  # outside the 32x32 crop of the 40x40 resize
+    assert np.unravel_index(maps[0].argmax(), (80, 80)) in {
+        (i, j) for i in range(36, 46) for j in range(36, 46)
+    }
+
+
+def test_inputs_expand_folders_globs_and_unique_stems(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.jpg", "a/y.PNG", "b.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    paths, problems = expand_inputs([tmp_path / "a", str(tmp_path / "*.jpg"), str(tmp_path / "none*.png")])
+    assert [p.name for p in paths] == ["x.jpg", "y.PNG", "b.jpg"]
+    assert problems and "no file matches" in problems[0]
+    from pathlib import Path
+
+    assert output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("c/x.gif")]) == ["x", "x_2", "x_3"]
+
+
+def test_pipeline_pool_keeps_order_and_results(session, tmp_path):
+    from camcaffe.engines.workers import PipelinePool, default_workers
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8))
+        paths.append(path)
+    paths.insert(4, tmp_path / "missing.png")
+    stems = [p.stem for p in paths]
+    batches = [(paths[i : i + 3], stems[i : i + 3]) for i in range(0, len(paths), 3)]
+    single = [o for b in batches for o in _pipeline(session, top_k=2).process(b[0], b[1], None)]
+    pool = PipelinePool.build(_pipeline(session, top_k=2), lambda: _pipeline(session, top_k=2), 3)
+    pooled = [o for outcomes in pool.map(batches, None) for o in outcomes]
+    pool.close()
+    assert [o.path for o in pooled] == paths
+    assert [o.rows for o in pooled] == [o.rows for o in single]
+    assert pooled[4].error and "missing.png" in pooled[4].error
+    assert default_workers("CUDAExecutionProvider")[0] == 1
+    assert default_workers("CPUExecutionProvider")[0] >= 1

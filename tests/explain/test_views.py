@@ -1,0 +1,66 @@
+"""View strategies: the 10-crop oversampling and how its ten maps are merged over the photo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from camcaffe.errors import CamcaffeError
+from camcaffe.explain.views import VIEWS, make_views
+from camcaffe.runtime.preprocess import load_image, oversample, resize_image
+from tests.helpers import shared_path
+
+
+def test_tencrop_inputs_are_caffe_io_oversample_of_the_256_resize():
+    views = make_views("tencrop", (24, 20), crop_base=32)
+    assert views.count == 10 and VIEWS["tencrop"] is type(views)
+    image = np.random.default_rng(0).random((45, 70, 3)).astype(np.float32)
+    crops = views.inputs(image)
+    expected = oversample([resize_image(image, (32, 32))], (24, 20))
+    assert len(crops) == 10 and all(np.array_equal(a, b) for a, b in zip(crops, expected, strict=True))
+    # corners TL, TR, BL, BR and the centre; views 5-9 are their mirrors
+    assert views.offsets() == [(0, 0), (0, 12), (8, 0), (8, 12), (4, 6)]
+    assert np.array_equal(crops[6], crops[1][:, ::-1])
+
+
+def test_tencrop_merge_puts_each_map_back_in_place():
+    """Maps at input resolution cut from one 'true' map: the merge is |true| x coverage, over its max."""
+    base, size = 16, 12
+    views = make_views("tencrop", (size, size), crop_base=base)
+    truth = np.random.default_rng(1).normal(size=(base, base)).astype(np.float32)
+    raw = np.empty((10, 1, size, size), np.float32)
+    coverage = np.zeros((base, base))
+    for v, (top, left) in enumerate(views.offsets() * 2):
+        crop = truth[top : top + size, left : left + size]
+        raw[v, 0] = crop if v < 5 else crop[:, ::-1]  # a mirrored input sees the mirrored scene
+        coverage[top : top + size, left : left + size] += 1
+    merged = views.to_image_space(raw, base, base)
+    expected = np.abs(truth) * coverage
+    np.testing.assert_allclose(merged[0], expected / expected.max(), rtol=1e-5, atol=1e-6)
+    assert coverage[0, 0] == 2 and coverage[8, 8] == 10  # a corner is seen by one crop and its mirror
+
+
+def test_tencrop_checks():
+    with pytest.raises(CamcaffeError, match="--crops 10"):
+        make_views("tencrop", (300, 300))
+    views = make_views("tencrop", (224, 224))
+    with pytest.raises(CamcaffeError, match="10, k, h, w"):
+        views.to_image_space(np.zeros((1, 1, 14, 14), np.float32), 50, 50)
+    assert not views.to_image_space(np.zeros((10, 2, 7, 7), np.float32), 30, 40).any()
+
+
+def test_googlenet_cam_img1_ten_crops_peak_on_the_cup():
+    """The authors' stored GoogLeNet-CAM features of img1.jpg (10 crops) and classifier weights."""
+    features = np.load(shared_path("data", "cam_reference", "googlenet_cam_img1_features.npz"))
+    weights = np.load(shared_path("data", "cam_reference", "googlenet_cam_fc.npz"))["CAM_fc_weight"]
+    labels = shared_path("data", "labels", "synset_words.txt").read_text().splitlines()
+    image = load_image(shared_path("data", "cam_reference", "img1.jpg"))
+    probabilities = features["prob"].mean(axis=0)  # classes ranked on the averaged probabilities
+    top = int(np.argmax(probabilities))
+    assert labels[top] == "n07930864 cup" and probabilities[top] == pytest.approx(0.2337, abs=1e-3)
+    raw = np.einsum("c,vchw->vhw", weights[top], features["CAM_conv"])[:, None]
+    merged = make_views("tencrop", (224, 224)).to_image_space(raw, *image.shape[:2])[0]
+    y, x = np.unravel_index(int(np.argmax(merged)), merged.shape)
+    # the cup on its saucer spans about x 110-185, y 95-140 of the 256 x 256 photo
+    assert 110 <= x <= 185 and 95 <= y <= 140, (x, y)
+    assert merged.max() == 1.0 and merged.min() >= 0.0
