@@ -7,21 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got '{text}'") from None
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got '{text}'") from None
 
 
 def add_parser(subparsers) -> None:
@@ -39,14 +26,14 @@ def add_parser(subparsers) -> None:
     mean = parser.add_mutually_exclusive_group()
     mean.add_argument(
         "--mean",
-        type=lambda t: _floats(t, "--mean"),
+        type=lambda t: parse_floats(t, "--mean"),
         help="per-channel mean in the net's channel order, e.g. 104,117,123",
     )
     mean.add_argument("--mean-file", type=Path, help="mean image (.binaryproto or .npy)")
     parser.add_argument("--raw-scale", type=float, help="multiply [0,1] pixels by this (classic: 255)")
     parser.add_argument(
         "--channel-swap",
-        type=lambda t: _ints(t, "--channel-swap"),
+        type=lambda t: parse_ints(t, "--channel-swap"),
         help="channel order, e.g. 2,1,0 for RGB->BGR",
     )
     parser.add_argument("--input-scale", type=float, help="multiply after mean subtraction")

@@ -16,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from camcaffe.cli import convert, inspect
+    from camcaffe.cli import cam, convert, evaluate, inspect, report
 
     parser = argparse.ArgumentParser(
         prog="camcaffe",
@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (convert, inspect):
-        module.add_parser(subparsers)
-    for name in ("cam", "evaluate", "report", "bench"):
-        try:
-            module = __import__(f"camcaffe.commands.{name}", fromlist=["add_parser"])
-        except ImportError:
-            continue
+    for module in (convert, inspect, cam, evaluate, report):
         module.add_parser(subparsers)
     return parser
 
@@ -74,6 +68,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
 
-
-if __name__ == "__main__":
-    sys.exit(main())

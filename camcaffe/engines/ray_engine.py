@@ -366,7 +366,7 @@ def _blocks(batches: int, cpus: float) -> int:
 
 def _finish(job: CamJob, chosen: dict[str, list[dict]]) -> tuple[int, int]:
     """Write results.csv (+ results.json) from the shards' rows; (images done, images failed)."""
-    from camcaffe.cli.cam import _write_results as write_results
+    from camcaffe.engines.results import write_results
 
     rows = ordered_rows(chosen, job.paths)
     write_results(job.out, rows, job.json)

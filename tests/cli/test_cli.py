@@ -296,7 +296,7 @@ def test_cam_records_its_settings_for_evaluate(tmp_path, tiny):
     import cv2
     import numpy as np
 
-    from camcaffe.cli.evaluate import _cam_settings
+    from camcaffe.engines.results import read_cam_settings as _cam_settings
 
     prototxt, caffemodel = tiny
     onnx_path = tmp_path / "tiny.onnx"

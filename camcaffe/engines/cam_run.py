@@ -1,0 +1,243 @@
+"""The `cam` job end to end: validate the options, describe the job (CamJob), run the local or the Ray engine,
+write results.csv / results.json / cam_settings.json and, when asked, the report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from camcaffe.engines.job import CamJob
+from camcaffe.engines.results import prepare_out_dir, write_results, write_settings
+from camcaffe.errors import CamcaffeError, InputFileError
+
+if TYPE_CHECKING:
+    from camcaffe.runtime.session import ModelSession
+
+EXIT_SOME_FAILED = 1
+
+
+@dataclass
+class CamOptions:
+    """What `camcaffe cam` was asked, with the command line's defaults."""
+
+    model: Path
+    inputs: list[str]
+    out: Path
+    labels: Path | None = None
+    feature_layer: str | None = None
+    fc_layer: str | None = None
+    top_k: int | None = None
+    classes: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    provider: str = "auto"
+    workers: int | None = None
+    alpha: float = 0.5
+    box_threshold: float = 0.2
+    resize: str = "warp"
+    crops: int = 1
+    method: str = "cam"
+    boxes: str = "threshold"
+    engine: str = "local"
+    address: str | None = None
+    num_workers: int | None = None
+    gpus_per_worker: float | None = None
+    save_npy: bool = False
+    no_overlays: bool = False
+    json: bool = False
+    report: bool = False
+    mean: list[float] | None = None
+    mean_file: Path | None = None
+    raw_scale: float | None = None
+    channel_swap: list[int] | None = None
+    input_scale: float | None = None
+    quiet: bool = False
+
+    @classmethod
+    def from_namespace(cls, namespace: Any) -> CamOptions:
+        """From parsed arguments (argparse.Namespace or any object with these attributes)."""
+        values = {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}
+        return cls(**values)
+
+
+def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
+    """Validate the flags and describe the job; (job, first session, workers, preprocessing assumed)."""
+    from camcaffe.engines.inputs import expand_inputs, output_stems
+    from camcaffe.engines.pipeline import CamSettings, Preprocess, preprocess_from_metadata
+
+    if options.batch_size <= 0:
+        raise CamcaffeError(f"--batch-size must be a positive integer, got {options.batch_size}")
+    if not 0.0 <= options.alpha <= 1.0:
+        raise CamcaffeError(f"--alpha must lie in [0, 1], got {options.alpha}")
+    if not 0.0 <= options.box_threshold <= 1.0:
+        raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {options.box_threshold}")
+    if options.crops not in (1, 10):
+        raise CamcaffeError(f"--crops must be 1 or 10, got {options.crops}")
+    if options.crops == 10 and options.resize != "warp":
+        raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
+    if options.top_k == 0 and not options.classes:
+        raise CamcaffeError("--top-k 0 maps no class; give at least one --class or a positive --top-k")
+    from camcaffe.runtime.preprocess import max_image_pixels
+
+    max_image_pixels()  # a bad CAMCAFFE_MAX_IMAGE_PIXELS is one fatal error, not one per image
+    top_k = options.top_k if options.top_k is not None else (0 if options.classes else 1)
+    from camcaffe.engines.workers import default_workers
+    from camcaffe.runtime.session import choose_providers
+
+    workers, threads = default_workers(choose_providers(options.provider)[0])
+    if options.workers is not None:
+        if options.workers <= 0:
+            raise CamcaffeError(f"--workers must be a positive integer, got {options.workers}")
+        workers, threads = options.workers, max(1, (os.cpu_count() or 1) // options.workers)
+    from camcaffe.runtime.session import ModelSession
+
+    session = ModelSession(options.model, options.provider, threads=threads)
+    labels = None
+    if options.labels is not None:
+        from camcaffe.runtime.labels import load_labels
+
+        labels = load_labels(options.labels)
+    mean_image = None
+    if options.mean_file is not None:
+        from camcaffe.runtime.preprocess import load_mean_file
+
+        mean_image = load_mean_file(options.mean_file)
+    preprocess, assumed = preprocess_from_metadata(
+        session, Preprocess(options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale)
+    )
+    settings = CamSettings(
+        top_k=top_k,
+        classes=list(options.classes),
+        alpha=options.alpha,
+        box_threshold=options.box_threshold,
+        save_npy=options.save_npy,
+        write_overlays=not options.no_overlays,
+        resize="tencrop" if options.crops == 10 else options.resize,
+        method=options.method,
+        boxes=options.boxes,
+        batch_size=options.batch_size,
+    )
+    paths, problems = expand_inputs(options.inputs)
+    if not paths:
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise InputFileError(f"no images found in {' '.join(options.inputs)}{detail}")
+    for problem in problems:
+        print(f"camcaffe: warning: {problem}", file=sys.stderr)
+    job = CamJob(
+        model=options.model,
+        preprocess=preprocess,
+        settings=settings,
+        provider=options.provider,
+        threads=threads,
+        labels=labels,
+        labels_source=str(options.labels) if options.labels is not None else None,
+        feature_layer=options.feature_layer,
+        fc_layer=options.fc_layer,
+        batch_size=options.batch_size,
+        out=options.out,
+        json=options.json,
+        paths=paths,
+        stems=output_stems(paths),
+    )
+    return job, session, workers, assumed
+
+
+def run_cam(options: CamOptions) -> int:
+    """The `cam` job end to end: check the options, build the job, run an engine, write the tables."""
+    quiet = options.quiet
+    job, session, workers, assumed = build_job(options)
+    pipeline = job.make_pipeline(session)  # validates labels, classes, head before any output exists
+    prepare_out_dir(job.out)
+    write_settings(job, options.mean_file)
+    if assumed and not quiet:
+        print(
+            "camcaffe: warning: the model carries no preprocessing metadata; assuming Caffe ImageNet defaults "
+            "(BGR, 0-255, mean 104,117,123); override with --mean/--raw-scale/--channel-swap",
+            file=sys.stderr,
+        )
+    if not quiet:
+        print(
+            f"camcaffe: {len(job.paths)} image(s), provider {session.provider_used}, "
+            f"{job.settings.method.upper() if job.settings.method != 'cam' else 'CAM'} of "
+            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
+            file=sys.stderr,
+        )
+    if options.engine == "ray":
+        try:
+            from camcaffe.engines.ray_engine import run_ray
+        except ImportError as exc:
+            raise CamcaffeError(
+                f"--engine ray needs Ray ({exc}); install it with: pip install 'camcaffe[ray]'"
+            ) from None
+        code = run_ray(
+            job,
+            address=options.address,
+            num_workers=options.num_workers,
+            gpus_per_worker=options.gpus_per_worker,
+            quiet=quiet,
+        )
+    else:
+        code = run_local(job, pipeline, workers, quiet)
+    if options.report:
+        from camcaffe.output.report import write_report
+
+        write_report(job.out / "results.csv", job.out / "report.html", quiet=quiet)
+    return code
+
+
+def run_local(job, pipeline, workers: int, quiet: bool) -> int:
+    """The single-process engine: one pipeline per worker thread, results.csv at the end."""
+    from camcaffe.engines.pipeline import error_row
+    from camcaffe.engines.workers import PipelinePool
+
+    rows: list[dict] = []
+    failed = 0
+    from tqdm import tqdm
+
+    paths = job.paths
+    show_bar = len(paths) > 1 and not quiet and sys.stderr.isatty()
+    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show_bar)
+    session = pipeline.session
+    pool = PipelinePool.build(
+        pipeline,
+        lambda: job.make_pipeline(job.make_session(model=session.model)),
+        workers if len(paths) > job.batch_size else 1,
+    )
+
+    def record(outcomes) -> None:
+        nonlocal failed
+        for outcome in outcomes:
+            if outcome.error:
+                failed += 1
+                rows.append(error_row(outcome))
+                progress.write(f"camcaffe: warning: skipped {outcome.error}", file=sys.stderr)
+            else:
+                rows.extend(outcome.rows)
+        progress.update(len(outcomes))
+
+    try:
+        for outcomes in pool.map(job.batches(), job.out):
+            record(outcomes)
+    except KeyboardInterrupt:
+        # Batches already running finish (their files are complete) and are listed; none is half-listed.
+        for outcomes in pool.stop():
+            record(outcomes)
+        progress.close()
+        write_results(job.out, rows, job.json)
+        done = len({r["image"] for r in rows})
+        print(
+            f"camcaffe: interrupted; {job.out / 'results.csv'} lists the {done} image(s) finished",
+            file=sys.stderr,
+        )
+        raise
+    pool.close()
+    progress.close()
+    write_results(job.out, rows, job.json)
+    if not quiet:
+        print(
+            f"camcaffe: wrote {job.out / 'results.csv'}: {len(paths) - failed} image(s) done, {failed} failed",
+            file=sys.stderr,
+        )
+    return EXIT_SOME_FAILED if failed else 0

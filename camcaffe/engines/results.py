@@ -1,0 +1,77 @@
+"""The files a `cam` run leaves in its output folder: results.csv (and .json) and cam_settings.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from camcaffe.errors import CamcaffeError, InputFileError
+
+if TYPE_CHECKING:
+    from camcaffe.engines.job import CamJob
+
+
+def prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputFileError(f"{out}: exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFileError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise InputFileError(f"{out}: output folder is not writable; choose another --out")
+
+
+def write_results(out: Path, rows: list[dict], as_json: bool) -> None:
+    import pandas as pd
+
+    from camcaffe.atomic import write_atomic, write_json_atomic
+    from camcaffe.engines.pipeline import RESULT_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    write_atomic(out / "results.csv", lambda handle: frame.to_csv(handle, index=False))
+    if as_json:
+        write_json_atomic(out / "results.json", rows)
+
+
+SETTINGS_FILE = "cam_settings.json"
+
+
+def write_settings(job: CamJob, mean_file: Path | None) -> None:
+    """What `camcaffe evaluate --model` needs to recompute this run's maps the same way."""
+    from camcaffe.atomic import write_json_atomic
+
+    pre = job.preprocess
+    write_json_atomic(
+        job.out / SETTINGS_FILE,
+        {
+            "model": str(job.model),
+            "method": job.settings.method,
+            "feature_layer": job.feature_layer,
+            "fc_layer": job.fc_layer,
+            "resize": job.settings.resize,
+            "preprocess": {
+                "mean": None if pre.mean is None else [float(v) for v in pre.mean],
+                "mean_file": None if mean_file is None else str(mean_file),
+                "raw_scale": pre.raw_scale,
+                "channel_swap": None if pre.channel_swap is None else [int(v) for v in pre.channel_swap],
+                "input_scale": pre.input_scale,
+            },
+        },
+    )
+
+
+def read_cam_settings(results: Path) -> dict:
+    """The cam run's settings (cam_settings.json beside results.csv), or {} for runs that have none."""
+    import json
+
+    folder = results if results.is_dir() else results.parent
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CamcaffeError(f"{path}: cannot be read ({exc}); delete it or rerun 'camcaffe cam'") from None
+    return settings if isinstance(settings, dict) else {}
