@@ -11,18 +11,20 @@ CONVERT_FLAGS ?= --mean 104,117,123 --raw-scale 255 --channel-swap 2,1,0
 MODELS := $(basename $(notdir $(wildcard prototxt/*.prototxt)))
 ONNX := $(foreach m,$(MODELS),$(if $(wildcard weights/$(m).caffemodel),convert/$(m).onnx))
 
-# make demo: the real SqueezeNet v1.0 from ../shared when present, else weights/ (see `make weights`).
-DEMO_PROTOTXT ?= $(firstword $(wildcard prototxt/squeezenet_v1.0.prototxt $(SHARED)/data/models/squeezenet_v1.0/deploy.prototxt))
-DEMO_WEIGHTS ?= $(firstword $(wildcard weights/squeezenet_v1.0.caffemodel $(SHARED)/data/models/squeezenet_v1.0/weights.caffemodel))
-DEMO_LABELS ?= $(firstword $(wildcard $(SHARED)/data/labels/synset_words.txt))
-DEMO_IMAGES ?= $(firstword $(wildcard $(SHARED)/data/images) examples/images)
+# make demo: the pruned 8-bit Deep-Compression SqueezeNet v1.0, its labels and five photos, all shipped in
+# examples/demo (licences in examples/demo/README.md); override any DEMO_* to try your own.
+DEMO_DIR ?= examples/demo
+DEMO_PROTOTXT ?= $(DEMO_DIR)/squeezenet_v1.0.prototxt
+DEMO_WEIGHTS ?= $(DEMO_DIR)/squeezenet_v1.0.caffemodel
+DEMO_LABELS ?= $(DEMO_DIR)/synset_words.txt
+DEMO_IMAGES ?= $(DEMO_DIR)/images
 
 # make cam: CAMs of IMAGES with MODEL into $(OUT)
 MODEL ?= convert/demo.onnx
 IMAGES ?= $(DEMO_IMAGES)
 
 
-.PHONY: all setup test test-fast lint proto convert weights demo cam report reproduce bench clean help
+.PHONY: all setup test test-fast lint proto convert weights demo demo-inputs cam report reproduce bench clean help
 
 all: test
 
@@ -64,23 +66,30 @@ proto:
 convert: setup $(ONNX)
 	@$(if $(ONNX),,echo "nothing to convert: put NAME.prototxt in prototxt/ and NAME.caffemodel in weights/ (or run 'make weights')")
 
-convert/%.onnx: prototxt/%.prototxt weights/%.caffemodel | setup
+# labels/NAME.txt is embedded when present (and a new or changed one triggers a reconversion).
+.SECONDEXPANSION:
+convert/%.onnx: prototxt/%.prototxt weights/%.caffemodel $$(wildcard labels/$$*.txt) | setup
 	$(CAMCAFFE) convert $< weights/$*.caffemodel -o $@ $(CONVERT_FLAGS) $(if $(wildcard labels/$*.txt),--labels labels/$*.txt)
+	@$(if $(wildcard labels/$*.txt),,echo "$@: no labels/$*.txt, so no labels embedded (classes show as class_N); for an ImageNet model: cp $(DEMO_DIR)/synset_words.txt labels/$*.txt && make convert")
 
 weights: setup
 	$(BIN)/python -m camcaffe.fetch weights/manifest.json
 
-demo: setup
-	@if [ -z "$(DEMO_WEIGHTS)" ] || [ -z "$(DEMO_PROTOTXT)" ]; then \
-	  echo "make demo: no SqueezeNet v1.0 weights found. Put the deploy file at prototxt/squeezenet_v1.0.prototxt and the"; \
-	  echo "caffemodel at weights/squeezenet_v1.0.caffemodel (or pass DEMO_PROTOTXT=... DEMO_WEIGHTS=...),"; \
-	  echo "or run 'make weights' and 'make demo DEMO_PROTOTXT=prototxt/squeezenet_v1.1.prototxt DEMO_WEIGHTS=weights/squeezenet_v1.1.caffemodel'."; \
-	  exit 1; fi
+# Inputs are checked before the virtual environment is built, so a wrong path fails in a second.
+demo-inputs:
+	@check() { if [ -z "$$2" ] || [ ! -e "$$2" ]; then \
+	  echo "make demo: $$1='$$2' not found; restore $(DEMO_DIR) (git checkout -- $(DEMO_DIR)) or give $$1=<an existing path>"; \
+	  exit 1; fi; }; \
+	check DEMO_PROTOTXT "$(DEMO_PROTOTXT)"; check DEMO_WEIGHTS "$(DEMO_WEIGHTS)"; \
+	$(if $(DEMO_LABELS),check DEMO_LABELS "$(DEMO_LABELS)";) check DEMO_IMAGES "$(DEMO_IMAGES)"
+
+demo: demo-inputs setup
 	@mkdir -p convert
 	$(CAMCAFFE) convert "$(DEMO_PROTOTXT)" "$(DEMO_WEIGHTS)" -o convert/demo.onnx $(CONVERT_FLAGS) \
 	  $(if $(DEMO_LABELS),--labels "$(DEMO_LABELS)")
 	$(CAMCAFFE) cam convert/demo.onnx "$(DEMO_IMAGES)" --out $(OUT)/demo --top-k 5 --report
-	@echo "overlays, $(OUT)/demo/results.csv and $(OUT)/demo/report.html written"
+	@echo "overlays, $(OUT)/demo/results.csv and $(OUT)/demo/report.html written; open file://$(abspath $(OUT)/demo/report.html) in a browser"
+	@echo "next: $(CAMCAFFE) cam convert/demo.onnx YOUR_PHOTOS --out $(OUT)/mine --report  (then open $(OUT)/mine/report.html)"
 
 cam: setup
 	$(CAMCAFFE) cam $(MODEL) $(IMAGES) --out $(OUT)/cam
@@ -93,7 +102,7 @@ report: setup
 REPRO_MODEL ?= convert/googlenet_cam.onnx
 REPRO_PROTOTXT ?= prototxt/googlenet_cam.prototxt
 REPRO_WEIGHTS ?= weights/googlenet_cam.caffemodel
-REPRO_LABELS ?= $(firstword $(wildcard labels/synset_words.txt $(SHARED)/data/labels/synset_words.txt))
+REPRO_LABELS ?= $(firstword $(wildcard labels/synset_words.txt $(DEMO_DIR)/synset_words.txt $(SHARED)/data/labels/synset_words.txt))
 REPRO_LIMIT ?= 0
 
 reproduce: setup
