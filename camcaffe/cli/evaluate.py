@@ -62,8 +62,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--pointing-tolerance",
         type=int,
-        default=0,
-        help="--model: pointing game tolerance in pixels (Zhang et al.: 15)",
+        default=15,  # EvaluateOptions.pointing_tolerance
+        help="--model: pointing game tolerance in pixels (default %(default)s, as Zhang et al.)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="--model: perturbed inputs per inference batch"

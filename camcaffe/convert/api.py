@@ -124,6 +124,9 @@ def build_metadata(
         meta.update(preprocessing.to_metadata())
     if labels is not None:
         meta[META_PREFIX + "labels"] = json.dumps(labels)
+        synsets = getattr(labels, "synsets", None)  # from a synset_words.txt: evaluate matches ids with them
+        if synsets:
+            meta[META_PREFIX + "synsets"] = json.dumps(synsets)
     if converted.cam_head is not None:
         meta[META_PREFIX + "cam_head"] = json.dumps(converted.cam_head)
     return meta

@@ -28,7 +28,7 @@ class EvaluateOptions:
     feature_layer: str | None = None
     fc_layer: str | None = None
     steps: int = 32
-    pointing_tolerance: int = 0
+    pointing_tolerance: int = 15  # pixels, as Zhang et al.
     batch_size: int = 32
     provider: str = "auto"
     quiet: bool = False
@@ -40,21 +40,41 @@ class EvaluateOptions:
 
 
 def _class_resolver(options: EvaluateOptions, rows: list[dict], session):
+    """Class names from --labels, else the labels (and synset ids) embedded in --model or in the model the cam
+    run used, else the labels results.csv mentions."""
     from camcaffe.localize.evaluate import ClassResolver
 
     if options.labels is not None:
-        from camcaffe.localize.evaluate import synset_ids
         from camcaffe.runtime.labels import load_labels
 
-        labels = dict(enumerate(load_labels(options.labels)))
-        return ClassResolver(labels, True, str(options.labels), synset_ids(options.labels))
-    if session is not None and session.info.labels:
-        return ClassResolver(dict(enumerate(session.info.labels)), True, f"the labels of {options.model}")
+        labels, source = load_labels(options.labels), str(options.labels)
+    elif session is not None and session.info.labels:
+        from camcaffe.runtime.describe import embedded_labels
+
+        labels, source = embedded_labels(session.info.metadata), f"the labels of {options.model}"
+    else:
+        labels, source = _labels_of_the_run_model(options.results)
+    if labels:
+        synsets = dict(enumerate(labels.synsets)) if labels.synsets else None
+        return ClassResolver(dict(enumerate(labels)), True, source, synsets)
     seen = {}
     for row in rows:
         if str(row.get("class_index", "")).strip():
             seen[int(row["class_index"])] = row.get("label") or ""
     return ClassResolver(seen, False, "results.csv")
+
+
+def _labels_of_the_run_model(results: Path):
+    """(labels, where from) embedded in the model cam_settings.json names, or (None, '') when it is gone."""
+    from camcaffe.runtime.describe import embedded_labels, model_metadata
+
+    model = read_cam_settings(results).get("model")
+    if not model or not Path(model).is_file():
+        return None, ""
+    try:
+        return embedded_labels(model_metadata(model)), f"the labels of {model} (from cam_settings.json)"
+    except CamcaffeError:
+        return None, ""
 
 
 def run_evaluate(options: EvaluateOptions) -> int:
@@ -77,7 +97,9 @@ def run_evaluate(options: EvaluateOptions) -> int:
 
         session = ModelSession(options.model, options.provider)
     resolver = _class_resolver(options, rows, session)
-    result = evaluate_clsloc(groundtruth, rows, resolver, options.guesses, ignore_missing=options.ignore_missing)
+    result = evaluate_clsloc(
+        groundtruth, rows, resolver, options.guesses, ignore_missing=options.ignore_missing
+    )
     if result.unknown_classes:
         warn(
             f"ground-truth class(es) {', '.join(result.unknown_classes[:5])} match no label in results.csv "

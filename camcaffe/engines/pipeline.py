@@ -168,24 +168,12 @@ class CamPipeline:
         raise CamcaffeError(f"{self.session.source}: input '{self.input_name}' has no fixed C,H,W shape")
 
     def _class_index(self, given: str) -> int:
-        if given.lstrip("-").isdigit():
-            index = int(given)
-            if not 0 <= index < self.head.num_classes:
-                raise CamcaffeError(f"--class {given}: index out of range 0..{self.head.num_classes - 1}")
-            return index
-        if self.labels and given in self.labels:
-            return self.labels.index(given)
-        import difflib
+        from camcaffe.runtime.labels import resolve_class
 
-        close = difflib.get_close_matches(given, self.labels or [], n=3)
-        hint = (
-            f" (closest: {', '.join(close)})"
-            if close
-            else ""
-            if self.labels
-            else " (the model has no labels)"
-        )
-        raise CamcaffeError(f"--class {given}: no such label{hint}; give a label or a class index")
+        synsets = getattr(self.labels, "synsets", None)  # a --labels synset_words.txt keeps its ids
+        if synsets is None and self.labels == self.session.info.labels:
+            synsets = self.session.info.json("synsets")  # the ids embedded with the model's labels
+        return resolve_class(given, self.labels, self.head.num_classes, synsets)
 
     def label(self, index: int) -> str:
         return self.labels[index] if self.labels else f"class_{index}"

@@ -72,14 +72,15 @@ class ImageResult:
 
 # --- class names ------------------------------------------------------------------------------------------
 def _names(label: str) -> set[str]:
-    """The ways a label can be written: whole, its synset id, each comma-separated name."""
+    """The ways a label can be written: whole, its synset id, each comma-separated name (lower case)."""
+    from camcaffe.runtime.labels import label_names
+
     text = label.strip()
-    names = {text.lower()}
+    names = set(label_names(text))
     first, _, rest = text.partition(" ")
     if SYNSET.match(first):
         names.add(first.lower())
-        text = rest
-    names.update(part.strip().lower() for part in text.split(",") if part.strip())
+        names.update(label_names(rest))
     return names
 
 
@@ -100,7 +101,7 @@ class ClassResolver:
             self._by_name.setdefault(synset.lower(), set()).add(index)
 
     def resolve(self, cls: str) -> frozenset[int]:
-        text = cls.strip()
+        text = " ".join(cls.split())
         if re.fullmatch(r"\d+", text):
             return frozenset({int(text)})
         return frozenset(self._by_name.get(text.lower(), set()))
@@ -111,13 +112,14 @@ class ClassResolver:
         if unknown and self.complete:
             shown = ", ".join(f"'{c}'" for c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             hint = (
-                " (synset ids need a synset_words.txt-style --labels file, which keeps them)"
+                " (synset ids need labels from a synset_words.txt: 'convert --labels synset_words.txt' embeds them, "
+                "or give evaluate --labels synset_words.txt)"
                 if any(SYNSET.match(c.strip()) for c in unknown)
                 else ""
             )
             raise EvaluationError(
-                f"ground-truth class {shown} matches no label in {self.source}{hint}; write classes as labels, "
-                "synset ids (nXXXXXXXX) or class indices of that file"
+                f"ground-truth class {shown} matches no label in {self.source}{hint}{self._close(unknown[0])}; "
+                "write classes as labels, synset ids (nXXXXXXXX) or class indices of that file"
             )
         if self.complete:
             size = len(self.labels)
@@ -125,6 +127,12 @@ class ClassResolver:
             if bad:
                 raise EvaluationError(f"ground-truth class index {bad[0]} is out of range 0..{size - 1}")
         return unknown
+
+    def _close(self, cls: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(" ".join(cls.split()).lower(), list(self._by_name), n=3)
+        return f" (close to '{cls}': {', '.join(repr(c) for c in close)})" if close else ""
 
 
 def synset_ids(path: str | Path) -> dict[int, str]:

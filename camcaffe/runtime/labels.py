@@ -8,7 +8,9 @@ Accepted (detected from the content, not the extension):
 * space-separated ``index label`` lines (``0 bicycling``; the label may contain spaces);
 * one label per line (an optional first line ``label``/``labels``/``name``/``class`` is taken as a header).
 
-Indexed formats must use each index 0..K-1 exactly once (any order).
+Indexed formats must use each index 0..K-1 exactly once (any order). A synset_words.txt keeps its synset ids
+(`Labels.synsets`), so classes can be named by id; `resolve_class` turns what a person typed (an index, a synset
+id, a whole label line or any one of its comma-separated synonyms, in any case) into a class index.
 """
 
 from __future__ import annotations
@@ -22,17 +24,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from camcaffe.errors import InputFileError, LabelsError
+from camcaffe.errors import CamcaffeError, InputFileError, LabelsError
 
 _SYNSET_LINE = re.compile(r"^n\d{8}\s+(\S.*)$")
 _INDEX_SPACE_LINE = re.compile(r"^\s*([+-]?\d+)\s+(\S.*)$")
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _HEADER_WORDS = {"label", "labels", "name", "names", "class", "classes", "class_name", "classname"}
+_SYNSET_ID = re.compile(r"^n\d{8}$")
 
 
-def load_labels(path: str | os.PathLike) -> list[str]:
-    """Read a label file; returns the class names in class-index order."""
+class Labels(list):
+    """Class names in class-index order (a plain list of str), with the synset ids when the file had them."""
+
+    def __init__(self, names: Sequence[str] = (), synsets: Sequence[str] | None = None):
+        super().__init__(names)
+        if synsets is not None and len(synsets) != len(self):
+            raise ValueError(f"{len(synsets)} synset ids for {len(self)} labels")
+        self.synsets: list[str] | None = list(synsets) if synsets is not None else None
+
+
+def load_labels(path: str | os.PathLike) -> Labels:
+    """Read a label file; returns the class names in class-index order (synset ids in `.synsets`)."""
     text = _read_text(Path(path))
+    synsets = None
     if text.lstrip()[:1] in ("[", "{"):
         labels = _parse_json(text, path)
     else:
@@ -40,9 +54,81 @@ def load_labels(path: str | os.PathLike) -> list[str]:
         while lines and not lines[-1].strip():
             lines.pop()
         labels = _parse_lines(lines, text, path)
+        if _is_synset_file(lines):
+            synsets = [line.split(maxsplit=1)[0] for line in lines]
     if not labels:
         raise LabelsError(f"label file {path} holds no labels; put one class name per line")
-    return labels
+    return Labels(labels, synsets)
+
+
+def _is_synset_file(lines: list[str]) -> bool:
+    content = [line for line in lines if line.strip()]
+    return bool(content) and all(_SYNSET_LINE.match(line.strip()) for line in content)
+
+
+def label_names(label: str) -> list[str]:
+    """The ways a label line can be written, lower-cased: whole, and each comma-separated synonym
+    ("tabby, tabby cat" -> "tabby, tabby cat", "tabby", "tabby cat")."""
+    whole = " ".join(label.split()).lower()
+    names = [whole]
+    for part in whole.split(","):
+        part = part.strip()
+        if part and part not in names:
+            names.append(part)
+    return names
+
+
+def resolve_class(
+    given: str,
+    labels: Sequence[str] | None,
+    num_classes: int,
+    synsets: Sequence[str] | None = None,
+    option: str = "--class",
+) -> int:
+    """The class index that `given` names: an index, a synset id, a whole label or one of its synonyms, in any
+    case. Raises CamcaffeError naming close matches when it names none, or the candidates when it names several."""
+    text = " ".join(str(given).split())
+    if re.fullmatch(r"[+-]?\d+", text):
+        index = int(text)
+        if not 0 <= index < num_classes:
+            raise CamcaffeError(f"{option} {given}: index out of range 0..{num_classes - 1}")
+        return index
+    if not labels:
+        raise CamcaffeError(
+            f"{option} {given!r}: the model has no labels, so classes can only be named by index 0..{num_classes - 1} "
+            "(or give --labels)"
+        )
+    wanted = text.lower()
+    if synsets and _SYNSET_ID.match(wanted):
+        matches = [i for i, synset in enumerate(synsets) if synset.lower() == wanted]
+    else:
+        matches = [i for i, label in enumerate(labels) if wanted in label_names(label)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = "; ".join(f"{i} '{labels[i]}'" + (f" ({synsets[i]})" if synsets else "") for i in matches[:5])
+        raise CamcaffeError(
+            f"{option} {given!r} names {len(matches)} classes ({shown}); give the index"
+            + (" or the synset id" if synsets else "")
+        )
+    raise CamcaffeError(
+        f"{option} {given!r}: no such label{_suggestions(wanted, labels)}; {_how_to_name(synsets)}"
+    )
+
+
+def _suggestions(wanted: str, labels: Sequence[str]) -> str:
+    import difflib
+
+    names = {name: index for index, label in enumerate(labels) for name in label_names(label)}
+    close = difflib.get_close_matches(wanted, list(names), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (close: " + ", ".join(f"'{name}' = {names[name]}" for name in close) + ")"
+
+
+def _how_to_name(synsets: Sequence[str] | None) -> str:
+    ids = ", a synset id" if synsets else ""
+    return f"give a label, one of its comma-separated names{ids} or a class index"
 
 
 def check_label_count(labels: Sequence[str], num_classes: int, path: str | os.PathLike) -> None:

@@ -309,3 +309,81 @@ def test_cam_records_its_settings_for_evaluate(tmp_path, tiny):
     settings = json.loads((out / "cam_settings.json").read_text())
     assert settings["method"] == "gradcam" and settings["preprocess"]["mean"] == [1.0, 2.0, 3.0]
     assert _cam_settings(out / "results.csv") == settings and _cam_settings(tmp_path) == {}
+
+
+TINY_WORDS = "n00000001 ant, emmet\nn00000002 bee\nn00000003 tabby, tabby cat\n"
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """The tiny net converted with a synset_words-style label file and preprocessing; and a photo."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("labelled")
+    prototxt = folder / "tiny.prototxt"
+    prototxt.write_text(TINY)
+    caffemodel = folder / "tiny.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=1)
+    words = folder / "words.txt"
+    words.write_text(TINY_WORDS)
+    model = folder / "tiny_labelled.onnx"
+    flags = ["--labels", words, "--mean", "104,117,123", "--raw-scale", "255"]
+    result = camcaffe("convert", prototxt, caffemodel, "-o", model, *flags)
+    assert result.returncode == 0, result.stderr
+    photo = folder / "photo.png"
+    cv2.imwrite(str(photo), np.random.default_rng(3).integers(0, 255, (20, 24, 3), np.uint8))
+    return model, photo
+
+
+def test_inspect_text_shows_embedded_preprocessing_and_labels(labelled, tmp_path, tiny):
+    shown = camcaffe("inspect", labelled[0])
+    assert shown.returncode == 0, shown.stderr
+    assert "preprocessing: mean 104,117,123, raw-scale 255" in shown.stdout
+    assert "labels: 3, with synset ids:" in shown.stdout and "  2 n00000003 tabby, tabby cat" in shown.stdout
+    prototxt, caffemodel = tiny
+    bare = tmp_path / "bare.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", bare).returncode == 0
+    shown = camcaffe("inspect", bare)
+    assert "preprocessing: none embedded" in shown.stdout and "labels: none embedded" in shown.stdout
+
+
+def test_cam_class_accepts_synonyms_synset_ids_and_indices(labelled, tmp_path):
+    model, photo = labelled
+    out = tmp_path / "out"
+    names = ["--class", "Tabby Cat", "--class", "tabby", "--class", "n00000003", "--class", "2"]
+    result = camcaffe("cam", model, photo, "--out", out, "--top-k", "0", *names)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "results.csv")
+    assert table["class_index"].tolist() == [2] and table["label"].tolist() == ["tabby, tabby cat"]
+
+
+def test_cam_unknown_class_suggests_close_labels(labelled, tmp_path):
+    model, photo = labelled
+    result = camcaffe("cam", model, photo, "--out", tmp_path / "out", "--class", "tabbby")
+    assert_one_line_error(result, "--class 'tabbby': no such label", "'tabby' = 2")
+
+
+def test_evaluate_reads_synset_ids_from_the_run_model_without_labels(labelled, tmp_path):
+    import json
+
+    model, photo = labelled
+    out = tmp_path / "run"
+    assert camcaffe("cam", model, photo, "--out", out, "--top-k", "3").returncode == 0
+    top1 = int(pd.read_csv(out / "results.csv").query("rank == 1")["class_index"].iloc[0])
+    gt = tmp_path / "gt.csv"
+    gt.write_text(f"image,class,x0,y0,x1,y1\nphoto,n0000000{top1 + 1},0,0,23,19\n")
+    result = camcaffe("evaluate", out, "--gt", gt)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((out / "evaluation.json").read_text())
+    assert figures["unknown_ground_truth_classes"] == []
+    assert figures["classification_error"] == {"top1": 0.0, "top5": 0.0}
+
+
+def test_pointing_tolerance_defaults_to_the_documented_15_px():
+    from camcaffe.cli.main import build_parser
+    from camcaffe.engines.evaluate_run import EvaluateOptions
+
+    args = build_parser().parse_args(["evaluate", "run", "--gt", "gt.csv"])
+    assert args.pointing_tolerance == 15 == EvaluateOptions(Path("r"), Path("g")).pointing_tolerance
+    assert "default 15 px" in (Path(__file__).resolve().parents[2] / "README.md").read_text()

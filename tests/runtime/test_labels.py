@@ -7,13 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from camcaffe.errors import InputFileError, LabelsError
-from camcaffe.runtime.labels import check_label_count, load_labels
+from camcaffe.errors import CamcaffeError, InputFileError, LabelsError
+from camcaffe.runtime.labels import Labels, check_label_count, label_names, load_labels, resolve_class
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 CAM14_LABELS = SHARED / "golden" / "googlenet_cam14" / "class_labels.csv"
 SYNSET_WORDS = SHARED / "data" / "labels" / "synset_words.txt"
 SIMPLE_JSON = SHARED / "data" / "labels" / "imagenet-simple-labels.json"
+DEMO_WORDS = Path(__file__).resolve().parents[2] / "examples" / "demo" / "synset_words.txt"
 
 
 def _need(path: Path) -> None:
@@ -120,3 +121,61 @@ def test_check_label_count(tmp_path: Path) -> None:
     except LabelsError as exc:
         message = str(exc)
     assert "\n" not in message
+
+
+WORDS = (
+    "n02123045 tabby, tabby cat\nn02124075 Egyptian cat\nn02012849 crane\nn03126707 crane\nn04398044 teapot\n"
+)
+
+
+def test_synset_words_keep_their_ids(tmp_path) -> None:
+    labels = load_labels(_file(tmp_path, WORDS))
+    assert labels == ["tabby, tabby cat", "Egyptian cat", "crane", "crane", "teapot"]
+    assert labels.synsets == ["n02123045", "n02124075", "n02012849", "n03126707", "n04398044"]
+    assert load_labels(_file(tmp_path, "cat\ndog\n", "plain.txt")).synsets is None
+    assert load_labels(_file(tmp_path, '["cat", "dog"]', "l.json")).synsets is None
+
+
+def test_labels_survive_pickling_with_their_ids() -> None:
+    import pickle
+
+    labels = pickle.loads(pickle.dumps(Labels(["cat", "dog"], ["n00000001", "n00000002"])))
+    assert labels == ["cat", "dog"] and labels.synsets == ["n00000001", "n00000002"]
+
+
+def test_label_names_are_the_line_and_each_synonym() -> None:
+    assert label_names("tabby,  Tabby Cat") == ["tabby, tabby cat", "tabby", "tabby cat"]
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["tabby", "Tabby Cat", "TABBY", "tabby, tabby cat", " tabby  cat ", "n02123045", "N02123045", "0"],
+)
+def test_a_class_is_named_by_any_synonym_its_synset_id_or_index(tmp_path, given) -> None:
+    labels = load_labels(_file(tmp_path, WORDS))
+    assert resolve_class(given, labels, 5, labels.synsets) == 0
+
+
+def test_a_shared_name_lists_the_candidates(tmp_path) -> None:
+    labels = load_labels(_file(tmp_path, WORDS))
+    with pytest.raises(CamcaffeError, match=r"'crane' names 2 classes \(2 'crane' \(n02012849\); 3 'crane'"):
+        resolve_class("crane", labels, 5, labels.synsets)
+    assert resolve_class("n03126707", labels, 5, labels.synsets) == 3
+
+
+def test_an_unknown_class_suggests_close_matches(tmp_path) -> None:
+    labels = load_labels(_file(tmp_path, WORDS))
+    with pytest.raises(CamcaffeError, match=r"no such label \(close: 'tabby' = 0, 'tabby cat' = 0") as error:
+        resolve_class("tabbby", labels, 5, labels.synsets)
+    assert "teapot" not in str(error.value) and "synset id" in str(error.value)
+    with pytest.raises(CamcaffeError, match="index out of range 0..4"):
+        resolve_class("5", labels, 5)
+    with pytest.raises(CamcaffeError, match="no labels"):
+        resolve_class("tabby", None, 5)
+
+
+def test_the_demo_labels_resolve_imagenet_names() -> None:
+    labels = load_labels(DEMO_WORDS)
+    assert len(labels) == 1000 and labels.synsets[281] == "n02123045"
+    assert resolve_class("tabby cat", labels, 1000, labels.synsets) == 281
+    assert resolve_class("Kit Fox", labels, 1000, labels.synsets) == 278
