@@ -118,3 +118,27 @@ def _compare_with_real_caffe(results: Path) -> None:
         )
         assert [c for _, c, _ in ours] == list(np.argsort(-caffe)[: len(ours)]), stem
         assert max(abs(caffe[c] - p) for _, c, p in ours) < 1e-4, stem
+
+
+def test_make_convert_embeds_labels_name_txt_and_says_when_there_is_none(tmp_path):
+    from camcaffe.convert.random_model import write_random_caffemodel
+    from camcaffe.runtime.describe import embedded_labels, model_metadata
+    from tests.cli.test_cli import TINY
+
+    repo, venv = _bare_checkout(tmp_path)
+    (repo / "prototxt").mkdir()
+    (repo / "weights").mkdir()
+    (repo / "convert").mkdir()
+    (repo / "prototxt" / "tiny.prototxt").write_text(TINY)
+    write_random_caffemodel(repo / "prototxt" / "tiny.prototxt", repo / "weights" / "tiny.caffemodel", seed=2)
+    done = _make(repo, "convert", f"VENV={venv}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "convert/tiny.onnx: no labels/tiny.txt, so no labels embedded" in done.stdout
+    assert embedded_labels(model_metadata(repo / "convert" / "tiny.onnx")) is None
+    (repo / "labels").mkdir()
+    (repo / "labels" / "tiny.txt").write_text("n00000001 ant\nn00000002 bee\nn00000003 cat\n")
+    done = _make(repo, "convert", f"VENV={venv}")  # a new label file makes the model stale
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no labels" not in done.stdout
+    labels = embedded_labels(model_metadata(repo / "convert" / "tiny.onnx"))
+    assert labels == ["ant", "bee", "cat"] and labels.synsets == ["n00000001", "n00000002", "n00000003"]
