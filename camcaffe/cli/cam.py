@@ -96,6 +96,12 @@ def add_parser(subparsers) -> None:
         "--channel-swap", type=lambda t: parse_ints(t, "--channel-swap"), help="override channel swap"
     )
     parser.add_argument("--input-scale", type=float, help="override input scale")
+    parser.add_argument(
+        "--input-size",
+        type=lambda t: parse_ints(t, "--input-size"),
+        metavar="H,W",
+        help="feed images at this height,width (needed when the model's input size is variable)",
+    )
     parser.set_defaults(run=run)
 
 

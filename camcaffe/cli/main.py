@@ -28,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (convert, inspect, cam, evaluate, report):
         module.add_parser(subparsers)
+    # The global flags work after the subcommand too (`camcaffe cam ... --quiet --debug`); SUPPRESS keeps a
+    # flag given before the subcommand when it is not repeated after it.
+    for subparser in subparsers.choices.values():
+        subparser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        subparser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only errors"
+        )
     return parser
 
 
@@ -67,4 +76,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
-

@@ -3,14 +3,18 @@ write results.csv / results.json / cam_settings.json and, when asked, the report
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camcaffe.engines.job import CamJob
-from camcaffe.engines.results import prepare_out_dir, write_results, write_settings
+from camcaffe.engines.results import prepare_out_dir, remove_unlisted_outputs, write_results, write_settings
 from camcaffe.errors import CamcaffeError, InputFileError
 
 if TYPE_CHECKING:
@@ -53,6 +57,7 @@ class CamOptions:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    input_size: list[int] | None = None
     quiet: bool = False
 
     @classmethod
@@ -77,6 +82,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         raise CamcaffeError(f"--crops must be 1 or 10, got {options.crops}")
     if options.crops == 10 and options.resize != "warp":
         raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
+    if options.input_size is not None and (len(options.input_size) != 2 or min(options.input_size) <= 0):
+        raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
     if options.top_k == 0 and not options.classes:
         raise CamcaffeError("--top-k 0 maps no class; give at least one --class or a positive --top-k")
     from camcaffe.runtime.preprocess import max_image_pixels
@@ -105,7 +112,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
 
         mean_image = load_mean_file(options.mean_file)
     preprocess, assumed = preprocess_from_metadata(
-        session, Preprocess(options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale)
+        session,
+        Preprocess(options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale),
     )
     settings = CamSettings(
         top_k=top_k,
@@ -118,6 +126,7 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         method=options.method,
         boxes=options.boxes,
         batch_size=options.batch_size,
+        input_size=tuple(options.input_size) if options.input_size else None,
     )
     paths, problems = expand_inputs(options.inputs)
     if not paths:
@@ -164,6 +173,8 @@ def run_cam(options: CamOptions) -> int:
             f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
             file=sys.stderr,
         )
+    if not quiet:
+        announce_cost(pipeline, len(job.paths))
     if options.engine == "ray":
         try:
             from camcaffe.engines.ray_engine import run_ray
@@ -187,6 +198,38 @@ def run_cam(options: CamOptions) -> int:
     return code
 
 
+@contextlib.contextmanager
+def ignoring_sigint() -> Iterator[None]:
+    """A second Ctrl-C while an interrupted run writes its table must not leave it half done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def announce_cost(pipeline, images: int) -> None:
+    """Score-CAM and Ablation-CAM run one extra pass per feature channel: say what that costs before starting,
+    and show progress inside each batch."""
+    from camcaffe.engines.progress import StepLine, format_duration
+
+    cost = pipeline.extra_cost()
+    if cost is None:
+        return
+    passes, seconds = cost
+    method = pipeline.settings.method
+    print(
+        f"camcaffe: {method} runs {passes} extra forward passes per image: about {format_duration(seconds)} per "
+        f"image here, {format_duration(seconds * images)} for {images} image(s) (--batch-size sets how many run "
+        "at once)",
+        file=sys.stderr,
+    )
+    pipeline.method.on_step = StepLine(method)
+
+
 def run_local(job, pipeline, workers: int, quiet: bool) -> int:
     """The single-process engine: one pipeline per worker thread, results.csv at the end."""
     from camcaffe.engines.pipeline import error_row
@@ -194,11 +237,10 @@ def run_local(job, pipeline, workers: int, quiet: bool) -> int:
 
     rows: list[dict] = []
     failed = 0
-    from tqdm import tqdm
+    from camcaffe.engines.progress import Progress
 
     paths = job.paths
-    show_bar = len(paths) > 1 and not quiet and sys.stderr.isatty()
-    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not show_bar)
+    progress = Progress(len(paths), quiet=quiet)
     session = pipeline.session
     pool = PipelinePool.build(
         pipeline,
@@ -212,7 +254,7 @@ def run_local(job, pipeline, workers: int, quiet: bool) -> int:
             if outcome.error:
                 failed += 1
                 rows.append(error_row(outcome))
-                progress.write(f"camcaffe: warning: skipped {outcome.error}", file=sys.stderr)
+                progress.write(f"camcaffe: warning: skipped {outcome.error}")
             else:
                 rows.extend(outcome.rows)
         progress.update(len(outcomes))
@@ -221,16 +263,24 @@ def run_local(job, pipeline, workers: int, quiet: bool) -> int:
         for outcomes in pool.map(job.batches(), job.out):
             record(outcomes)
     except KeyboardInterrupt:
-        # Batches already running finish (their files are complete) and are listed; none is half-listed.
-        for outcomes in pool.stop():
-            record(outcomes)
-        progress.close()
-        write_results(job.out, rows, job.json)
-        done = len({r["image"] for r in rows})
-        print(
-            f"camcaffe: interrupted; {job.out / 'results.csv'} lists the {done} image(s) finished",
-            file=sys.stderr,
-        )
+        with ignoring_sigint():
+            # Batches already running finish (their files are complete) and are listed; files of an image
+            # the table will not list (a Ctrl-C between a batch's end and its listing) are removed.
+            for outcomes in pool.stop():
+                record(outcomes)
+            progress.close()
+            started = [stem for _, stems in pool.started for stem in stems]
+            listed_images = {row["image"] for row in rows if not row.get("error")}
+            recorded = {
+                stem for path, stem in zip(job.paths, job.stems, strict=True) if str(path) in listed_images
+            }
+            remove_unlisted_outputs(job.out, started, recorded, rows)
+            write_results(job.out, rows, job.json)
+            done = len({r["image"] for r in rows})
+            print(
+                f"camcaffe: interrupted; {job.out / 'results.csv'} lists the {done} image(s) finished",
+                file=sys.stderr,
+            )
         raise
     pool.close()
     progress.close()

@@ -52,6 +52,7 @@ class CamSettings:
     method: str = "cam"  # a methods.METHODS name
     boxes: str = "threshold"  # a localize.BOXERS name
     batch_size: int = 8  # for methods that run extra forward passes (Score-CAM's masked inputs)
+    input_size: tuple[int, int] | None = None  # (H, W) for a model whose input height/width are variable
 
 
 @dataclass
@@ -136,6 +137,7 @@ class CamPipeline:
             )
         self.input_name = session.input_names[0]
         shape = self._input_shape()
+        self.input_shape = shape
         self.input_hw = shape[-2:]
         self.transformer = Transformer({self.input_name: (1, *shape[1:])})
         self.transformer.set_transpose(self.input_name, (2, 0, 1))
@@ -160,12 +162,43 @@ class CamPipeline:
             raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
 
     def _input_shape(self) -> list[int]:
-        for value in self.session.model.graph.input:
-            if value.name == self.input_name:
-                dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-                if len(dims) == 4 and all(d > 0 for d in dims[1:]):
-                    return dims
-        raise CamcaffeError(f"{self.session.source}: input '{self.input_name}' has no fixed C,H,W shape")
+        """(N, C, H, W) the images are fed at: the declared dims, with --input-size for a variable H, W."""
+        dims = self.session.input_dims(self.input_name)
+        source, name = self.session.source, self.input_name
+        if len(dims) != 4:
+            raise CamcaffeError(
+                f"{source}: input '{name}' has {len(dims)} dims; camcaffe cam feeds images as N,C,H,W"
+            )
+        if dims[1] is None:
+            raise CamcaffeError(
+                f"{source}: input '{name}' has a variable channel count; camcaffe cam needs it fixed"
+            )
+        size = self.settings.input_size
+        if size is not None:
+            if any(d is not None and d != s for d, s in zip(dims[2:], size, strict=True)):
+                raise CamcaffeError(
+                    f"{source}: input '{name}' is fixed at {dims[2]}x{dims[3]}; --input-size "
+                    f"{size[0]},{size[1]} does not fit it (drop --input-size)"
+                )
+            return [dims[0] or 1, dims[1], size[0], size[1]]
+        if dims[2] is None or dims[3] is None:
+            shown = "x".join("?" if d is None else str(d) for d in dims[1:])
+            raise CamcaffeError(
+                f"{source}: input '{name}' has a variable height/width (C,H,W = {shown}); give the size to feed "
+                "the images at with --input-size H,W (e.g. --input-size 224,224)"
+            )
+        return [dims[0] or 1, dims[1], dims[2], dims[3]]
+
+    def extra_cost(self) -> tuple[int, float] | None:
+        """For methods that run extra passes per image (Score-CAM, Ablation-CAM): (passes per image, estimated
+        seconds per image), measured on one blank input; None for the others."""
+        probe = np.zeros((1, *self.input_shape[1:]), np.float32)
+        _, features = self.infer(probe)
+        cost = self.method.extra_passes(features.shape, probe)
+        if cost is None:
+            return None
+        passes, seconds = cost
+        return passes * self.views.count, seconds * self.views.count
 
     def _class_index(self, given: str) -> int:
         from camcaffe.runtime.labels import resolve_class

@@ -428,7 +428,7 @@ def _run_pending(
     gpus_per_worker: float | None,
     quiet: bool,
 ) -> None:
-    from tqdm import tqdm
+    from camcaffe.engines.progress import Progress
 
     started = _connect(address)
     import ray
@@ -489,8 +489,7 @@ def _run_pending(
                 f"camcaffe: Ray: {len(items)} batch(es) on {workers} actor(s) ({kind} each)",
                 file=sys.stderr,
             )
-        show_bar = len(pending) > 1 and not quiet and sys.stderr.isatty()
-        progress = tqdm(total=len(pending), unit="img", file=sys.stderr, disable=not show_bar)
+        progress = Progress(len(pending), quiet=quiet)
         began = time.perf_counter()
         # Ray Data's iterator may swallow a KeyboardInterrupt raised inside it and end the iteration early;
         # our own handler remembers the Ctrl-C so that such a run still ends as interrupted (exit 130).
@@ -507,7 +506,7 @@ def _run_pending(
             for row in results.iter_rows():
                 merge_rows(chosen, read_shard(shard_dir / str(row["shard"])))
                 for error in str(row["errors"]).split("\n") if row["errors"] else []:
-                    progress.write(f"camcaffe: warning: skipped {error}", file=sys.stderr)
+                    progress.write(f"camcaffe: warning: skipped {error}")
                 processed += int(row["images"])
                 progress.update(int(row["images"]))
                 if interrupted.is_set():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,3 +77,24 @@ def read_cam_settings(results: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise CamcaffeError(f"{path}: cannot be read ({exc}); delete it or rerun 'camcaffe cam'") from None
     return settings if isinstance(settings, dict) else {}
+
+
+def remove_unlisted_outputs(
+    out: Path, started: Iterable[str], recorded: set[str], rows: list[dict]
+) -> list[Path]:
+    """After an interrupted run: delete the per-image files (`<stem>_cam.png`, `<stem>_cam_<class>.png`,
+    `<stem>_cam.npy`) of the images whose work had started (`started` stems) that results.csv will not list:
+    overlays no row names, and maps of images not `recorded`. Then results.csv and the folder agree."""
+    listed = {Path(str(row["overlay"])).name for row in rows if row.get("overlay")}
+    wanted = set(started)
+    pattern = re.compile(r"(?P<stem>.+)_cam(?:_\d+)?\.(?P<ext>png|npy)")
+    removed = []
+    for entry in os.scandir(out):
+        match = pattern.fullmatch(entry.name)
+        if not match or match["stem"] not in wanted or not entry.is_file(follow_symlinks=False):
+            continue
+        kept = entry.name in listed if match["ext"] == "png" else match["stem"] in recorded
+        if not kept:
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed

@@ -38,6 +38,7 @@ class PipelinePool:
         self.size = len(pipelines)
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="camcaffe-worker")
         self._pending: deque[Future] = deque()
+        self.started: list[Batch] = []  # every batch handed to a worker, in order
 
     @classmethod
     def build(cls, first: CamPipeline, factory: Callable[[], CamPipeline], workers: int) -> PipelinePool:
@@ -52,12 +53,19 @@ class PipelinePool:
 
     def map(self, batches: Iterable[Batch], out_dir: Path | None) -> Iterator[list[ImageOutcome]]:
         """Outcomes of each batch, in the order the batches were given."""
+        # A batch leaves _pending only once its result is in hand: a Ctrl-C while waiting for it leaves it
+        # to stop(), which waits for it and hands its outcomes over too.
         for batch in batches:
+            self.started.append(batch)
             self._pending.append(self._executor.submit(self._run, batch, out_dir))
             if len(self._pending) >= 2 * self.size:
-                yield self._pending.popleft().result()
+                result = self._pending[0].result()
+                self._pending.popleft()
+                yield result
         while self._pending:
-            yield self._pending.popleft().result()
+            result = self._pending[0].result()
+            self._pending.popleft()
+            yield result
 
     def stop(self) -> list[list[ImageOutcome]]:
         """Cancel batches not started, wait for the running ones, and return what they produced (in

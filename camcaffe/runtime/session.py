@@ -210,6 +210,26 @@ class ModelSession:
         ]
         self.output_names = [o.name for o in self.model.graph.output]
         self._tensor_names = self._all_tensor_names()
+        self.fixed_batch = self._fixed_batch()
+
+    def input_dims(self, name: str) -> list[int | None]:
+        """The declared dims of an input; None for a symbolic (variable) dim."""
+        for value in self.model.graph.input:
+            if value.name == name:
+                return [
+                    d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in value.type.tensor_type.shape.dim
+                ]
+        raise OnnxModelError(f"{self.source}: no input named '{name}'")
+
+    def _fixed_batch(self) -> int | None:
+        """The batch size every input declares as a fixed number, or None (symbolic batch)."""
+        leading = {tuple(self.input_dims(name)[:1]) for name in self.input_names}
+        if len(leading) == 1:
+            (dims,) = leading
+            if dims and dims[0] is not None:
+                return dims[0]
+        return None
 
     def _all_tensor_names(self) -> set[str]:
         names = set(self.input_names)
@@ -265,7 +285,43 @@ class ModelSession:
     def run(
         self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Run and return the requested blobs/tensors by the names asked for."""
+        """Run and return the requested blobs/tensors by the names asked for. A model whose batch size is
+        fixed (batch 1, say) gets any number of rows in runs of that size, the last one padded."""
+        rows = {len(value) for value in feeds.values() if np.ndim(value)}
+        if self.fixed_batch is not None and rows and rows != {self.fixed_batch}:
+            return self._run_in_fixed_batches(feeds, outputs, rows.pop() if len(rows) == 1 else -1)
+        return self._run_once(feeds, outputs)
+
+    def _run_in_fixed_batches(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None, count: int
+    ) -> dict[str, np.ndarray]:
+        size = self.fixed_batch
+        assert size is not None
+        if count <= 0:
+            raise OnnxModelError(f"{self.source}: inputs given with different numbers of rows")
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, count, size):
+            chunk = {name: value[start : start + size] for name, value in feeds.items()}
+            real = len(next(iter(chunk.values())))
+            if real < size:  # pad with copies of the last row; their outputs are dropped
+                chunk = {
+                    name: np.concatenate([value, np.repeat(value[-1:], size - real, axis=0)])
+                    for name, value in chunk.items()
+                }
+            values = self._run_once(chunk, outputs)
+            for name, value in values.items():
+                if np.ndim(value) == 0 or len(value) != size:
+                    raise OnnxModelError(
+                        f"{self.source}: the model's batch size is fixed at {size} and its output '{name}' "
+                        f"(shape {np.shape(value)}) does not follow the batch; run it {size} image(s) at a "
+                        f"time (--batch-size {size})"
+                    )
+            parts.append({name: value[:real] for name, value in values.items()})
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _run_once(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else list(self.output_names)
         tensors = [self.tensor_for(n) for n in names]
         wanted = frozenset(self.output_names) | frozenset(t for t in tensors if t not in self.input_names)

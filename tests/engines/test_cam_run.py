@@ -65,3 +65,70 @@ def test_options_from_a_namespace_take_known_fields_only():
 
     options = camcaffe.CamOptions.from_namespace(Parsed())
     assert options.top_k == 3 and options.method == "cam" and options.out == Path("o")
+
+
+def _interrupted_run(model: Path, photos: Path, out: Path, delay: float) -> tuple[int, str]:
+    """`camcaffe cam` on photos, SIGINT `delay` seconds after its first overlay appears."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import default_sigint
+
+    env = {k: v for k, v in os.environ.items() if k != "CAMCAFFE_DEBUG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camcaffe.cli", "cam", str(model), str(photos), "--out", str(out)]
+        + ["--batch-size", "2", "--workers", "2", "--provider", "cpu", "--top-k", "2", "--save-npy"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and list(out.glob("*_cam.png"))):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no overlay appeared"
+            time.sleep(0.005)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_keeps_table_and_folder_in_agreement(model, tmp_path):
+    """Real SIGINTs at random moments (seeded), so that some land while workers write overlays and maps:
+    every overlay and map on disk is listed in results.csv, every listed one exists, nothing half-written."""
+    rng = np.random.default_rng(14)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = rng.integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+    for index in range(240):
+        cv2.imwrite(str(photos / f"p{index:03d}.png"), big)
+    interrupted = 0
+    for trial, delay in enumerate(rng.uniform(0.0, 0.6, size=5)):
+        out = tmp_path / f"out{trial}"
+        code, stderr = _interrupted_run(model, photos, out, float(delay))
+        assert "Traceback" not in stderr, stderr
+        if code == 0:
+            continue  # the run finished before the signal: nothing to check here
+        interrupted += 1
+        assert code == 130 and "interrupted" in stderr, stderr
+        table = pd.read_csv(out / "results.csv", keep_default_na=False)
+        listed = {Path(p).name for p in table["overlay"] if p}
+        assert all((out / name).exists() for name in listed)
+        on_disk = {p.name for p in out.glob("*_cam*.png")}
+        assert on_disk == listed, f"trial {trial}: unlisted {sorted(on_disk - listed)[:5]}"
+        stems_listed = {Path(p).stem for p in table["image"]}
+        maps = {p.name[: -len("_cam.npy")] for p in out.glob("*_cam.npy")}
+        assert maps == stems_listed, f"trial {trial}: maps {sorted(maps ^ stems_listed)[:5]}"
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert interrupted >= 3, "most runs must be interrupted mid-way for this test to mean anything"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,19 @@ class SaliencyMethod:
     def __init__(self, session, feature_layer: str | None = None, fc_layer: str | None = None, **options):
         self.session = session
         self.options = options
+        # Called as (done, total) by methods that run many extra passes per batch (Score-CAM, Ablation-CAM).
+        self.on_step: Callable[[int, int], None] | None = None
+
+    def step(self, done: int, total: int) -> None:
+        if self.on_step is not None:
+            self.on_step(done, total)
+
+    def extra_passes(
+        self, features_shape: tuple[int, ...], net_input: np.ndarray
+    ) -> tuple[int, float] | None:
+        """(extra forward passes per net input, measured seconds per net input) for the costly methods; None
+        for methods whose cost is one forward (and a backward) per batch."""
+        return None
 
     def maps(self, batch: MethodBatch) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError

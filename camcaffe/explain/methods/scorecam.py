@@ -7,6 +7,9 @@ net's own session in batches of `batch_size`."""
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from camcaffe.explain.cam import normalize, softmax, upsample
@@ -29,6 +32,17 @@ class ScoreCAM(SaliencyMethod):
         values = self.session.run({self.input_name: inputs}, [name])[name].reshape(len(inputs), -1)
         return values if self.head.prob_output else softmax(values, axis=1)
 
+    def extra_passes(
+        self, features_shape: tuple[int, ...], net_input: np.ndarray
+    ) -> tuple[int, float] | None:
+        """One masked input per feature channel, run `batch_size` at a time: timed on one such run."""
+        channels = int(features_shape[1])
+        probe = np.repeat(net_input[:1], min(self.batch_size, channels), axis=0)
+        started = time.perf_counter()
+        self.probabilities(probe)
+        per_run = time.perf_counter() - started
+        return channels, per_run * math.ceil(channels / len(probe))
+
     def maps(self, batch: MethodBatch) -> np.ndarray:
         features = np.asarray(batch.features, np.float32)
         n, channels = features.shape[:2]
@@ -40,5 +54,6 @@ class ScoreCAM(SaliencyMethod):
             masks = normalize(upsample(features[images, chans], size))  # (b, H, W)
             probabilities = self.probabilities(batch.inputs[images] * masks[:, None])
             weights[images, chans] = np.take_along_axis(probabilities, batch.classes[images], axis=1)
+            self.step(min(start + self.batch_size, len(pairs)), len(pairs))
         maps = np.einsum("nck,nchw->nkhw", weights, features.astype(np.float64))
         return relu(maps).astype(np.float32)
