@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import shared_path
+from tests.helpers import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
@@ -106,7 +106,10 @@ def test_make_demo_runs_from_the_shipped_files_alone(tmp_path):
 
 def _compare_with_real_caffe(results: Path) -> None:
     """The shipped photos' top-5 and probabilities are what real Caffe computed (when ../shared is here)."""
-    golden = np.load(shared_path("golden", "real_squeezenet_v1.0_dc", "real_outputs.npz"))
+    stored = SHARED / "golden" / "real_squeezenet_v1.0_dc" / "real_outputs.npz"
+    if not stored.is_file():
+        return  # a bare clone: the documented top-1 classes were checked above
+    golden = np.load(stored)
     with open(results, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for stem in UNCHANGED_PHOTOS:
