@@ -387,3 +387,47 @@ def test_pointing_tolerance_defaults_to_the_documented_15_px():
     args = build_parser().parse_args(["evaluate", "run", "--gt", "gt.csv"])
     assert args.pointing_tolerance == 15 == EvaluateOptions(Path("r"), Path("g")).pointing_tolerance
     assert "default 15 px" in (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_global_flags_work_after_the_subcommand(tmp_path, tiny):
+    prototxt, caffemodel = tiny
+    onnx_path = tmp_path / "t.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", onnx_path).returncode == 0
+    missing = tmp_path / "missing.onnx"
+    debug = camcaffe("cam", missing, tmp_path, "--out", tmp_path / "o", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    plain = camcaffe("cam", missing, tmp_path, "--out", tmp_path / "o")
+    assert_one_line_error(plain, str(missing))
+    import cv2
+    import numpy as np
+
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((20, 20, 3), 90, np.uint8))
+    quiet = camcaffe("cam", onnx_path, photo, "--out", tmp_path / "q", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = camcaffe("cam", onnx_path, photo, "--out", tmp_path / "l")
+    assert loud.returncode == 0 and "wrote" in loud.stderr
+
+
+def test_progress_lines_without_a_terminal(tmp_path, tiny):
+    prototxt, caffemodel = tiny
+    onnx_path = tmp_path / "t.onnx"
+    assert camcaffe("convert", prototxt, caffemodel, "-o", onnx_path).returncode == 0
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(6):
+        cv2.imwrite(str(folder / f"p{index}.png"), np.full((20, 20, 3), 20 * index, np.uint8))
+    env_result = subprocess.run(
+        [sys.executable, "-m", "camcaffe.cli", "cam", str(onnx_path), str(folder), "--out", str(tmp_path / "o")]
+        + ["--batch-size", "1", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CAMCAFFE_PROGRESS_INTERVAL": "0"},
+        timeout=300,
+    )
+    assert env_result.returncode == 0, env_result.stderr
+    lines = [line for line in env_result.stderr.splitlines() if "/6 images" in line]
+    assert len(lines) >= 3 and lines[0].startswith("camcaffe: 1/6 images"), env_result.stderr
