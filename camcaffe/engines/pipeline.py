@@ -36,6 +36,16 @@ RESULT_COLUMNS = [
     "error",
     "boxes",  # every box the boxer gave, best first: "x0 y0 x1 y1;x0 y0 x1 y1" (--boxes dt gives several)
 ]
+# How overlays name the method (OpenCV's Hershey font has no '·': it is drawn as '?', so keep ASCII).
+METHOD_TITLES = {
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "ablationcam": "Ablation-CAM",
+    "eigencam": "Eigen-CAM",
+}
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
 
 
@@ -356,7 +366,10 @@ class CamPipeline:
                 if base is None:
                     base = image
                 name = f"{stem}_cam.png" if j == 0 else f"{stem}_cam_{int(class_index)}.png"
-                text = f"{self.label(int(class_index))} {float(probabilities[class_index]):.3f}"
+                text = (
+                    f"{self.label(int(class_index))} {float(probabilities[class_index]):.3f} - "
+                    f"{METHOD_TITLES.get(self.settings.method, self.settings.method)}"
+                )
                 write_image_atomic(out_dir / name, overlay(base, maps[j], self.settings.alpha, text, box))
                 overlay_path = str(out_dir / name)
             rows.append(

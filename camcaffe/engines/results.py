@@ -41,7 +41,8 @@ SETTINGS_FILE = "cam_settings.json"
 
 
 def write_settings(job: CamJob, mean_file: Path | None) -> None:
-    """What `camcaffe evaluate --model` needs to recompute this run's maps the same way."""
+    """What `camcaffe evaluate --model` needs to recompute this run's maps the same way (also shown in the
+    report's run panel)."""
     from camcaffe.atomic import write_json_atomic
 
     pre = job.preprocess
@@ -53,6 +54,12 @@ def write_settings(job: CamJob, mean_file: Path | None) -> None:
             "feature_layer": job.feature_layer,
             "fc_layer": job.fc_layer,
             "resize": job.settings.resize,
+            "crops": 10 if job.settings.resize == "tencrop" else 1,
+            "boxes": job.settings.boxes,
+            "box_threshold": job.settings.box_threshold,
+            "top_k": job.settings.top_k,
+            "classes": list(job.settings.classes),
+            "input_size": None if job.settings.input_size is None else list(job.settings.input_size),
             "preprocess": {
                 "mean": None if pre.mean is None else [float(v) for v in pre.mean],
                 "mean_file": None if mean_file is None else str(mean_file),

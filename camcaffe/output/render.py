@@ -44,9 +44,8 @@ def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     raise CamInputError(f"overlay needs an HxWx3 BGR image, got shape {img.shape}")
 
 
-def draw_text_strip(image: np.ndarray, text: str) -> np.ndarray:
-    """Draw text in white on a dark strip along the top edge (in place); returns the image."""
-    height, width = image.shape[:2]
+def text_strip(width: int, text: str) -> np.ndarray:
+    """A dark strip `width` pixels wide with `text` in white, sized to the text (uint8 H×W×3 BGR)."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     scale = float(np.clip(width / 640.0, 0.35, 1.5))
     thickness = max(1, round(scale * 1.5))
@@ -56,10 +55,10 @@ def draw_text_strip(image: np.ndarray, text: str) -> np.ndarray:
         thickness = max(1, round(scale * 1.5))
         (text_w, text_h), baseline = cv2.getTextSize(text, font, scale, thickness)
     pad = max(3, text_h // 3)
-    strip_h = min(height, text_h + baseline + 2 * pad)
-    cv2.rectangle(image, (0, 0), (width - 1, strip_h - 1), STRIP_COLOR_BGR, thickness=-1)
-    cv2.putText(image, text, (pad, pad + text_h), font, scale, TEXT_COLOR_BGR, thickness, cv2.LINE_AA)
-    return image
+    strip = np.empty((text_h + baseline + 2 * pad, width, 3), np.uint8)
+    strip[:] = STRIP_COLOR_BGR
+    cv2.putText(strip, text, (pad, pad + text_h), font, scale, TEXT_COLOR_BGR, thickness, cv2.LINE_AA)
+    return strip
 
 
 def overlay(
@@ -71,8 +70,9 @@ def overlay(
 ) -> np.ndarray:
     """Blend a JET heatmap of cam01 ([0, 1], resized to the image) over the image; uint8 HxWx3 BGR.
 
-    alpha is the heatmap's weight (0 = image only, 1 = heatmap only). text (e.g. "cup 0.87") is written on a
-    dark strip at the top; box = (x0, y0, x1, y1), inclusive pixels, is drawn as a rectangle."""
+    alpha is the heatmap's weight (0 = image only, 1 = heatmap only). text (e.g. "cup 0.87 · CAM") is written on
+    a dark strip added ABOVE the photo, so it hides none of it (the result is then taller than the image);
+    box = (x0, y0, x1, y1), inclusive pixels of the photo, is drawn as a rectangle."""
     if not 0.0 <= float(alpha) <= 1.0:
         raise CamInputError(f"overlay alpha {alpha} must lie in [0, 1]")
     image = _as_bgr_uint8(image_bgr_uint8)
@@ -84,7 +84,7 @@ def overlay(
         thickness = max(2, round(min(height, width) / 150))
         cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOR_BGR, thickness)
     if text:
-        draw_text_strip(out, text)
+        out = np.concatenate([text_strip(width, text), out])
     return out
 
 

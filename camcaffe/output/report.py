@@ -30,6 +30,10 @@ from camcaffe.errors import CamcaffeError, InputFileError
 RESULTS_NAME = "results.csv"
 REPORT_NAME = "report.html"
 EVALUATION_NAMES = ("evaluation.json", "eval.json")
+RUN_SETTINGS_NAME = "cam_settings.json"  # written by `camcaffe cam` beside results.csv (engines.results)
+# Evaluation figures that are fractions, shown in percent as `camcaffe evaluate` prints them.
+_FRACTION_GROUPS = ("classification_error", "localisation_error")
+_FRACTION_NAMES = ("pointing_game",)
 DEFAULT_MAX_EMBED_MB = 64.0
 THUMB_SIDE = 360
 THUMB_QUALITY = 80
@@ -256,20 +260,73 @@ def evaluation_rows(data: Any, source: str) -> list[list[Any]]:
         )
     rows: list[list[Any]] = []
 
-    def walk(obj: dict, prefix: str, depth: int) -> None:
+    def shown(path: list[str], value: float) -> str:
+        if (path and path[0] in _FRACTION_GROUPS) or path[-1] in _FRACTION_NAMES:
+            return f"{100 * value:.2f} %"
+        if path[-1].endswith("_percent"):
+            return f"{value:.2f} %"
+        return _format_figure(value)
+
+    def walk(obj: dict, prefix: str, depth: int, path: list[str]) -> None:
         for key, value in obj.items():
             name = f"{prefix} › {key}" if prefix else str(key)
+            if key == "per_image" and not prefix:
+                continue  # one entry per image: the gallery shows those
             if isinstance(value, bool):
                 rows.append([name, "yes" if value else "no", str(value).lower()])
             elif isinstance(value, (int, float)):
                 if isinstance(value, int) or math.isfinite(value):
-                    rows.append([name, _format_figure(value), value])
+                    rows.append([name, shown([*path, str(key)], value), value])
             elif isinstance(value, dict) and depth < 3:
-                walk(value, name, depth + 1)
+                walk(value, name, depth + 1, [*path, str(key)])
             elif isinstance(value, str) and len(value) <= 200:
                 rows.append([name, value, value])
 
-    walk(data, "", 1)
+    walk(data, "", 1, [])
+    return rows
+
+
+def run_settings_rows(csv_dir: Path) -> list[list[Any]]:
+    """How the run was made (cam_settings.json beside results.csv): model, method, layers, views, boxes and
+    preprocessing, as [name, shown value, raw value] rows; [] when the file is absent or unreadable."""
+    try:
+        settings = json.loads((csv_dir / RUN_SETTINGS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(settings, dict):
+        return []
+
+    def text(value: Any) -> str:
+        if value is None or value == [] or value == "":
+            return "—"
+        if isinstance(value, list):
+            return ",".join(_format_figure(v) if isinstance(v, (int, float)) else str(v) for v in value)
+        return str(value)
+
+    pre = settings.get("preprocess") if isinstance(settings.get("preprocess"), dict) else {}
+    boxes = text(settings.get("boxes"))
+    if settings.get("boxes") == "threshold" and settings.get("box_threshold") is not None:
+        boxes += f" ({settings['box_threshold']} of the maximum)"
+    resize = settings.get("resize")
+    views = "10 crops of a 256 resize" if settings.get("crops") == 10 or resize == "tencrop" else text(resize)
+    rows = [
+        ["model", text(settings.get("model")), 0],
+        ["method", text(settings.get("method")), 0],
+        [
+            "feature layer",
+            text(settings.get("feature_layer")) if settings.get("feature_layer") else "detected",
+            0,
+        ],
+        ["classifier layer", text(settings.get("fc_layer")) if settings.get("fc_layer") else "detected", 0],
+        ["views", views, 0],
+        ["box generator", boxes, 0],
+        ["mean", text(pre.get("mean_file") or pre.get("mean")), 0],
+        ["raw scale", text(pre.get("raw_scale")), 0],
+        ["channel swap", text(pre.get("channel_swap")), 0],
+        ["input scale", text(pre.get("input_scale")), 0],
+    ]
+    if settings.get("input_size"):
+        rows.append(["input size", text(settings.get("input_size")), 0])
     return rows
 
 
@@ -441,6 +498,7 @@ def build_report(
         run.append(["median top-1 probability", f"{ordered[len(ordered) // 2]:.3f}", 0.0])
     if stats.missing:
         run.append(["image files not found", f"{len(stats.missing):,}", len(stats.missing)])
+    run.extend(run_settings_rows(csv_dir))
     stamp = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M")
     shown_title = title or f"camcaffe report — {csv_dir.resolve().name or csv_path.name}"
     meta = f"{csv_path} · {'thumbnails embedded' if embed else 'images linked'} · generated {stamp}"

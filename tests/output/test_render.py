@@ -44,10 +44,14 @@ def test_box_and_text_are_drawn() -> None:
     image = np.full((120, 200, 3), 128, np.uint8)
     cam = np.zeros((120, 200), np.float32)
     out = overlay(image, cam, alpha=0.0, text="cup 0.87", box=(50, 60, 150, 110))
-    np.testing.assert_array_equal(out[110, 100], (0, 255, 0))  # bottom edge of the box
-    np.testing.assert_array_equal(out[85, 50], (0, 255, 0))  # left edge
-    np.testing.assert_array_equal(out[85, 100], (128, 128, 128))  # inside untouched
-    strip = out[:12]
+    top = out.shape[0] - 120  # the label strip sits above the photo: the photo keeps every pixel
+    assert 10 <= top <= 40 and out.shape[1:] == image.shape[1:]
+    photo = out[top:]
+    np.testing.assert_array_equal(photo[110, 100], (0, 255, 0))  # bottom edge of the box
+    np.testing.assert_array_equal(photo[85, 50], (0, 255, 0))  # left edge
+    np.testing.assert_array_equal(photo[85, 100], (128, 128, 128))  # inside untouched
+    np.testing.assert_array_equal(photo[:5, :], image[:5, :])  # the top of the photo is not covered
+    strip = out[:top]
     assert (strip.max(axis=2) < 40).mean() > 0.5  # mostly dark strip
     assert (strip.min(axis=2) > 200).any()  # with white text on it
     np.testing.assert_array_equal(out[-1, 0], (128, 128, 128))

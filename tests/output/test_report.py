@@ -320,15 +320,21 @@ def test_evaluation_rows_accept_flat_and_nested():
             "localisation_error": {"top1": 0.5, "top5": 0.25},
             "x": [1],
             "ok": True,
+            "saliency": {"pointing_game": 0.8333, "average_drop_percent": 69.38, "deletion_auc": 0.0294},
+            "per_image": {"a": {"cls": 1}},
         },
         "e.json",
     )
+    # the units of `camcaffe evaluate`'s table: errors and the pointing game in percent
     assert [r[:2] for r in rows] == [
         ["top1_error", "0.4123"],
         ["n", "50"],
-        ["localisation_error › top1", "0.5"],
-        ["localisation_error › top5", "0.25"],
+        ["localisation_error › top1", "50.00 %"],
+        ["localisation_error › top5", "25.00 %"],
         ["ok", "yes"],
+        ["saliency › pointing_game", "83.33 %"],
+        ["saliency › average_drop_percent", "69.38 %"],
+        ["saliency › deletion_auc", "0.0294"],
     ]
     with pytest.raises(CamcaffeError, match="expected a JSON object"):
         evaluation_rows([1, 2], "e.json")
@@ -379,3 +385,34 @@ def test_relative_paths_resolve_from_the_folder_cam_ran_in(tmp_path, monkeypatch
     assert (first["src"], first["w"], first["h"], first["c"][0]["o"]) == ("../imgs/a.png", 7, 5, "a_cam.png")
     assert second["src"].startswith("data:image/jpeg;base64,") and (second["w"], second["h"]) == (6, 4)
     assert second["c"][0]["o"] == "" and second["c"][0]["on"] == "out/b_cam.png"  # missing overlay
+
+
+def test_run_panel_shows_how_the_run_was_made(tmp_path):
+    from camcaffe.output.report import build_report
+
+    (tmp_path / "results.csv").write_text(
+        "image,rank,class_index,label,probability,x0,y0,x1,y1,overlay,error,boxes\n"
+        "a.png,1,3,cat,0.9,0,0,4,4,,,\n"
+    )
+    (tmp_path / "cam_settings.json").write_text(
+        json.dumps(
+            {
+                "model": "models/sq.onnx",
+                "method": "gradcam",
+                "feature_layer": "conv5",
+                "fc_layer": None,
+                "resize": "tencrop",
+                "crops": 10,
+                "boxes": "threshold",
+                "box_threshold": 0.2,
+                "preprocess": {"mean": [104, 117, 123], "raw_scale": 255, "channel_swap": [2, 1, 0]},
+            }
+        )
+    )
+    html_text, _ = build_report(tmp_path / "results.csv", tmp_path / "report.html")
+    data = json.loads(re.search(r'id="camcaffe-data">(.*?)</script>', html_text, re.S)[1])
+    run = {name: shown for name, shown, _ in data["run"]}
+    assert run["model"] == "models/sq.onnx" and run["method"] == "gradcam"
+    assert run["feature layer"] == "conv5" and run["classifier layer"] == "detected"
+    assert run["views"] == "10 crops of a 256 resize" and run["box generator"].startswith("threshold (0.2")
+    assert run["mean"] == "104,117,123" and run["channel swap"] == "2,1,0" and run["input scale"] == "—"
