@@ -38,7 +38,7 @@ help:
 	@echo "make report   HTML gallery of $(OUT)/cam (run 'make cam' first) -> $(OUT)/cam/report.html"
 	@echo "make reproduce ILSVRC_IMAGES=dir ILSVRC_ANNOTATIONS=dir: the CAM paper's ILSVRC val localisation, paper vs ours"
 	@echo "make bench    benchmarks (figures to bench/results/)"
-	@echo "make proto    regenerate camcaffe/caffe/caffe_pb2.py (needs protoc 3.21, Debian: protobuf-compiler)"
+	@echo "make proto    regenerate camcaffe/caffe/caffe_pb2.py and camcaffe/runtime/onnx_lite_pb2.py (needs protoc 3.21, Debian: protobuf-compiler)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,7 @@ lint: setup
 
 proto:
 	cd camcaffe/caffe && protoc --python_out=. caffe.proto
+	cd camcaffe/runtime && protoc --python_out=. onnx_lite.proto
 
 convert: setup $(ONNX)
 	@$(if $(ONNX),,echo "nothing to convert: put NAME.prototxt in prototxt/ and NAME.caffemodel in weights/ (or run 'make weights')")

@@ -20,6 +20,7 @@ SCRIPTS = {
     "bench_cam.py": "cam",
     "bench_memory.py": "memory",
     "bench_methods.py": "methods",
+    "bench_startup.py": "startup",
 }
 TITLES = {
     "convert": "Conversion (wall time, peak RSS; peer caffe2onnx 2.0.1)",
@@ -27,6 +28,7 @@ TITLES = {
     "cam": "CAM alone and the pipeline's stages",
     "memory": "Memory over a 2,000-image stream",
     "methods": "Saliency methods: time per image on GoogLeNet-CAM; Score-CAM batched vs one by one",
+    "startup": "Start-up of small jobs: camcaffe cam vs a minimal onnxruntime script (1 and 96 images)",
 }
 
 

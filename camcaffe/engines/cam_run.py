@@ -244,7 +244,7 @@ def run_local(job, pipeline, workers: int, quiet: bool) -> int:
     session = pipeline.session
     pool = PipelinePool.build(
         pipeline,
-        lambda: job.make_pipeline(job.make_session(model=session.model)),
+        lambda: job.make_pipeline(session.sibling(threads=job.threads)),
         workers if len(paths) > job.batch_size else 1,
     )
 

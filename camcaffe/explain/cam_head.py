@@ -23,13 +23,17 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from camcaffe.errors import CamHeadError
+
+if TYPE_CHECKING:
+    import onnx
+
+_ATTRIBUTE_TENSOR = 4  # AttributeProto.TENSOR
+_EXTERNAL = 1  # TensorProto.EXTERNAL
 
 CamKind = Literal["gap_linear", "class_conv"]
 
@@ -85,7 +89,7 @@ class _Graph:
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
                 for attr in node.attribute:
-                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    if attr.name == "value" and attr.type == _ATTRIBUTE_TENSOR:
                         self.constants[node.output[0]] = attr.t
         self.graph_inputs = {v.name for v in graph.input}
         self.graph_outputs = {v.name for v in graph.output}
@@ -109,7 +113,7 @@ class _Graph:
         if tensor is None:
             return None
         try:
-            array = numpy_helper.to_array(tensor)
+            array = tensor_array(tensor)
         except Exception as exc:  # external data not loaded, unsupported type ...
             raise CamHeadError(
                 f"cannot read initializer '{name}' of {self.name} ({exc}); load the model with its weights"
@@ -127,11 +131,13 @@ class _Graph:
 def _without_large_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with large initializers replaced by typed inputs: shape inference stays fast and works on
     models over 2 GB or with external data that was not loaded."""
+    import onnx
+
     graph = model.graph
     declared = {v.name for v in graph.input}
     small, stubs = [], []
     for init in graph.initializer:
-        if init.data_location != onnx.TensorProto.EXTERNAL and init.ByteSize() <= _SMALL_CONSTANT_BYTES:
+        if init.data_location != _EXTERNAL and init.ByteSize() <= _SMALL_CONSTANT_BYTES:
             small.append(init)
         elif init.name not in declared:
             stubs.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -150,6 +156,8 @@ def _without_large_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Tensor name -> shape (None for unknown dims), from shape inference where it works, else value_info."""
+    import onnx
+
     try:
         inferred = onnx.shape_inference.infer_shapes(
             _without_large_constants(model), check_type=False, strict_mode=False
@@ -171,7 +179,86 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    import onnx
+
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+# TensorProto.DataType -> numpy dtype, for the types classifier weights come in.
+_NUMPY_TYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
+_TYPED_FIELDS = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
+
+
+def tensor_array(tensor) -> np.ndarray:
+    """A TensorProto's values as numpy (what onnx.numpy_helper.to_array gives for these types), for both the
+    onnx package's and camcaffe's lite TensorProto."""
+    dtype = _NUMPY_TYPES.get(int(tensor.data_type))
+    if dtype is None or tensor.data_location == _EXTERNAL:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(tensor)
+    shape = tuple(int(d) for d in tensor.dims)
+    if tensor.raw_data:
+        return np.frombuffer(tensor.raw_data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+    if int(tensor.data_type) == 10:  # float16 values travel in int32_data as bit patterns
+        return np.asarray(tensor.int32_data, np.uint16).view(np.float16).reshape(shape)
+    return np.asarray(getattr(tensor, _TYPED_FIELDS[int(tensor.data_type)]), dtype).reshape(shape)
+
+
+def head_from_metadata(session) -> CamHead | None:
+    """The CAM head that `camcaffe convert` recorded in the model's metadata, checked against the graph, with
+    the classifier weights read from the lite model (no onnx import, no shape inference). None when the
+    model carries no such record or the record does not match the graph (then the graph is analysed)."""
+    record = session.info.cam_head
+    if not isinstance(record, dict):
+        return None
+    graph = session.lite.graph
+    nodes = {node.name: node for node in graph.node}
+    produced = {out for node in graph.node for out in node.output}
+    feature = record.get("feature_tensor")
+    fc_name = record.get("fc_layer")
+    kind = record.get("kind")
+    try:
+        classes = int(record.get("num_classes"))
+    except (TypeError, ValueError):
+        return None
+    if feature not in produced or fc_name not in nodes or kind not in ("gap_linear", "class_conv"):
+        return None
+    prob_blob = record.get("prob_blob")
+    prob = session.info.blobs.get(prob_blob) if prob_blob else None
+    if prob_blob and prob not in produced:
+        return None
+    if kind == "class_conv":  # the map of class k is channel k of the class convolution's (final) output
+        if nodes[fc_name].op_type != "Conv":
+            return None
+        return CamHead(feature, np.eye(classes, dtype=np.float32), None, "class_conv", fc_name, classes, prob)
+    inits = {t.name: t for t in graph.initializer}
+    weight_name, bias_name = record.get("weights"), record.get("bias")
+    if weight_name not in inits or (bias_name is not None and bias_name not in inits):
+        return None
+    if inits[weight_name].data_location == _EXTERNAL:
+        return None
+    node = nodes[fc_name]
+    weights = tensor_array(inits[weight_name]).astype(np.float32)
+    if node.op_type == "Conv":
+        weights = weights.reshape(weights.shape[0], -1)
+    elif node.op_type == "Gemm":
+        options = {a.name: a.i for a in node.attribute}
+        if options.get("transA", 0):
+            return None
+        if not options.get("transB", 0):  # (C, K): InnerProduct with transpose: true
+            weights = weights.T
+    elif node.op_type == "MatMul":
+        weights = weights.T
+    else:
+        return None
+    if weights.ndim != 2 or weights.shape[0] != classes:
+        return None
+    weights = np.ascontiguousarray(weights)
+    bias = tensor_array(inits[bias_name]).astype(np.float32).reshape(-1) if bias_name else None
+    if bias is not None and bias.shape != (classes,):
+        return None
+    return CamHead(feature, weights, bias, "gap_linear", fc_name, classes, prob)
 
 
 # ----------------------------------------------------------------------------------------------------------

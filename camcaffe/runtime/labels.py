@@ -22,8 +22,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from camcaffe.errors import CamcaffeError, InputFileError, LabelsError
 
 _SYNSET_LINE = re.compile(r"^n\d{8}\s+(\S.*)$")
@@ -215,6 +213,8 @@ def _looks_like_index_csv(content: list[str]) -> bool:
 def _parse_index_csv(text: str, path: str | os.PathLike) -> list[str]:
     first = text.lstrip().splitlines()[0]
     has_header = not _INTEGER.match(first.split(",", 1)[0].strip('"'))
+    import pandas as pd
+
     try:
         frame = pd.read_csv(
             io.StringIO(text),

@@ -9,11 +9,15 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 
 from camcaffe.errors import CamcaffeError, OnnxModelError
+from camcaffe.runtime import onnx_lite_pb2 as lite
+
+if TYPE_CHECKING:
+    import onnx
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -60,13 +64,13 @@ def _probe_cuda() -> bool:
                 contextlib.redirect_stdout(sink),
             ):
                 preload()
-        graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["x"], ["y"])],
-            "probe",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-        )
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+        model = lite.ModelProto(ir_version=8, opset_import=[lite.OperatorSetIdProto(domain="", version=17)])
+        model.graph.name = "probe"
+        model.graph.node.add(op_type="Relu", input=["x"], output=["y"])
+        for name, values in (("x", model.graph.input), ("y", model.graph.output)):
+            value = values.add(name=name)
+            value.type.tensor_type.elem_type = 1  # FLOAT
+            value.type.tensor_type.shape.dim.add(dim_value=1)
         try:
             session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
         except Exception:  # noqa: BLE001 - any failure means "not usable"
@@ -179,7 +183,10 @@ class BoundRunner:
 
 
 class ModelSession:
-    """One ONNX model, run with the chosen providers; sessions are cached per set of outputs."""
+    """One ONNX model, run with the chosen providers; sessions are cached per set of outputs.
+
+    The file is read with camcaffe's subset of the ONNX schema (`lite`), which is all running it needs; the
+    full onnx.ModelProto (`model`) is parsed on first use, by the code that edits or analyses graphs."""
 
     def __init__(
         self,
@@ -189,32 +196,73 @@ class ModelSession:
         source: str | None = None,
         io_binding: bool | None = None,
     ):
-        from camcaffe.runtime.model import load_onnx_model
+        from camcaffe.runtime.model import EXTERNAL, read_lite_model
 
-        if isinstance(model, onnx.ModelProto):
-            self.model, self.source = model, source or "(in-memory model)"
+        self._model: onnx.ModelProto | None = None
+        if hasattr(model, "graph"):  # an in-memory onnx.ModelProto
+            self._model, self.source = model, source or "(in-memory model)"
+            self._serialized: bytes | None = model.SerializeToString()
+            self.lite = lite.ModelProto.FromString(self._serialized)
         else:
-            self.model, self.source = load_onnx_model(model), str(model)
-        self.info = ModelInfo({p.key: p.value for p in self.model.metadata_props})
+            self.source = str(model)
+            self.lite, self._serialized = read_lite_model(model)
+            self._path = model
+            if any(t.data_location == EXTERNAL for t in self.lite.graph.initializer):
+                self._serialized = None  # weights in a .data file: ONNX Runtime gets the full model
+        self.info = ModelInfo({p.key: p.value for p in self.lite.metadata_props})
         self.providers = choose_providers(provider)
         self.threads = threads
         # IO binding (device buffers reused between batches) on the CUDA path; optional on CPU.
         self.io_binding = (self.providers[0] == CUDA) if io_binding is None else io_binding
         self._sessions: dict[frozenset[str], object] = {}
         self._runners: dict[frozenset[str], BoundRunner] = {}
-        self._serialized: bytes | None = None
-        self.input_names = [
-            i.name
-            for i in self.model.graph.input
-            if i.name not in {t.name for t in self.model.graph.initializer}
-        ]
-        self.output_names = [o.name for o in self.model.graph.output]
+        graph = self.lite.graph
+        self.input_names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+        self.output_names = [o.name for o in graph.output]
         self._tensor_names = self._all_tensor_names()
         self.fixed_batch = self._fixed_batch()
 
+    def sibling(self, threads: int | None = None, provider: str | None = None) -> ModelSession:
+        """Another session on the same model (parsed once), with its own ONNX Runtime sessions."""
+        other = object.__new__(ModelSession)
+        other.__dict__.update(self.__dict__)
+        other.providers = choose_providers(provider) if provider is not None else self.providers
+        other.threads = threads if threads is not None else self.threads
+        other.io_binding = self.io_binding if provider is None else other.providers[0] == CUDA
+        other._sessions, other._runners = {}, {}
+        return other
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The full onnx.ModelProto (imports onnx on first use)."""
+        if self._model is None:
+            from camcaffe.runtime.model import load_onnx_model
+
+            self._model = load_onnx_model(self._path)
+        return self._model
+
+    def _payload(self, extra_outputs: list[str]) -> bytes:
+        """The serialized model ONNX Runtime loads, with extra graph outputs appended."""
+        if self._serialized is None:  # external data: only the full model carries the weights
+            model = self.model
+            if extra_outputs:
+                import onnx
+
+                model = onnx.ModelProto()
+                model.CopyFrom(self.model)
+                for name in extra_outputs:
+                    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            return model.SerializeToString()
+        if not extra_outputs:
+            return self._serialized
+        model = lite.ModelProto.FromString(self._serialized)
+        for name in extra_outputs:
+            model.graph.output.add(name=name)
+        return model.SerializeToString()
+
     def input_dims(self, name: str) -> list[int | None]:
         """The declared dims of an input; None for a symbolic (variable) dim."""
-        for value in self.model.graph.input:
+        for value in self.lite.graph.input:
             if value.name == name:
                 return [
                     d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
@@ -233,7 +281,7 @@ class ModelSession:
 
     def _all_tensor_names(self) -> set[str]:
         names = set(self.input_names)
-        for node in self.model.graph.node:
+        for node in self.lite.graph.node:
             names.update(o for o in node.output if o)
         return names
 
@@ -251,18 +299,7 @@ class ModelSession:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
-        model = self.model
-        extra = [name for name in sorted(outputs) if name not in self.output_names]
-        if extra:
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for name in extra:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            payload = model.SerializeToString()
-        else:
-            if self._serialized is None:
-                self._serialized = self.model.SerializeToString()
-            payload = self._serialized
+        payload = self._payload([name for name in sorted(outputs) if name not in self.output_names])
         with _quiet_logs():
             session = ort.InferenceSession(payload, options, providers=self.providers)
         self._sessions[outputs] = session

@@ -8,27 +8,31 @@ object with
 
 from __future__ import annotations
 
-from camcaffe.explain.methods.ablationcam import AblationCAM
-from camcaffe.explain.methods.base import MethodBatch, SaliencyMethod
-from camcaffe.explain.methods.cam import ClassActivationMap
-from camcaffe.explain.methods.eigencam import EigenCAM
-from camcaffe.explain.methods.gradcam import GradCAM
-from camcaffe.explain.methods.gradcam_pp import GradCAMPlusPlus
-from camcaffe.explain.methods.layercam import LayerCAM
-from camcaffe.explain.methods.scorecam import ScoreCAM
+import importlib
 
-METHODS: dict[str, type[SaliencyMethod]] = {
-    method.name: method
-    for method in (
-        ClassActivationMap,
-        GradCAM,
-        GradCAMPlusPlus,
-        LayerCAM,
-        ScoreCAM,
-        AblationCAM,
-        EigenCAM,
-    )
+from camcaffe.explain.methods.base import MethodBatch, SaliencyMethod
+
+# name -> (module, class). Modules are imported when a method is made: the gradient methods need the onnx
+# package (to build the backward graph), which plain CAM does not.
+METHODS: dict[str, tuple[str, str]] = {
+    "cam": ("camcaffe.explain.methods.cam", "ClassActivationMap"),
+    "gradcam": ("camcaffe.explain.methods.gradcam", "GradCAM"),
+    "gradcam++": ("camcaffe.explain.methods.gradcam_pp", "GradCAMPlusPlus"),
+    "layercam": ("camcaffe.explain.methods.layercam", "LayerCAM"),
+    "scorecam": ("camcaffe.explain.methods.scorecam", "ScoreCAM"),
+    "ablationcam": ("camcaffe.explain.methods.ablationcam", "AblationCAM"),
+    "eigencam": ("camcaffe.explain.methods.eigencam", "EigenCAM"),
 }
+
+
+def method_class(name: str) -> type[SaliencyMethod]:
+    from camcaffe.errors import CamcaffeError
+
+    try:
+        module, cls = METHODS[name]
+    except KeyError:
+        raise CamcaffeError(f"--method {name}: unknown; choose one of {', '.join(METHODS)}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def method_names() -> list[str]:
@@ -36,13 +40,8 @@ def method_names() -> list[str]:
 
 
 def make_method(name: str, session, feature_layer: str | None = None, fc_layer: str | None = None, **options):
-    from camcaffe.errors import CamcaffeError
-
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise CamcaffeError(f"--method {name}: unknown; choose one of {', '.join(METHODS)}") from None
+    cls = method_class(name)
     return cls(session, feature_layer=feature_layer, fc_layer=fc_layer, **options)
 
 
-__all__ = ["METHODS", "MethodBatch", "SaliencyMethod", "make_method", "method_names"]
+__all__ = ["METHODS", "MethodBatch", "SaliencyMethod", "make_method", "method_class", "method_names"]
