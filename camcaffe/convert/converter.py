@@ -258,7 +258,8 @@ def _convert(
             return None
         keeps_batch = ctx.batch_axis_kept and ctx.inputs[0] in batch_led
         for top, name, shape in zip(layer.top, names, out_shapes, strict=True):
-            check_blob_shape(list(shape), f"{net.source}: blob '{top}' of layer '{layer.name}'")
+            # A computed blob may have no axes (Reduction over all of them): one value.
+            check_blob_shape(list(shape) or [1], f"{net.source}: blob '{top}' of layer '{layer.name}'")
             current[top], shapes[name] = name, list(shape)
             if keeps_batch:
                 batch_led.add(name)

@@ -31,6 +31,8 @@ _ONE_TO_ONE: Arity = (1, 1, 1, 1)
 IN_PLACE_TYPES = frozenset({
     "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold",
     "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split",
+    # Fork layers: elementwise, and MVN, which takes its statistics before it writes.
+    "ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish", "MVN",
 })  # fmt: skip
 
 
@@ -67,6 +69,7 @@ def _load_converters() -> None:
     from camcaffe.convert import (  # noqa: F401
         layers_activation,
         layers_conv,
+        layers_misc,
         layers_norm,
         layers_tensor,
     )
