@@ -69,6 +69,7 @@ def _load_converters() -> None:
     from camcaffe.convert import (  # noqa: F401
         layers_activation,
         layers_conv,
+        layers_fork,
         layers_misc,
         layers_norm,
         layers_tensor,
