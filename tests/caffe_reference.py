@@ -215,15 +215,16 @@ def pooling_geometry(p: caffe_pb2.PoolingParameter, h: int, w: int) -> dict[str,
     if pad != (0, 0):
         check(p.pool in (caffe_pb2.PoolingParameter.MAX, caffe_pb2.PoolingParameter.AVE), "pad: MAX/AVE only")
         check(pad[0] < kernel[0] and pad[1] < kernel[1], "pad must be smaller than kernel")
-    rounding = math.floor if p.round_mode == caffe_pb2.PoolingParameter.FLOOR else math.ceil
+    ceil_mode = p.ceil_mode if p.HasField("ceil_mode") else p.round_mode == caffe_pb2.PoolingParameter.CEIL
+    rounding = math.ceil if ceil_mode else math.floor
     pooled = []
     for size, k, s, pd in zip((h, w), kernel, stride, pad, strict=True):
         # Caffe divides in float32 before rounding; exact for these small integers.
         out = int(rounding((size + 2 * pd - k) / s)) + 1
-        if pd and (out - 1) * s >= size + pd:
-            out -= 1  # the last window must start inside the image, not in the padding
+        if any(pad) and (out - 1) * s >= size + pd:
+            out -= 1  # the last window must start inside the image; checked on both axes if either has pad
         check(out > 0, "pooling output would be empty")
-        check(not pd or (out - 1) * s < size + pd, "pooling window starts in padding")
+        check(not any(pad) or (out - 1) * s < size + pd, "pooling window starts in padding")
         pooled.append(out)
     return {"kernel": kernel, "stride": stride, "pad": pad, "pooled": (pooled[0], pooled[1])}
 
@@ -264,6 +265,25 @@ def pooling(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
                 with np.errstate(invalid="ignore", divide="ignore"):  # empty window: 0 / (<= 0), as Caffe
                     out[:, :, oy, ox] = window.sum(axis=(2, 3)) / pool_size
     return out
+
+
+def max_pooling_with_mask(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> tuple[np.ndarray, np.ndarray]:
+    """Caffe's MAX pooling with top_mask: the first maximum in row-major scan order (strict '>'
+    from -FLT_MAX), its index h*W+w inside the (n, c) plane as float; -1 for an empty window."""
+    n, c, h, w = x.shape
+    g = pooling_geometry(layer.pooling_param, h, w)
+    (kh, kw), (sh, sw), (ph, pw), (out_h, out_w) = g["kernel"], g["stride"], g["pad"], g["pooled"]
+    out = np.full((n, c, out_h, out_w), -FLT_MAX)
+    mask = np.full((n, c, out_h, out_w), -1.0)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            hs, ws = oy * sh - ph, ox * sw - pw
+            for yy in range(max(hs, 0), min(hs + kh, h)):
+                for xx in range(max(ws, 0), min(ws + kw, w)):
+                    better = x[:, :, yy, xx] > out[:, :, oy, ox]
+                    out[:, :, oy, ox] = np.where(better, x[:, :, yy, xx], out[:, :, oy, ox])
+                    mask[:, :, oy, ox] = np.where(better, yy * w + xx, mask[:, :, oy, ox])
+    return out, mask
 
 
 def lrn(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
@@ -597,7 +617,9 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
     if t == "InnerProduct":
         return [inner_product(bottoms[0], layer, blobs)]
     if t == "Pooling":
-        check(ntop == 1, "Pooling mask top is not modelled")
+        if ntop == 2:
+            check(layer.pooling_param.pool == caffe_pb2.PoolingParameter.MAX, "mask top: MAX pooling only")
+            return list(max_pooling_with_mask(bottoms[0], layer))
         return [pooling(bottoms[0], layer)]
     if t == "LRN":
         return [lrn(bottoms[0], layer)]

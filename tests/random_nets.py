@@ -329,6 +329,11 @@ class _Builder:
                     params += f"pad: {ph} " if ph == pw and self.chance(0.6) else f"pad_h: {ph} pad_w: {pw} "
                 if self.chance(0.05):
                     params += "round_mode: FLOOR "
+                elif self.chance(0.06):
+                    params += "ceil_mode: false "
+            if method == "MAX" and self.chance(0.1):  # second top: Caffe's argmax mask
+                tops = [self.blob_name(), self.blob_name()]
+                return self.add("Pooling", [x], tops, params=f"pooling_param {{ {params}}}")
         return self.add("Pooling", [x], params=f"pooling_param {{ {params}}}")
 
     def activation(self) -> bool:
