@@ -600,6 +600,170 @@ def argmax(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
     return order.astype(np.float64).reshape(shape)
 
 
+# ------------------------------------------------------------------------------------------- fork layers
+# Axpy (hujie-frank/SENet), ConvolutionDepthwise (conv_dw_layer.cpp, BVLC PR 5665), DepthwiseConvolution
+# (yonghenglh6: BaseConvolution CPU path), ShuffleChannel (farmingyard/ShuffleNet), Reorg (darknet's
+# reorg_cpu as the YOLOv2 ports call it), SPP and Im2col (BVLC). Loops follow the C++ index arithmetic.
+
+
+def axpy(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    check(len(bottoms) == 3, "Axpy takes scale, x, y")
+    scale, x, y = (np.asarray(b, dtype=np.float64) for b in bottoms)
+    check(x.ndim >= 2 and scale.ndim >= 2, "Axpy: scale and x need a channel axis")
+    check(scale.shape[0] == x.shape[0] and scale.shape[1] == x.shape[1], "Axpy: scale (N, C) != x (N, C)")
+    if scale.ndim == 4:
+        check(scale.shape[2] == 1 and scale.shape[3] == 1, "Axpy: 4-D scale must be (N, C, 1, 1)")
+    check(x.shape == y.shape, "Axpy: x and y shapes differ")
+    check(scale.size == x.shape[0] * x.shape[1], "Axpy: scale values beyond N*C are not modelled")
+    check(layer.top[0] not in layer.bottom, "Axpy in place is not modelled")
+    n, c = x.shape[:2]
+    flat_scale = scale.reshape(-1)
+    top = y.reshape(n * c, -1).copy()
+    xs = x.reshape(n * c, -1)
+    for offset in range(n * c):  # caffe_axpy per (n, c) plane
+        top[offset] += flat_scale[offset] * xs[offset]
+    return top.reshape(x.shape)
+
+
+def convolution_depthwise(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.convolution_param
+    check(x.ndim == 4, "ConvolutionDepthwise needs a 4-D bottom")
+    n, c, h, w = x.shape
+    check(not p.HasField("num_output") or p.num_output == c, "num_output != C is fork-dependent")
+    g = conv_geometry(p)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
+    out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    check(out_h > 0 and out_w > 0, "ConvolutionDepthwise output would be empty")
+    weight = np.asarray(blobs[0], dtype=np.float64)
+    check(weight.shape == (c, 1, kh, kw), f"ConvolutionDepthwise weight shape {weight.shape}")
+    # h_in = -pad + y * stride + ky * dilation; inputs outside the image count as 0
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.zeros((n, c, out_h, out_w))
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            patch = xp[:, :, y0 : y0 + sh * (out_h - 1) + 1 : sh, x0 : x0 + sw * (out_w - 1) + 1 : sw]
+            out += patch * weight[None, :, 0, ky, kx, None, None]
+    if p.bias_term:
+        bias = np.asarray(blobs[1], dtype=np.float64)
+        check(bias.shape == (c,), "ConvolutionDepthwise bias shape")
+        out += bias[None, :, None, None]
+    return out
+
+
+def shuffle_channel(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    group = layer.shuffle_channel_param.group
+    check(x.ndim >= 2, "ShuffleChannel needs a channel axis")
+    chs = x.shape[1]
+    check(group > 0 and chs % group == 0, "ShuffleChannel: group must divide the channels")
+    rows, cols = group, chs // group
+    top = np.empty_like(x, dtype=np.float64)
+    for i in range(rows):  # Resize_cpu: input channel i*cols + j -> output channel j*rows + i
+        for j in range(cols):
+            top[:, j * rows + i] = x[:, i * cols + j]
+    return top
+
+
+def reorg(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.reorg_param
+    check(x.ndim == 4 and p.HasField("stride"), "Reorg needs a 4-D bottom and a stride")
+    b_, c, h, w = x.shape
+    s = p.stride
+    check(s > 0 and c % (s * s) == 0, "Reorg: stride^2 must divide the channels")
+    if p.reverse:
+        top_shape = (b_, c // (s * s), h * s, w * s)
+    else:
+        check(h % s == 0 and w % s == 0, "Reorg: height and width must be multiples of the stride")
+        top_shape = (b_, c * s * s, h // s, w // s)
+    src = x.reshape(-1).astype(np.float64)
+    out = np.empty_like(src)
+    out_c = c // (s * s)
+    for b in range(b_):  # darknet reorg_cpu(x, w, h, c, batch, stride, forward = reverse, out)
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    in_index = i + w * (j + h * (k + c * b))
+                    c2, offset = k % out_c, k // out_c
+                    w2, h2 = i * s + offset % s, j * s + offset // s
+                    out_index = w2 + w * s * (h2 + h * s * (c2 + out_c * b))
+                    if p.reverse:
+                        out[out_index] = src[in_index]
+                    else:
+                        out[in_index] = src[out_index]
+    return out.reshape(top_shape)
+
+
+def spp(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.spp_param
+    check(x.ndim == 4, "SPP needs a 4-D bottom")
+    check(p.pyramid_height >= 1, "SPP: pyramid_height must be at least 1")
+    check(p.pool != caffe_pb2.SPPParameter.STOCHASTIC, "STOCHASTIC pooling is not modelled")
+    h, w = x.shape[2:]
+    flat = []
+    for level in range(p.pyramid_height):
+        bins = 2**level
+        pool = caffe_pb2.LayerParameter(name=f"{layer.name}/{level}", type="Pooling")
+        pp = pool.pooling_param
+        is_max = p.pool == caffe_pb2.SPPParameter.MAX
+        pp.pool = caffe_pb2.PoolingParameter.MAX if is_max else caffe_pb2.PoolingParameter.AVE
+        kernel_h, kernel_w = math.ceil(h / bins), math.ceil(w / bins)
+        pp.kernel_h, pp.kernel_w = kernel_h, kernel_w
+        pp.stride_h, pp.stride_w = kernel_h, kernel_w
+        pp.pad_h, pp.pad_w = (kernel_h * bins - h + 1) // 2, (kernel_w * bins - w + 1) // 2
+        pooled = pooling(x, pool)
+        if p.pyramid_height == 1:
+            return pooled
+        flat.append(pooled.reshape(x.shape[0], -1))
+    return np.concatenate(flat, axis=1)
+
+
+def im2col(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    check(x.ndim == 4, "Im2col is modelled for 4-D bottoms")
+    g = conv_geometry(layer.convolution_param)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
+    n, c, h, w = x.shape
+    out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    check(out_h > 0 and out_w > 0, "Im2col output would be empty")
+    top = np.zeros((n, c * kh * kw, out_h, out_w))
+    for ch in range(c):  # im2col_cpu: channel_col = (c * kh + i) * kw + j
+        for i in range(kh):
+            for j in range(kw):
+                for oy in range(out_h):
+                    row = -ph + i * dh + oy * sh
+                    if not 0 <= row < h:
+                        continue
+                    for ox in range(out_w):
+                        col = -pw + j * dw + ox * sw
+                        if 0 <= col < w:
+                            top[:, (ch * kh + i) * kw + j, oy, ox] = x[:, ch, row, col]
+    return top
+
+
+FORK_TYPES = frozenset(
+    {"Axpy", "ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "Reorg", "SPP", "Im2col"}
+)
+
+
+def fork_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> np.ndarray:
+    t = layer.type
+    check(len(layer.top) == 1 and (t == "Axpy" or len(bottoms) == 1), f"{t}: wrong number of bottoms/tops")
+    if t == "Axpy":
+        return axpy(bottoms, layer)
+    if t == "ConvolutionDepthwise":
+        return convolution_depthwise(bottoms[0], layer, blobs)
+    if t == "DepthwiseConvolution":
+        return convolution(bottoms[0], layer, blobs)
+    if t == "ShuffleChannel":
+        return shuffle_channel(bottoms[0], layer)
+    if t == "Reorg":
+        return reorg(bottoms[0], layer)
+    if t == "SPP":
+        return spp(bottoms[0], layer)
+    return im2col(bottoms[0], layer)
+
+
 # ------------------------------------------------------------------------------------------- the net
 
 
@@ -648,6 +812,8 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
         return [crop(bottoms, layer)]
     if t == "ArgMax":
         return [argmax(bottoms[0], layer)]
+    if t in FORK_TYPES:
+        return [fork_layer(layer, bottoms, blobs)]
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
 
 
