@@ -30,7 +30,7 @@ _ONE_TO_ONE: Arity = (1, 1, 1, 1)
 # refuses in-place Flatten/Reshape, so there is no faithful value to reproduce.
 IN_PLACE_TYPES = frozenset({
     "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold",
-    "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split",
+    "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split", "BN",
     # Fork layers: elementwise, and MVN, which takes its statistics before it writes.
     "ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish", "MVN",
 })  # fmt: skip
@@ -72,6 +72,8 @@ def _load_converters() -> None:
         layers_fork,
         layers_misc,
         layers_norm,
+        layers_resample,
+        layers_ssd,
         layers_tensor,
     )
 

@@ -112,6 +112,8 @@ class RandomWeights:
                 )
             elif layer.type == "PReLU":
                 values = rng.uniform(0.0, 0.5, shape)
+            elif layer.type == "Normalize":  # its scale blob may be 0-D (channel_shared)
+                values = rng.uniform(0.5, 3.0, shape)
             elif index == 0:
                 fan_in = max(1, math.prod(shape[1:]) if len(shape) > 1 else shape[0])
                 if layer.type == "Deconvolution":
