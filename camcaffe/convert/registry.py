@@ -30,9 +30,9 @@ _ONE_TO_ONE: Arity = (1, 1, 1, 1)
 # refuses in-place Flatten/Reshape, so there is no faithful value to reproduce.
 IN_PLACE_TYPES = frozenset({
     "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold",
-    "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split", "BN",
-    # Fork layers: elementwise, and MVN, which takes its statistics before it writes.
-    "ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish", "MVN",
+    "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split",
+    # Fork layers: elementwise, and MVN and BN, which take their statistics before they write.
+    "ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish", "MVN", "BN",
 })  # fmt: skip
 
 
