@@ -224,7 +224,9 @@ class _ScriptedPipeline:
 
     def __init__(self, table: dict[int, float], mask: float, shape: tuple[int, int]):
         self.table, self.mask, self.input_hw = table, mask, shape
-        self.transformer = type("T", (), {"preprocess": staticmethod(lambda name, view: view.transpose(2, 0, 1))})()
+        self.transformer = type(
+            "T", (), {"preprocess": staticmethod(lambda name, view: view.transpose(2, 0, 1))}
+        )()
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p0 = [self.table.get(round(float(x.mean()) * 255), 0.5) for x in batch]

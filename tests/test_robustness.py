@@ -107,7 +107,9 @@ def test_mutated_caffemodel_gives_only_camcaffe_errors(data):
             blobs = weights.get(layer).blobs
             for blob, suffix in zip(blobs, ("W", "B"), strict=True):
                 expected = blob.values.reshape(stored[f"{layer}_{suffix}"].shape)
-                assert np.array_equal(stored[f"{layer}_{suffix}"], expected, equal_nan=True), f"{layer}_{suffix}"
+                assert np.array_equal(stored[f"{layer}_{suffix}"], expected, equal_nan=True), (
+                    f"{layer}_{suffix}"
+                )
 
 
 def assert_valid_model(path: Path) -> onnx.ModelProto:
