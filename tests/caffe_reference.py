@@ -764,6 +764,131 @@ def fork_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs
     return im2col(bottoms[0], layer)
 
 
+# ------------------------------------------------------------------------------------ simple fork layers
+# ReLU6/HardSwish/HardSigmoid from brocolli-caffe, Clip/Swish/Reduction/Tile/MVN/Embed/Parameter/
+# BatchReindex/Filter/Silence from BVLC master (same code in the forks), Mish as the forks define it.
+
+SIMPLE_NEURON_TYPES = frozenset({"ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish"})
+SIMPLE_FORK_TYPES = SIMPLE_NEURON_TYPES | {
+    "Reduction", "Tile", "Silence", "MVN", "Embed", "Parameter", "BatchReindex", "Filter",
+}  # fmt: skip
+
+
+def simple_fork_neuron(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    t = layer.type
+    xd = x.astype(np.float64)
+    if t == "ReLU6":
+        p = layer.relu6_param
+        return np.minimum(np.maximum(xd, 0) + p.negative_slope * np.minimum(xd, 0), p.threshold)
+    if t == "HardSwish":
+        return xd * np.minimum(1.0, np.maximum(0.0, xd / 6 + 0.5))
+    if t == "HardSigmoid":
+        p = layer.hardsigmoid_param
+        return np.minimum(1.0, np.maximum(0.0, p.alpha * xd + p.beta))
+    if t == "Clip":
+        p = layer.clip_param
+        check(p.HasField("min") and p.HasField("max"), "Clip needs min and max")
+        return np.maximum(p.min, np.minimum(xd, p.max))
+    if t == "Swish":
+        return xd * (0.5 * np.tanh(0.5 * layer.swish_param.beta * xd) + 0.5)
+    if t == "Mish":
+        return xd * np.tanh(np.logaddexp(0.0, xd))
+    raise ReferenceError(f"not a simple fork neuron layer: {t}")
+
+
+def reduction(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.reduction_param
+    axis = canonical_axis(p.axis, x.ndim)
+    rows = x.astype(np.float64).reshape(count(x.shape, 0, axis), -1)
+    op = caffe_pb2.ReductionParameter
+    if p.operation in (op.SUM, op.MEAN):
+        out = rows.sum(axis=1)
+    elif p.operation == op.ASUM:
+        out = np.abs(rows).sum(axis=1)
+    else:
+        check(p.operation == op.SUMSQ, "unknown reduction op")
+        out = (rows * rows).sum(axis=1)
+    coeff = p.coeff / rows.shape[1] if p.operation == op.MEAN else p.coeff
+    return (out * coeff).reshape(x.shape[:axis])
+
+
+def tile(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.tile_param
+    axis = canonical_axis(p.axis, x.ndim)
+    check(p.HasField("tiles") and p.tiles > 0, "Tile needs a positive tiles")
+    reps = [1] * x.ndim
+    reps[axis] = p.tiles
+    return np.tile(x.astype(np.float64), reps)
+
+
+def mvn(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """Caffe's legacy 4-D view (num, channels, height, width): the top is 4-D whatever the bottom."""
+    p = layer.mvn_param
+    check(1 <= x.ndim <= 4, "MVN uses num()/channels(): at most 4 axes")
+    y = x.astype(np.float64).reshape(tuple(x.shape) + (1,) * (4 - x.ndim))
+    axes = (1, 2, 3) if p.across_channels else (2, 3)
+    y = y - y.mean(axis=axes, keepdims=True)
+    if p.normalize_variance:
+        y = y / (np.sqrt((y * y).mean(axis=axes, keepdims=True)) + p.eps)  # eps on the std
+    return y
+
+
+def embed(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.embed_param
+    check(p.num_output > 0 and p.input_dim > 0, "Embed needs num_output and input_dim")
+    index = np.trunc(x.astype(np.float64)).astype(np.int64)  # static_cast<int>
+    # Caffe only DCHECKs the range: a release build reads outside the weights.
+    check(bool(np.all((index >= 0) & (index < p.input_dim))), "Embed index out of range")
+    weight = np.asarray(blobs[0], np.float64).reshape(p.input_dim, p.num_output)
+    out = weight[index]
+    if p.bias_term:
+        out = out + np.asarray(blobs[1], np.float64).reshape(p.num_output)
+    return out
+
+
+def batch_reindex(bottoms: list[np.ndarray]) -> np.ndarray:
+    x, order = bottoms
+    check(order.ndim == 1, "BatchReindex: the permutation must be 1-D")
+    check(bool(np.all((order >= 0) & (order < x.shape[0]))), "BatchReindex index out of range")
+    return x.astype(np.float64)[order.astype(np.int64)]
+
+
+def filter_layer(bottoms: list[np.ndarray], ntop: int) -> list[np.ndarray]:
+    *data, selector = bottoms
+    check(ntop == len(data), "Filter: one top per bottom but the selector")
+    check(all(d == 1 for d in selector.shape[1:]), "Filter: selector axes after the first must be 1")
+    check(all(b.shape[0] == selector.shape[0] for b in data), "Filter: bottoms differ on axis 0")
+    keep = selector.reshape(-1) != 0  # NaN counts as non-zero, as in C++
+    return [b.astype(np.float64)[keep] for b in data]
+
+
+def simple_fork_layer(
+    layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs
+) -> list[np.ndarray]:
+    t = layer.type
+    if t in SIMPLE_NEURON_TYPES:
+        return [simple_fork_neuron(bottoms[0], layer)]
+    if t == "Reduction":
+        return [reduction(bottoms[0], layer)]
+    if t == "Tile":
+        return [tile(bottoms[0], layer)]
+    if t == "Silence":
+        check(len(layer.top) == 0, "Silence has no tops")
+        return []
+    if t == "MVN":
+        return [mvn(bottoms[0], layer)]
+    if t == "Embed":
+        return [embed(bottoms[0], layer, blobs)]
+    if t == "Parameter":
+        check(not bottoms, "Parameter takes no bottom")
+        shape = tuple(int(d) for d in layer.parameter_param.shape.dim)
+        return [np.asarray(blobs[0], np.float64).reshape(shape)]
+    if t == "BatchReindex":
+        return [batch_reindex(bottoms)]
+    check(t == "Filter", f"not a simple fork layer: {t}")
+    return filter_layer(bottoms, len(layer.top))
+
+
 # ------------------------------------------------------------------------------------------- the net
 
 
@@ -814,10 +939,13 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
         return [argmax(bottoms[0], layer)]
     if t in FORK_TYPES:
         return [fork_layer(layer, bottoms, blobs)]
+    if t in SIMPLE_FORK_TYPES:
+        return simple_fork_layer(layer, bottoms, blobs)
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
 
 
 INPLACE_SAFE_TYPES = NEURON_TYPES | {"BatchNorm", "Scale", "Bias", "Softmax", "Flatten", "Reshape"}
+INPLACE_SAFE_TYPES |= SIMPLE_NEURON_TYPES | {"MVN"}  # MVN takes its statistics before writing
 
 
 def shares_data(layer: caffe_pb2.LayerParameter) -> bool:

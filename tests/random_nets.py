@@ -91,6 +91,12 @@ def layer_blobs(
         if t == "Scale" and p.bias_term:
             blobs.append(uniform(shape, -0.5, 0.5))
         return blobs
+    if t == "Embed":
+        p = layer.embed_param
+        blobs = [normal((p.input_dim, p.num_output), 1.0)]
+        if p.bias_term:
+            blobs.append(uniform((p.num_output,), -0.5, 0.5))
+        return blobs
     return []
 
 
@@ -736,6 +742,102 @@ class _Builder:
             self.add(kind, [x, s[0]], [x] if inplace else None, f"{kind.lower()}_param {{ axis: 0 }}")
         )
 
+    def fork_activation(self) -> bool:
+        x = self.choose()
+        if x is None:
+            return False
+        kind = self.pick(["ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish"])
+        params = ""
+        if kind == "ReLU6" and self.chance(0.5):
+            params = (
+                f"relu6_param {{ negative_slope: {self.pick([0.0, 0.1, 0.3])} "
+                f"threshold: {self.pick([0.5, 1.0, 4.0, 6.0])} }}"
+            )
+        elif kind == "HardSigmoid" and self.chance(0.6):
+            params = (
+                f"hardsigmoid_param {{ alpha: {self.rng.uniform(0.1, 0.5):.3f} "
+                f"beta: {self.rng.uniform(0.2, 0.7):.3f} }}"
+            )
+        elif kind == "Clip":
+            low = self.rng.uniform(-1.5, 0.5)
+            params = f"clip_param {{ min: {low:.3f} max: {low + self.rng.uniform(0.0, 2.0):.3f} }}"
+        elif kind == "Swish" and self.chance(0.6):
+            params = f"swish_param {{ beta: {self.rng.uniform(0.3, 2.0):.3f} }}"
+        inplace = self.chance(0.4) and (x != "data" or self.chance(0.3))
+        return bool(self.add(kind, [x], [x] if inplace else None, params))
+
+    def reduction(self) -> bool:
+        x = self.choose(lambda v: v.ndim >= 1)
+        if x is None:
+            return False
+        nd = self.values[x].ndim
+        axis = int(self.rng.integers(0, nd)) if self.chance(0.8) else nd - 1
+        op = self.pick(["SUM", "ASUM", "SUMSQ", "MEAN"])
+        params = f"operation: {op} " if op != "SUM" or self.chance(0.3) else ""
+        if axis != 0 or self.chance(0.3):
+            params += f"axis: {axis - nd if self.chance(0.3) else axis} "
+        if self.chance(0.4):
+            params += f"coeff: {self.rng.uniform(-2.0, 2.0):.3f} "
+        tops = self.add("Reduction", [x], params=f"reduction_param {{ {params}}}" if params else "")
+        if tops and axis == 0:
+            self.terminal.update(tops)  # a 0-axis blob: most moves have nothing to work on
+        return bool(tops)
+
+    def tile(self) -> bool:
+        x = self.choose(lambda v: v.size <= MAX_BLOB_ELEMENTS // 3)
+        if x is None:
+            return False
+        nd = self.values[x].ndim
+        axis = int(self.rng.integers(0, nd))
+        params = f"tiles: {self.pick([1, 2, 2, 3])} "
+        if axis != 1 or self.chance(0.3):
+            params += f"axis: {axis - nd if self.chance(0.3) else axis} "
+        return bool(self.add("Tile", [x], params=f"tile_param {{ {params}}}"))
+
+    def mvn(self) -> bool:
+        x = self.choose(lambda v: 1 <= v.ndim <= 4)
+        if x is None:
+            return False
+        params = ""
+        if self.chance(0.3):
+            params += "normalize_variance: false "
+        if self.chance(0.4):
+            params += "across_channels: true "
+        if self.chance(0.4):
+            params += f"eps: {self.pick([1e-5, 0.01, 0.5])} "
+        inplace = self.values[x].ndim == 4 and self.chance(0.3) and x != "data"
+        return bool(self.add("MVN", [x], [x] if inplace else None, f"mvn_param {{ {params}}}" if params else ""))
+
+    def embed(self) -> bool:
+        """Indices from the data: a Threshold's 0/1 values, embedded."""
+        x = self.choose(lambda v: v.ndim <= 4 and v.size <= 400)
+        if x is None:
+            return False
+        level = self.rng.uniform(-0.3, 0.3)
+        tops = self.add("Threshold", [x], params=f"threshold_param {{ threshold: {level:.3f} }}")
+        if not tops:
+            return False
+        params = f"num_output: {int(self.rng.integers(1, 7))} input_dim: {int(self.rng.integers(2, 5))} "
+        if self.chance(0.3):
+            params += "bias_term: false "
+        return bool(self.add("Embed", tops, params=f"embed_param {{ {params}}}"))
+
+    def filter(self) -> bool:
+        """Items kept where a per-item selector from the data (Reduction + Threshold) is non-zero."""
+        x = self.choose(lambda v: v.ndim >= 2)
+        if x is None:
+            return False
+        sums = self.add("Reduction", [x], params="reduction_param { axis: 1 }")
+        if not sums:
+            return False
+        level = self.rng.uniform(-1, 1)
+        selector = self.add("Threshold", sums, params=f"threshold_param {{ threshold: {level:.3f} }}")
+        if not selector:
+            return False
+        tops = self.add("Filter", [x, selector[0]])
+        self.terminal.update(tops)  # its batch depends on the data; keep the net's shapes predictable
+        return bool(tops)
+
     MOVES = {
         "conv": 6,
         "deconv": 2,
@@ -756,6 +858,12 @@ class _Builder:
         "argmax": 1,
         "inner_product": 1.5,
         "two_bottom_scale": 1,
+        "fork_activation": 2,
+        "reduction": 1,
+        "tile": 1,
+        "mvn": 1,
+        "embed": 0.5,
+        "filter": 0.5,
     }
 
 
