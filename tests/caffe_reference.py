@@ -892,6 +892,224 @@ def simple_fork_layer(
 # ------------------------------------------------------------------------------------------- the net
 
 
+# ------------------------------------------------------------------------------------------ SSD layers
+# weiliu89/caffe as brocolli-caffe builds it (the golden_v2 producer): normalize_layer.cpp, permute_layer.cpp,
+# prior_box_layer.cpp, detection_output_layer.cpp and util/bbox_util.cpp (DecodeBBox, JaccardOverlap,
+# GetMaxScoreIndex, ApplyNMSFast), followed statement by statement in float32 where Caffe uses floats.
+
+SSD_TYPES = frozenset({"Normalize", "Permute", "PriorBox", "DetectionOutput"})
+
+
+def ssd_normalize(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.norm_param
+    check(2 <= x.ndim <= 4, "Normalize: Caffe's legacy accessors need 2 to 4 axes")
+    x64 = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(1, x.ndim)) if p.across_spatial else (1,)
+    norm = np.sqrt((x64**2).sum(axis=axes, keepdims=True) + float(np.float32(p.eps)))
+    scale = np.asarray(blobs[0], dtype=np.float64).reshape(-1)
+    check(scale.size == (1 if p.channel_shared else x.shape[1]), "Normalize: scale size")
+    scale = scale.reshape((1, -1) + (1,) * (x.ndim - 2)) if not p.channel_shared else scale[0]
+    return x64 / norm * scale
+
+
+def ssd_permute(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    order = [int(a) for a in layer.permute_param.order]
+    check(all(a < x.ndim for a in order), "Permute: order should be less than the input dimension")
+    check(len(set(order)) == len(order), "Permute: there are duplicate orders")
+    order += [a for a in range(x.ndim) if a not in order]
+    return np.ascontiguousarray(np.transpose(x, order))
+
+
+def _legacy(shape: tuple[int, ...], index: int) -> int:
+    check(len(shape) <= 4, "legacy height()/width() need at most 4 axes")
+    return shape[index] if index < len(shape) else 1
+
+
+def ssd_prior_box(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.prior_box_param
+    f32 = np.float32
+    check(len(bottoms) == 2, "PriorBox takes two bottoms")
+    check(len(p.min_size) > 0 and all(v > 0 for v in p.min_size), "PriorBox: min_size")
+    ratios = [f32(1.0)]
+    for ar in p.aspect_ratio:
+        ar = f32(ar)
+        if all(abs(ar - r) >= 1e-6 for r in ratios):
+            ratios.append(ar)
+            if p.flip:
+                ratios.append(f32(1.0 / float(ar)))
+    if p.max_size:
+        check(len(p.max_size) == len(p.min_size), "PriorBox: as many max_size as min_size")
+        check(all(hi > lo for lo, hi in zip(p.min_size, p.max_size, strict=True)), "PriorBox: max > min")
+    variances = list(p.variance) or [0.1]
+    check(len(variances) in (1, 4) and all(v > 0 for v in variances), "PriorBox: variance")
+    img_h = img_w = 0
+    if p.HasField("img_h") or p.HasField("img_w"):
+        check(not p.HasField("img_size") and p.img_h > 0 and p.img_w > 0, "PriorBox: img_h/img_w")
+        img_h, img_w = p.img_h, p.img_w
+    elif p.HasField("img_size"):
+        check(p.img_size > 0, "PriorBox: img_size")
+        img_h = img_w = p.img_size
+    step_h = step_w = 0.0
+    if p.HasField("step_h") or p.HasField("step_w"):
+        check(not p.HasField("step") and p.step_h > 0 and p.step_w > 0, "PriorBox: step_h/step_w")
+        step_h, step_w = p.step_h, p.step_w
+    elif p.HasField("step"):
+        check(p.step > 0, "PriorBox: step")
+        step_h = step_w = p.step
+    layer_h, layer_w = _legacy(bottoms[0].shape, 2), _legacy(bottoms[0].shape, 3)
+    if img_h == 0 or img_w == 0:
+        img_h, img_w = _legacy(bottoms[1].shape, 2), _legacy(bottoms[1].shape, 3)
+    if step_h == 0 or step_w == 0:
+        step_w, step_h = f32(img_w) / f32(layer_w), f32(img_h) / f32(layer_h)
+    step_w, step_h, offset = f32(step_w), f32(step_h), f32(p.offset)
+    out: list[float] = []
+    for h in range(layer_h):
+        for w in range(layer_w):
+            center_x, center_y = f32(f32(w) + offset) * step_w, f32(f32(h) + offset) * step_h
+            boxes: list[tuple[float, float]] = []
+            for s, min_value in enumerate(p.min_size):
+                min_size = int(min_value)  # Caffe: `int min_size_ = min_sizes_[s]`
+                boxes.append((f32(min_size), f32(min_size)))
+                if p.max_size:
+                    side = f32(math.sqrt(min_size * int(p.max_size[s])))
+                    boxes.append((side, side))
+                for ar in ratios:
+                    if abs(float(ar) - 1.0) < 1e-6:
+                        continue
+                    root = f32(math.sqrt(ar))
+                    boxes.append((f32(f32(min_size) * root), f32(f32(min_size) / root)))
+            for bw, bh in boxes:
+                out += [
+                    (float(center_x) - float(bw) / 2.0) / img_w,
+                    (float(center_y) - float(bh) / 2.0) / img_h,
+                    (float(center_x) + float(bw) / 2.0) / img_w,
+                    (float(center_y) + float(bh) / 2.0) / img_h,
+                ]
+    coords = np.array(out, dtype=np.float32)
+    if p.clip:
+        coords = np.minimum(np.maximum(coords, f32(0)), f32(1))
+    var = np.tile(np.array(variances * 4 if len(variances) == 1 else variances, np.float32), coords.size // 4)
+    return np.stack([coords, var])[None]
+
+
+def _bbox_size(b: tuple) -> np.float32:
+    if b[2] < b[0] or b[3] < b[1]:
+        return np.float32(0)
+    return np.float32(np.float32(b[2] - b[0]) * np.float32(b[3] - b[1]))
+
+
+def _jaccard(a: tuple, b: tuple) -> np.float32:
+    if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
+        return np.float32(0)
+    iw = np.float32(min(a[2], b[2]) - max(a[0], b[0]))
+    ih = np.float32(min(a[3], b[3]) - max(a[1], b[1]))
+    if not (iw > 0 and ih > 0):
+        return np.float32(0)
+    inter = np.float32(iw * ih)
+    return np.float32(inter / np.float32(np.float32(_bbox_size(a) + _bbox_size(b)) - inter))
+
+
+def _decode(prior: np.ndarray, var: np.ndarray, loc: np.ndarray, code: int, encoded: bool) -> tuple:
+    f32 = np.float32
+    v = np.ones(4, np.float32) if encoded else var
+    if code == 1:  # CORNER
+        return tuple(f32(prior[k] + f32(v[k] * loc[k])) for k in range(4))
+    pw, ph = f32(prior[2] - prior[0]), f32(prior[3] - prior[1])
+    check(pw > 0 and ph > 0, "DetectionOutput: prior width/height must be positive (CHECK_GT)")
+    if code == 3:  # CORNER_SIZE
+        sizes = (pw, ph, pw, ph)
+        return tuple(f32(prior[k] + f32(f32(v[k] * loc[k]) * sizes[k])) for k in range(4))
+    check(code == 2, "DetectionOutput: unknown code_type")
+    cx = f32(f32(f32(v[0] * loc[0]) * pw) + f32(f32(prior[0] + prior[2]) / f32(2)))
+    cy = f32(f32(f32(v[1] * loc[1]) * ph) + f32(f32(prior[1] + prior[3]) / f32(2)))
+    w = f32(f32(math.exp(f32(v[2] * loc[2]))) * pw)
+    h = f32(f32(math.exp(f32(v[3] * loc[3]))) * ph)
+    return (f32(cx - w / 2.0), f32(cy - h / 2.0), f32(cx + w / 2.0), f32(cy + h / 2.0))
+
+
+def _nms_fast(
+    boxes: list, scores: np.ndarray, threshold: float, nms: float, eta: float, top_k: int
+) -> list[int]:
+    order = [i for i in range(len(scores)) if scores[i] > np.float32(threshold)]
+    order.sort(key=lambda i: -float(scores[i]))  # Python's sort is stable, as std::stable_sort
+    if -1 < top_k < len(order):
+        order = order[:top_k]
+    kept: list[int] = []
+    adaptive = np.float32(nms)
+    for idx in order:
+        keep = all(_jaccard(boxes[idx], boxes[k]) <= adaptive for k in kept)
+        if keep:
+            kept.append(idx)
+            if eta < 1 and adaptive > 0.5:
+                adaptive = np.float32(adaptive * np.float32(eta))
+    return kept
+
+
+def ssd_detection_output(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """Rows [image, label, score, xmin, ymin, xmax, ymax] in Caffe's order; [1, 1, num, 7] of -1 rows
+    (image id first) when nothing is kept in the whole batch."""
+    p = layer.detection_output_param
+    check(len(bottoms) == 3 and p.HasField("num_classes"), "DetectionOutput: three bottoms and num_classes")
+    check(p.HasField("nms_param"), "DetectionOutput without nms_param differs between forks")
+    check(p.nms_param.nms_threshold >= 0 and 0 < p.nms_param.eta <= 1, "DetectionOutput: nms_param")
+    loc, conf, prior = (np.asarray(b, dtype=np.float32) for b in bottoms)
+    num, num_classes = loc.shape[0], p.num_classes
+    loc_classes = 1 if p.share_location else num_classes
+    background = p.background_label_id
+    check(not (p.share_location and background == -1), "label -1 has no decoded boxes: Caffe aborts")
+    priors = _legacy(prior.shape, 2) // 4
+    check(loc.shape[1] == priors * loc_classes * 4 and conf.shape[1] == priors * num_classes, "shapes")
+    flat_prior = prior.reshape(-1)
+    prior_boxes = flat_prior[: priors * 4].reshape(priors, 4)
+    variances = flat_prior[priors * 4 : priors * 8].reshape(priors, 4)
+    threshold = p.confidence_threshold if p.HasField("confidence_threshold") else -FLT_MAX
+    top_k = p.nms_param.top_k if p.nms_param.HasField("top_k") else -1
+    rows: list[list[float]] = []
+    for i in range(num):
+        loc_i = loc[i].reshape(priors, loc_classes, 4)
+        conf_i = conf[i].reshape(priors, num_classes)
+        decoded = {
+            c: [_decode(prior_boxes[k], variances[k], loc_i[k, c], p.code_type, p.variance_encoded_in_target)
+                for k in range(priors)]
+            for c in range(loc_classes) if (-1 if p.share_location else c) != background
+        }  # fmt: skip
+        indices: dict[int, list[int]] = {}
+        for c in range(num_classes):
+            if c == background:
+                continue
+            boxes = decoded[0 if p.share_location else c]
+            nms = p.nms_param
+            indices[c] = _nms_fast(boxes, conf_i[:, c], threshold, nms.nms_threshold, nms.eta, top_k)
+        total = sum(len(v) for v in indices.values())
+        if -1 < p.keep_top_k < total:
+            pairs = [(conf_i[k, c], c, k) for c in sorted(indices) for k in indices[c]]
+            scores = [s for s, _, _ in pairs]
+            # std::sort is introsort; it is stable (insertion sort) only up to 16 elements.
+            check(len(pairs) <= 16 or len(set(scores)) == len(scores), "std::sort tie order is not modelled")
+            pairs.sort(key=lambda t: -float(t[0]))
+            indices = {}
+            for _, c, k in pairs[: p.keep_top_k]:
+                indices.setdefault(c, []).append(k)
+        for c in sorted(indices):
+            boxes = decoded[0 if p.share_location else c]
+            for k in indices[c]:
+                rows.append([i, c, float(conf_i[k, c]), *[float(v) for v in boxes[k]]])
+    if not rows:
+        rows = [[i, -1, -1, -1, -1, -1, -1] for i in range(num)]
+    return np.array(rows, dtype=np.float32).reshape(1, 1, -1, 7)
+
+
+def ssd_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> np.ndarray:
+    t = layer.type
+    if t == "Normalize":
+        return ssd_normalize(bottoms[0], layer, blobs)
+    if t == "Permute":
+        return ssd_permute(bottoms[0], layer)
+    if t == "PriorBox":
+        return ssd_prior_box(bottoms, layer)
+    return ssd_detection_output(bottoms, layer)
+
+
 def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> list[np.ndarray]:
     """One layer's forward; returns float64 (or float32) arrays, one per top."""
     t = layer.type
@@ -941,6 +1159,8 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
         return [fork_layer(layer, bottoms, blobs)]
     if t in SIMPLE_FORK_TYPES:
         return simple_fork_layer(layer, bottoms, blobs)
+    if t in SSD_TYPES:
+        return [ssd_layer(layer, bottoms, blobs)]
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
 
 
