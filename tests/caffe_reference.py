@@ -889,6 +889,225 @@ def simple_fork_layer(
     return filter_layer(bottoms, len(layer.top))
 
 
+# ------------------------------------------------------------- segmentation / resampling fork layers
+# Transcribed from the forks' C++ loops: brocolli-caffe 9.0.2 (MaxUnPool, Upsample, Pad, PixelShuffle,
+# Resize, BilinearInterpolate, BN with 2-D blobs), alexgkendall/caffe-segnet (two-bottom Upsample, BN
+# with 2 blobs), hszhao/PSPNet (Interp = caffe_cpu_interp2, BN with 4-D blobs).
+
+RESAMPLE_TYPES = frozenset(
+    {"MaxUnPool", "Upsample", "BN", "Interp", "Pad", "PixelShuffle", "Resize", "BilinearInterpolate"}
+)
+
+
+def mask_unpool(x: np.ndarray, mask: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """plane.flat[int(mask[i])] = x[i] for i in increasing order (later writes win)."""
+    n, c = x.shape[:2]
+    values, index = x.reshape(n, c, -1), mask.reshape(n, c, -1).astype(np.int64)
+    check(bool((index >= 0).all() and (index < out_h * out_w).all()), "unpool index out of range")
+    out = np.zeros((n, c, out_h * out_w), np.float64)
+    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    for i in range(values.shape[2]):
+        out[nn, cc, index[:, :, i]] = values[:, :, i]
+    return out.reshape(n, c, out_h, out_w)
+
+
+def upsample(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.upsample_param
+    x = bottoms[0]
+    if len(bottoms) == 1:  # brocolli-caffe / YOLO: nearest, out[h, w] = in[h / scale, w / scale]
+        scale = p.scale if p.HasField("scale") else 1
+        axes = (2, 3) if p.dims_num == 4 else (x.ndim - 1,)
+        check(x.ndim == p.dims_num, "Upsample: dims_num must match the bottom's rank")
+        for axis in axes:
+            x = np.repeat(x, scale, axis=axis)
+        return x.astype(np.float64)
+    if p.HasField("upsample_h") and p.HasField("upsample_w"):  # caffe-segnet
+        out_h, out_w = p.upsample_h, p.upsample_w
+    else:
+        sh, sw = (
+            (p.scale_h, p.scale_w)
+            if p.HasField("scale_h")
+            else ((p.scale if p.HasField("scale") else 2),) * 2
+        )
+        out_h = x.shape[2] * sh - int(p.pad_out_h)
+        out_w = x.shape[3] * sw - int(p.pad_out_w)
+    return mask_unpool(x, bottoms[1], out_h, out_w)
+
+
+def bn_fork(x: np.ndarray, layer: caffe_pb2.LayerParameter, blobs: Blobs) -> np.ndarray:
+    p = layer.bn_param
+    c = x.shape[1]
+
+    def per_channel(blob: np.ndarray) -> np.ndarray:
+        return np.asarray(blob, np.float64).reshape(1, c, 1, 1)
+
+    x64 = x.astype(np.float64)
+    if len(blobs) == 2:  # caffe-segnet: scale, shift
+        scale, shift = (per_channel(b) for b in blobs)
+        if p.bn_mode == caffe_pb2.BNParameter.INFERENCE:
+            return x64 * scale + shift
+        mean = x64.mean(axis=(0, 2, 3), keepdims=True)
+        var = (x64**2).mean(axis=(0, 2, 3), keepdims=True) - mean**2
+        return (x64 - mean) / np.sqrt(var + 1e-9) * scale + shift
+    check(len(blobs) == 4, "BN: 2 or 4 blobs")
+    slope, bias, mean, last = (per_channel(b) for b in blobs)
+    # PSPNet's 4-D blobs hold the running variance, brocolli-caffe's (1, C) ones the inverse std (no eps).
+    stores_inverse_std = np.asarray(blobs[0]).ndim != 4
+    inv_std = last if stores_inverse_std else (last + np.float64(np.float32(p.eps))) ** -0.5
+    return (x64 - mean) * inv_std * slope + bias
+
+
+def interp(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.interp_param
+    check(p.pad_beg <= 0 and p.pad_end <= 0, "Interp: only cropping pads")
+    n, c, h, w = x.shape
+    h1, w1 = h + p.pad_beg + p.pad_end, w + p.pad_beg + p.pad_end
+    if p.HasField("shrink_factor") and not p.HasField("zoom_factor"):
+        h2, w2 = (h1 - 1) // p.shrink_factor + 1, (w1 - 1) // p.shrink_factor + 1
+    elif p.HasField("zoom_factor") and not p.HasField("shrink_factor"):
+        h2, w2 = h1 + (h1 - 1) * (p.zoom_factor - 1), w1 + (w1 - 1) * (p.zoom_factor - 1)
+    elif p.HasField("height") and p.HasField("width"):
+        h2, w2 = p.height, p.width
+    else:
+        h2, w2 = (h1 - 1) // p.shrink_factor + 1, (w1 - 1) // p.shrink_factor + 1
+        h2, w2 = h2 + (h2 - 1) * (p.zoom_factor - 1), w2 + (w2 - 1) * (p.zoom_factor - 1)
+    src = x[:, :, -p.pad_beg : -p.pad_beg + h1, -p.pad_beg : -p.pad_beg + w1].astype(np.float64)
+    if (h1, w1) == (h2, w2):
+        return src
+    rh = np.float32(h1 - 1) / np.float32(h2 - 1) if h2 > 1 else np.float32(0)
+    rw = np.float32(w1 - 1) / np.float32(w2 - 1) if w2 > 1 else np.float32(0)
+    out = np.zeros((n, c, h2, w2))
+    for y2 in range(h2):
+        y1r = np.float32(rh * np.float32(y2))
+        y1 = int(y1r)
+        y1p = 1 if y1 < h1 - 1 else 0
+        ly1 = float(np.float32(y1r - y1))
+        for x2 in range(w2):
+            x1r = np.float32(rw * np.float32(x2))
+            x1 = int(x1r)
+            x1p = 1 if x1 < w1 - 1 else 0
+            lx1 = float(np.float32(x1r - x1))
+            top = (1 - lx1) * src[:, :, y1, x1] + lx1 * src[:, :, y1, x1 + x1p]
+            bottom = (1 - lx1) * src[:, :, y1 + y1p, x1] + lx1 * src[:, :, y1 + y1p, x1 + x1p]
+            out[:, :, y2, x2] = (1 - ly1) * top + ly1 * bottom
+    return out
+
+
+def pad_fork(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.pad_param
+    u, d, left, r = p.pad_u, p.pad_d, p.pad_l, p.pad_r
+    h, w = x.shape[2:]
+    if u < 0 and d < 0 and left < 0 and r < 0:
+        return x[:, :, -u : h + d, -left : w + r].astype(np.float64)
+    check(min(u, d, left, r) >= 0, "Pad: mixed-sign pads write outside the top")
+    widths = ((0, 0), (0, 0), (u, d), (left, r))
+    if p.pad_type == caffe_pb2.PadParameter.CONSTANT:
+        return np.pad(x.astype(np.float64), widths, constant_values=np.float32(p.pad_value))
+    if p.pad_type == caffe_pb2.PadParameter.REPLICATE:
+        return np.pad(x.astype(np.float64), widths, mode="edge")
+    check(max(u, d) < h and max(left, r) < w, "Pad REFLECT: pads must be smaller than the input")
+    return np.pad(x.astype(np.float64), widths, mode="reflect")
+
+
+def pixel_shuffle(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    r = layer.pixelshuffle_param.upscale_factor
+    n, c, h, w = x.shape
+    check(c % r == 0, "PixelShuffle: channels % r")
+    out = np.zeros((n, c // (r * r), h * r, w * r))
+    for p in range(c // (r * r)):
+        for sh in range(r):
+            for sw in range(r):
+                out[:, p, sh::r, sw::r] = x[:, p * r * r + sh * r + sw]
+    return out
+
+
+def resize_fork(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """util_img BiLinearResizeMat_cpu: float32 coordinates, +1 neighbours dropped past the border."""
+    p = layer.resize_param
+    n, c, h, w = x.shape
+    if p.is_pyramid_test:
+        dh = int(np.float32(p.out_height_scale) * np.float32(h))
+        dw = int(np.float32(p.out_width_scale) * np.float32(w))
+    else:
+        dh, dw = p.height, p.width
+    scale_w, scale_h = np.float32(w) / np.float32(dw), np.float32(h) / np.float32(dh)
+    out = np.zeros((n, c, dh, dw))
+    x64 = x.astype(np.float64)
+    for yd in range(dh):
+        fh = np.float32(np.float32(yd) * scale_h)
+        ys = int(np.floor(fh))
+        fh = np.float32(fh - ys)
+        wh0, wh1 = float(abs(np.float32(1) - fh)), float(abs(fh))
+        for xd in range(dw):
+            fw = np.float32(np.float32(xd) * scale_w)
+            xs = int(np.floor(fw))
+            fw = np.float32(fw - xs)
+            ww0, ww1 = float(abs(np.float32(1) - fw)), float(abs(fw))
+            value = wh0 * ww0 * x64[:, :, ys, xs]
+            flag = 0
+            if xs + 1 < w:
+                value = value + wh0 * ww1 * x64[:, :, ys, xs + 1]
+                flag += 1
+            if ys + 1 < h:
+                value = value + wh1 * ww0 * x64[:, :, ys + 1, xs]
+                flag += 1
+            if flag > 1:
+                value = value + wh1 * ww1 * x64[:, :, ys + 1, xs + 1]
+            out[:, :, yd, xd] = value
+    return out
+
+
+def bilinear_interpolate(x: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    p = layer.bilinear_interpolate_param
+    n, c, h, w = x.shape
+    if p.HasField("scale_factor"):
+        dh = int(np.float32(h) * np.float32(p.scale_factor))
+        dw = int(np.float32(w) * np.float32(p.scale_factor))
+    else:
+        dh = p.dst_h if p.HasField("dst_h") else h
+        dw = p.dst_w if p.HasField("dst_w") else w
+
+    def source(d: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.arange(d, dtype=np.float32)
+        if p.align_corners:
+            coord = np.float32(s - 1) / np.float32(d - 1) * pos
+        else:
+            coord = np.float32(s) / np.float32(d) * (pos + np.float32(0.5)) - np.float32(0.5)
+        coord = np.clip(coord, 0, s - 1).astype(np.float32)
+        low = np.clip(np.floor(coord).astype(np.int64), 0, s - 2)
+        return coord.astype(np.float64), low
+
+    hy, y0 = source(dh, h)
+    wx, x0 = source(dw, w)
+    x64 = x.astype(np.float64)
+    q = lambda ys, xs: x64[:, :, ys][:, :, :, xs]  # noqa: E731
+    r0 = (x0 + 1 - wx) * q(y0, x0) + (wx - x0) * q(y0, x0 + 1)
+    r1 = (x0 + 1 - wx) * q(y0 + 1, x0) + (wx - x0) * q(y0 + 1, x0 + 1)
+    return (y0 + 1 - hy)[:, None] * r0 + (hy - y0)[:, None] * r1
+
+
+def resample_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> np.ndarray:
+    t = layer.type
+    if t == "MaxUnPool":
+        p = layer.max_unpool_param
+        return mask_unpool(bottoms[0], bottoms[1], p.dst_h, p.dst_w)
+    if t == "Upsample":
+        return upsample(bottoms, layer)
+    if t == "BN":
+        return bn_fork(bottoms[0], layer, blobs)
+    if t == "Interp":
+        return interp(bottoms[0], layer)
+    if t == "Pad":
+        return pad_fork(bottoms[0], layer)
+    if t == "PixelShuffle":
+        return pixel_shuffle(bottoms[0], layer)
+    if t == "Resize":
+        return resize_fork(bottoms[0], layer)
+    check(t == "BilinearInterpolate", f"not a resampling layer: {t}")
+    return bilinear_interpolate(bottoms[0], layer)
+
+
+
 # ------------------------------------------------------------------------------------------- the net
 
 
@@ -1159,6 +1378,8 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
         return [fork_layer(layer, bottoms, blobs)]
     if t in SIMPLE_FORK_TYPES:
         return simple_fork_layer(layer, bottoms, blobs)
+    if t in RESAMPLE_TYPES:
+        return [resample_layer(layer, bottoms, blobs)]
     if t in SSD_TYPES:
         return [ssd_layer(layer, bottoms, blobs)]
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
@@ -1166,6 +1387,7 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
 
 INPLACE_SAFE_TYPES = NEURON_TYPES | {"BatchNorm", "Scale", "Bias", "Softmax", "Flatten", "Reshape"}
 INPLACE_SAFE_TYPES |= SIMPLE_NEURON_TYPES | {"MVN"}  # MVN takes its statistics before writing
+INPLACE_SAFE_TYPES |= {"BN"}  # per channel; SegNet's LEARN mode takes its statistics first
 
 
 def shares_data(layer: caffe_pb2.LayerParameter) -> bool:

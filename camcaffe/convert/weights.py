@@ -110,6 +110,13 @@ class RandomWeights:
                     if index == 0 and layer.type == "Scale"
                     else rng.normal(0, 0.2, shape)
                 )
+            elif layer.type == "BN":  # scale/slope, shift/bias, mean, variance (or inverse std): > 0
+                values = [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0, 0.2, shape),
+                    rng.normal(0, 0.5, shape),
+                    rng.uniform(0.5, 2.0, shape),
+                ][index]
             elif layer.type == "PReLU":
                 values = rng.uniform(0.0, 0.5, shape)
             elif layer.type == "Normalize":  # its scale blob may be 0-D (channel_shared)
