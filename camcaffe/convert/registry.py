@@ -72,6 +72,7 @@ def _load_converters() -> None:
         layers_fork,
         layers_misc,
         layers_norm,
+        layers_rcnn,
         layers_resample,
         layers_ssd,
         layers_tensor,
