@@ -46,11 +46,19 @@ def layer_blobs(
     def uniform(shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
         return rng.uniform(lo, hi, shape).astype(np.float32)
 
-    if t in ("Convolution", "Deconvolution"):
+    if t == "ConvolutionDepthwise":  # one filter per channel, (C, 1, kh, kw)
         p = layer.convolution_param
         (kh, kw) = cr.conv_geometry(p)["kernel"]
         c = bottoms[0].shape[1]
-        if t == "Convolution":
+        blobs = [normal((c, 1, kh, kw), _fan_scale(kh * kw))]
+        if p.bias_term:
+            blobs.append(uniform((c,), -0.5, 0.5))
+        return blobs
+    if t in ("Convolution", "Deconvolution", "DepthwiseConvolution"):
+        p = layer.convolution_param
+        (kh, kw) = cr.conv_geometry(p)["kernel"]
+        c = bottoms[0].shape[1]
+        if t != "Deconvolution":
             shape = (p.num_output, c // p.group, kh, kw)
             std = _fan_scale(shape[1] * kh * kw)
         else:
@@ -838,6 +846,88 @@ class _Builder:
         self.terminal.update(tops)  # its batch depends on the data; keep the net's shapes predictable
         return bool(tops)
 
+    # -- fork layers (SENet, MobileNet, ShuffleNet, YOLOv2, BVLC SPP/Im2col)
+
+    def se_axpy(self) -> bool:
+        """SENet block: global AVE pooling -> 1x1 conv or InnerProduct -> ReLU -> back to C -> Sigmoid
+        -> Axpy(scale, x, y) = scale * x + y."""
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        pooled = self.pool(x, "pool: AVE global_pooling: true")
+        if not pooled:
+            return False
+        squeeze = max(1, c // 2)
+        kind, field = self.pick([("Convolution", "convolution_param"), ("InnerProduct", "inner_product_param")])
+        size = " kernel_size: 1" if kind == "Convolution" else ""
+        down = self.add(kind, pooled, params=f"{field} {{ num_output: {squeeze}{size} }}")
+        if not down:
+            return False
+        self.add("ReLU", down, down)
+        up = self.add(kind, down, params=f"{field} {{ num_output: {c}{size} }}")
+        if not up:
+            return False
+        self.add("Sigmoid", up, up)
+        y = x if self.chance(0.2) else self.same_shape_branch(x)
+        return bool(y and self.add("Axpy", [up[0], x, y]))
+
+    def shuffle_channel(self) -> bool:
+        x = self.choose(lambda v: v.ndim >= 2 and v.shape[1] >= 2)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        group = int(self.pick([d for d in range(1, c + 1) if c % d == 0 and d not in (1, c)] or [1, c]))
+        params = f"shuffle_channel_param {{ group: {group} }}" if group != 1 or self.chance(0.5) else ""
+        return bool(self.add("ShuffleChannel", [x], params=params))
+
+    def depthwise(self) -> bool:
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        kh = kw = int(self.pick([1, 3, 3, 5]))
+        if self.chance(0.2):
+            kw = int(self.pick([1, 2, 3]))
+        params = f"kernel_size: {kh} " if kh == kw else f"kernel_h: {kh} kernel_w: {kw} "
+        params += f"stride: {self.pick([1, 1, 2])} pad: {self.pick([0, 1, 1, 2])} "
+        if self.chance(0.15):
+            params += "dilation: 2 "
+        if self.chance(0.3):
+            params += "bias_term: false "
+        if self.chance(0.5):
+            kind = "ConvolutionDepthwise"
+            params += f"num_output: {c} " if self.chance(0.8) else ""
+        else:
+            kind = "DepthwiseConvolution"
+            params += f"num_output: {c * int(self.pick([1, 1, 2]))} group: {c} "
+        return bool(self.add(kind, [x], params=f"convolution_param {{ {params}}}"))
+
+    def reorg_spp_im2col(self) -> bool:
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        n, c, h, w = self.shape(x)
+        kind = self.pick(["Reorg", "Reorg", "SPP", "Im2col"])
+        if kind == "Reorg":
+            reverse = self.chance(0.3)
+            if c % 4:
+                tops = self.add("Convolution", [x], params="convolution_param { num_output: 4 kernel_size: 1 }")
+                if not tops:
+                    return False
+                x = tops[0]
+            params = "stride: 2 " + ("reverse: true " if reverse else "")
+            return bool(self.add("Reorg", [x], params=f"reorg_param {{ {params}}}"))
+        if kind == "SPP":
+            pool = self.pick(["MAX", "AVE"])
+            params = f"pyramid_height: {self.pick([1, 2, 2, 3])} pool: {pool}"
+            return bool(self.add("SPP", [x], params=f"spp_param {{ {params} }}"))
+        k = int(self.pick([1, 2, 3]))
+        params = f"kernel_size: {k} stride: {self.pick([1, 2])} pad: {self.pick([0, 1])} "
+        if self.chance(0.2):
+            params += "dilation: 2 "
+        return bool(self.add("Im2col", [x], params=f"convolution_param {{ {params}}}"))
+
     MOVES = {
         "conv": 6,
         "deconv": 2,
@@ -858,6 +948,10 @@ class _Builder:
         "argmax": 1,
         "inner_product": 1.5,
         "two_bottom_scale": 1,
+        "se_axpy": 0.8,
+        "shuffle_channel": 0.6,
+        "depthwise": 1,
+        "reorg_spp_im2col": 0.6,
         "fork_activation": 2,
         "reduction": 1,
         "tile": 1,
