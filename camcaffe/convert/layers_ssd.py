@@ -201,18 +201,31 @@ def _stable_sort_descending(ctx: LayerContext, values: str, size: int, tag: str)
     sorted_values = ctx.graph.unique(f"{ctx.name}/{tag}_values")
     indices = ctx.graph.unique(f"{ctx.name}/{tag}_indices")
     ctx.graph.node(
-        "TopK", [values, k], [sorted_values, indices], name=f"{ctx.name}/{tag}_TopK", axis=-1, largest=1, sorted=1
+        "TopK",
+        [values, k],
+        [sorted_values, indices],
+        name=f"{ctx.name}/{tag}_TopK",
+        axis=-1,
+        largest=1,
+        sorted=1,
     )
     if size == 1:
         return sorted_values, indices
 
     def axis_slice(tensor: str, start: int, end: int, suffix: str) -> str:
         return ctx.node(
-            "Slice", [tensor, ctx.const(f"{tag}_{suffix}_s", [start]), ctx.const(f"{tag}_{suffix}_e", [end]), last]
+            "Slice",
+            [tensor, ctx.const(f"{tag}_{suffix}_s", [start]), ctx.const(f"{tag}_{suffix}_e", [end]), last],
         )
 
     changed = ctx.node(
-        "Not", [ctx.node("Equal", [axis_slice(sorted_values, 1, size, "tail"), axis_slice(sorted_values, 0, size - 1, "head")])]
+        "Not",
+        [
+            ctx.node(
+                "Equal",
+                [axis_slice(sorted_values, 1, size, "tail"), axis_slice(sorted_values, 0, size - 1, "head")],
+            )
+        ],
     )
     first = ctx.node("Mul", [axis_slice(indices, 0, 1, "first"), ctx.const(f"{tag}_zero", np.int64(0))])
     steps = ctx.node("Concat", [first, ctx.node("Cast", [changed], to=TensorProto.INT64)], axis=-1)
@@ -243,7 +256,13 @@ def _decode(ctx: LayerContext, loc: str, prior_xy: str, variance: str, code_type
 
     def half(tensor: str, start: int, tag: str) -> str:
         return ctx.node(
-            "Slice", [tensor, ctx.const(f"{tag}_s", [start]), ctx.const(f"{tag}_e", [start + 2]), ctx.const(f"{tag}_a", [-1])]
+            "Slice",
+            [
+                tensor,
+                ctx.const(f"{tag}_s", [start]),
+                ctx.const(f"{tag}_e", [start + 2]),
+                ctx.const(f"{tag}_a", [-1]),
+            ],
         )
 
     prior_min, prior_max = half(prior_xy, 0, "pmin"), half(prior_xy, 2, "pmax")
@@ -283,7 +302,10 @@ def _nms_body(
 
     def constant(output: str, array: np.ndarray) -> str:
         tensor = helper.make_tensor(
-            local(output), helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array.reshape(-1).tolist()
+            local(output),
+            helper.np_dtype_to_tensor_dtype(array.dtype),
+            array.shape,
+            array.reshape(-1).tolist(),
         )
         nodes.append(helper.make_node("Constant", [], [local(output)], name=local(output), value=tensor))
         return local(output)
@@ -292,9 +314,15 @@ def _nms_body(
     zero = constant("zero", np.array(0.0, dtype=np.float32))
     j1 = node("Unsqueeze", [j, constant("axis0", np.array([0], dtype=np.int64))], "j1")
     x0, y0, x1, y1 = coords
-    picked = [node("Gather", [c, j1], f"cand_{i}", axis=2) for i, c in enumerate([x0, y0, x1, y1, area, valid])]
-    inter_w = node("Sub", [node("Min", [picked[2], x1], "min_x1"), node("Max", [picked[0], x0], "max_x0")], "iw")
-    inter_h = node("Sub", [node("Min", [picked[3], y1], "min_y1"), node("Max", [picked[1], y0], "max_y0")], "ih")
+    picked = [
+        node("Gather", [c, j1], f"cand_{i}", axis=2) for i, c in enumerate([x0, y0, x1, y1, area, valid])
+    ]
+    inter_w = node(
+        "Sub", [node("Min", [picked[2], x1], "min_x1"), node("Max", [picked[0], x0], "max_x0")], "iw"
+    )
+    inter_h = node(
+        "Sub", [node("Min", [picked[3], y1], "min_y1"), node("Max", [picked[1], y0], "max_y0")], "ih"
+    )
     overlapping = node(
         "And", [node("Greater", [inter_w, zero], "iw_pos"), node("Greater", [inter_h, zero], "ih_pos")], "pos"
     )
@@ -310,7 +338,9 @@ def _nms_body(
     node("Or", [keep_in, node("And", [at_j, keep_j], "new_keep")], "keep_out")
     node("Identity", [local("cond_in")], "cond_out")
     if adaptive:
-        above_half = node("Greater", [threshold_in, constant("half", np.array(0.5, np.float32))], "above_half")
+        above_half = node(
+            "Greater", [threshold_in, constant("half", np.array(0.5, np.float32))], "above_half"
+        )
         lowered = node("Mul", [threshold_in, constant("eta", np.array(eta, np.float32))], "lowered")
         node("Where", [node("And", [keep_j, above_half], "shrink"), lowered, threshold_in], "threshold_out")
     else:
@@ -345,7 +375,9 @@ def _detection_settings(ctx: LayerContext) -> dict:
     if param.clip:
         raise LayerRefused("clip: true (OpenCV's extension: clip decoded boxes) is not supported")
     if not param.normalized_bbox:
-        raise LayerRefused("normalized_bbox: false (OpenCV's extension: pixel boxes, +1 areas) is not supported")
+        raise LayerRefused(
+            "normalized_bbox: false (OpenCV's extension: pixel boxes, +1 areas) is not supported"
+        )
     nms = param.nms_param
     if nms.nms_threshold < 0:
         raise LayerRefused(f"nms_threshold {nms.nms_threshold} is negative (Caffe aborts)")
@@ -368,7 +400,9 @@ def _detection_settings(ctx: LayerContext) -> dict:
         "encoded": bool(param.variance_encoded_in_target),
         "keep_top_k": int(param.keep_top_k),
         "top_k": int(nms.top_k) if nms.HasField("top_k") else -1,
-        "threshold": float(param.confidence_threshold) if param.HasField("confidence_threshold") else -FLT_MAX,
+        "threshold": float(param.confidence_threshold)
+        if param.HasField("confidence_threshold")
+        else -FLT_MAX,
         "nms_threshold": float(nms.nms_threshold),
         "eta": float(nms.eta),
     }
@@ -380,12 +414,18 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
     loc_shape, conf_shape, prior_shape = ctx.input_shapes
     num_classes, loc_classes = settings["num_classes"], settings["loc_classes"]
     if len(prior_shape) != 3 or prior_shape[1] != 2:
-        raise LayerRefused(f"the prior blob must be [1, 2, 4 * priors] (PriorBox's output), got {tuple(prior_shape)}")
+        raise LayerRefused(
+            f"the prior blob must be [1, 2, 4 * priors] (PriorBox's output), got {tuple(prior_shape)}"
+        )
     priors = prior_shape[2] // 4
     if product(loc_shape[1:]) != priors * loc_classes * 4 or loc_shape[1] != priors * loc_classes * 4:
-        raise LayerRefused(f"location blob {tuple(loc_shape)} does not hold {priors} priors x {loc_classes} x 4")
+        raise LayerRefused(
+            f"location blob {tuple(loc_shape)} does not hold {priors} priors x {loc_classes} x 4"
+        )
     if product(conf_shape[1:]) != priors * num_classes or conf_shape[1] != priors * num_classes:
-        raise LayerRefused(f"confidence blob {tuple(conf_shape)} does not hold {priors} priors x {num_classes}")
+        raise LayerRefused(
+            f"confidence blob {tuple(conf_shape)} does not hold {priors} priors x {num_classes}"
+        )
     if loc_shape[0] != conf_shape[0]:
         raise LayerRefused(f"location and confidence batch sizes differ ({loc_shape[0]} vs {conf_shape[0]})")
     ctx.batch_axis_kept = False
@@ -400,7 +440,14 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
         return [[1, 1, 1, 7]]
 
     # Priors [1, P, 1, 4] and variances; predictions [N, P, L, 4]; decoded boxes per class [N, C', P, 4].
-    prior_flat = ctx.node("Slice", [ctx.node("Reshape", [prior, ctx.const("flat", [-1])]), ctx.const("p_s", [0]), ctx.const("p_e", [8 * priors])])
+    prior_flat = ctx.node(
+        "Slice",
+        [
+            ctx.node("Reshape", [prior, ctx.const("flat", [-1])]),
+            ctx.const("p_s", [0]),
+            ctx.const("p_e", [8 * priors]),
+        ],
+    )
     prior_parts = ctx.node("Reshape", [prior_flat, ctx.const("prior_shape", [2, 1, priors, 1, 4])])
     prior_xy = ctx.node("Gather", [prior_parts, ctx.const("i0", np.int64(0))], axis=0)
     variance = ctx.node("Gather", [prior_parts, ctx.const("i1", np.int64(1))], axis=0)
@@ -421,10 +468,26 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
         sorted_scores = ctx.node("Slice", [sorted_scores, *cut])
         order = ctx.node("Slice", [order, *cut])
     valid = ctx.node("Greater", [sorted_scores, _scalar(ctx, "confidence_threshold", settings["threshold"])])
-    gather_index = ctx.node("Expand", [ctx.node("Unsqueeze", [order, ctx.const("u_last", [-1])]), ctx.const("four", [1, 1, 1, 4])])
+    gather_index = ctx.node(
+        "Expand", [ctx.node("Unsqueeze", [order, ctx.const("u_last", [-1])]), ctx.const("four", [1, 1, 1, 4])]
+    )
     cand_boxes = ctx.node("GatherElements", [boxes, gather_index], axis=2)  # [N, C', K, 4]
     coords = [
-        ctx.node("Squeeze", [ctx.node("Slice", [cand_boxes, ctx.const(f"c{i}_s", [i]), ctx.const(f"c{i}_e", [i + 1]), ctx.const(f"c{i}_a", [-1])]), ctx.const(f"c{i}_sq", [-1])])
+        ctx.node(
+            "Squeeze",
+            [
+                ctx.node(
+                    "Slice",
+                    [
+                        cand_boxes,
+                        ctx.const(f"c{i}_s", [i]),
+                        ctx.const(f"c{i}_e", [i + 1]),
+                        ctx.const(f"c{i}_a", [-1]),
+                    ],
+                ),
+                ctx.const(f"c{i}_sq", [-1]),
+            ],
+        )
         for i in range(4)
     ]
     area = _box_area(ctx, *coords)
@@ -439,12 +502,19 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
         return ctx.node("Gather", [hits, ctx.const(f"hit{index}", np.int64(index))], axis=1)
 
     image = ctx.node("Cast", [hit_part(0)], to=TensorProto.FLOAT)
-    label = ctx.node("Gather", [ctx.const("class_labels", np.array(classes, np.float32), np.float32), hit_part(1)])
+    label = ctx.node(
+        "Gather", [ctx.const("class_labels", np.array(classes, np.float32), np.float32), hit_part(1)]
+    )
     score = ctx.node("GatherND", [sorted_scores, hits])
     box = ctx.node("GatherND", [cand_boxes, hits])
     rows = ctx.node(
         "Concat",
-        [ctx.node("Reshape", [image, column]), ctx.node("Reshape", [label, column]), ctx.node("Reshape", [score, column]), box],
+        [
+            ctx.node("Reshape", [image, column]),
+            ctx.node("Reshape", [label, column]),
+            ctx.node("Reshape", [score, column]),
+            box,
+        ],
         axis=1,
     )
     # Nothing kept in the whole batch: Caffe writes one row [i, -1, -1, -1, -1, -1, -1] per image.
@@ -452,7 +522,8 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
     found = ctx.node("Slice", [ctx.node("Shape", [rows]), ctx.const("r_s", [0]), ctx.const("r_e", [1])])
     end = ctx.node("Where", [ctx.node("Greater", [found, ctx.const("zero_rows", [0])]), found, batch])
     chosen = ctx.node(
-        "Slice", [ctx.node("Concat", [rows, fallback], axis=0), ctx.const("o_s", [0]), end, ctx.const("o_a", [0])]
+        "Slice",
+        [ctx.node("Concat", [rows, fallback], axis=0), ctx.const("o_s", [0]), end, ctx.const("o_a", [0])],
     )
     ctx.node("Reshape", [chosen, ctx.const("out_shape", [1, 1, -1, 7])], ctx.outputs)
     return [[1, 1, 1, 7]]
@@ -461,28 +532,65 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
 def _no_detection_rows(ctx: LayerContext, batch: str) -> str:
     images = ctx.node(
         "Cast",
-        [ctx.node("Range", [ctx.const("range_0", np.int64(0)), ctx.node("Squeeze", [batch, ctx.const("sq0", [0])]), ctx.const("range_1", np.int64(1))])],
+        [
+            ctx.node(
+                "Range",
+                [
+                    ctx.const("range_0", np.int64(0)),
+                    ctx.node("Squeeze", [batch, ctx.const("sq0", [0])]),
+                    ctx.const("range_1", np.int64(1)),
+                ],
+            )
+        ],
         to=TensorProto.FLOAT,
     )
     minus_ones = ctx.node(
-        "Expand", [ctx.const("minus_ones", np.full((1, 6), -1.0, np.float32), np.float32), ctx.node("Concat", [batch, ctx.const("six", [6])], axis=0)]
+        "Expand",
+        [
+            ctx.const("minus_ones", np.full((1, 6), -1.0, np.float32), np.float32),
+            ctx.node("Concat", [batch, ctx.const("six", [6])], axis=0),
+        ],
     )
-    return ctx.node("Concat", [ctx.node("Reshape", [images, ctx.const("fb_col", [-1, 1])]), minus_ones], axis=1)
+    return ctx.node(
+        "Concat", [ctx.node("Reshape", [images, ctx.const("fb_col", [-1, 1])]), minus_ones], axis=1
+    )
 
 
-def _greedy_nms(ctx: LayerContext, coords: list[str], area: str, valid: str, candidates: int, settings: dict) -> str:
+def _greedy_nms(
+    ctx: LayerContext, coords: list[str], area: str, valid: str, candidates: int, settings: dict
+) -> str:
     """Caffe's ApplyNMSFast over the score-ordered candidates of every (image, class) pair in one Loop whose
     trip count is the largest number of valid candidates."""
-    count = ctx.node("ReduceSum", [ctx.node("Cast", [valid], to=TensorProto.INT64), ctx.const("count_axis", [2])], keepdims=0)
+    count = ctx.node(
+        "ReduceSum",
+        [ctx.node("Cast", [valid], to=TensorProto.INT64), ctx.const("count_axis", [2])],
+        keepdims=0,
+    )
     trips = ctx.node("ReduceMax", [count], keepdims=0)
     positions = ctx.const("positions", np.arange(candidates, dtype=np.int64))
-    no_keep = ctx.node("Cast", [ctx.node("Mul", [ctx.node("Cast", [valid], to=TensorProto.INT64), ctx.const("zero_i", np.int64(0))])], to=TensorProto.BOOL)
-    threshold = ctx.node("Expand", [_scalar(ctx, "nms_threshold", settings["nms_threshold"]), ctx.node("Shape", [ctx.node("ReduceMax", [area], axes=[2], keepdims=1)])])
+    no_keep = ctx.node(
+        "Cast",
+        [
+            ctx.node(
+                "Mul", [ctx.node("Cast", [valid], to=TensorProto.INT64), ctx.const("zero_i", np.int64(0))]
+            )
+        ],
+        to=TensorProto.BOOL,
+    )
+    threshold = ctx.node(
+        "Expand",
+        [
+            _scalar(ctx, "nms_threshold", settings["nms_threshold"]),
+            ctx.node("Shape", [ctx.node("ReduceMax", [area], axes=[2], keepdims=1)]),
+        ],
+    )
     adaptive = settings["eta"] < 1
     body = _nms_body(ctx.name, coords, area, valid, positions, settings["eta"], adaptive)
     keep = ctx.graph.unique(f"{ctx.name}/nms_keep")
     final_threshold = ctx.graph.unique(f"{ctx.name}/nms_threshold_out")
-    ctx.graph.node("Loop", [trips, "", no_keep, threshold], [keep, final_threshold], name=f"{ctx.name}/nms", body=body)
+    ctx.graph.node(
+        "Loop", [trips, "", no_keep, threshold], [keep, final_threshold], name=f"{ctx.name}/nms", body=body
+    )
     return keep
 
 
@@ -492,11 +600,20 @@ def _keep_top_k(ctx: LayerContext, keep: str, scores: str, per_image: int, keep_
         return keep
     flat_shape = ctx.const("per_image", [0, per_image])
     flat_keep = ctx.node("Reshape", [keep, flat_shape])
-    masked = ctx.node("Where", [flat_keep, ctx.node("Reshape", [scores, flat_shape]), _scalar(ctx, "neg_inf", -np.inf)])
+    masked = ctx.node(
+        "Where", [flat_keep, ctx.node("Reshape", [scores, flat_shape]), _scalar(ctx, "neg_inf", -np.inf)]
+    )
     _, order = _stable_sort_descending(ctx, masked, per_image, "keep")
     ranks = ctx.node(
         "ScatterElements",
-        [ctx.node("Mul", [order, ctx.const("rank_zero", np.int64(0))]), order, ctx.node("Expand", [ctx.const("ranks", np.arange(per_image, dtype=np.int64)), ctx.node("Shape", [order])])],
+        [
+            ctx.node("Mul", [order, ctx.const("rank_zero", np.int64(0))]),
+            order,
+            ctx.node(
+                "Expand",
+                [ctx.const("ranks", np.arange(per_image, dtype=np.int64)), ctx.node("Shape", [order])],
+            ),
+        ],
         axis=1,
     )
     within = ctx.node("Less", [ranks, ctx.const("keep_top_k", np.int64(keep_top_k))])
