@@ -7,6 +7,7 @@ order the original code computes it, so thresholds (min size, IoU) decide as Caf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -348,3 +349,489 @@ def psroi_pooling(ctx: LayerContext) -> list[Shape]:
     )
     ctx.batch_axis_kept = False
     return [[ctx.input_shapes[1][0], output_dim, group, group]]
+
+
+# ---------------------------------------------------------------- proposals
+
+
+def _caffe_anchors(base_size: int, ratios: Sequence[float], scales: Sequence[float]) -> np.ndarray:
+    """brocolli-caffe's Proposal anchors, in its float32/double arithmetic (ratios outer, scales inner).
+    Unlike py-faster-rcnn, widths are not rounded and the scale is divided by base_size."""
+    f32 = np.float32
+    base_area = f32(base_size * base_size)
+    center = f32(0.5) * (f32(base_size) - f32(1))
+    anchors = []
+    for ratio in (f32(r) for r in ratios):
+        ratio_w = f32(math.sqrt(float(base_area / ratio)))
+        ratio_h = f32(ratio_w * ratio)
+        for scale in (f32(s) for s in scales):
+            half_w = f32(0.5) * f32(int(float(f32(ratio_w * scale)) / base_size - 1.0 + 0.5))
+            half_h = f32(0.5) * f32(int(float(f32(ratio_h * scale)) / base_size - 1.0 + 0.5))
+            anchors.append([center - half_w, center - half_h, center + half_w, center + half_h])
+    return np.asarray(anchors, dtype=np.float32)
+
+
+def _py_faster_rcnn_anchors(base_size: int, ratios: Sequence[float], scales: Sequence[float]) -> np.ndarray:
+    """py-faster-rcnn's generate_anchors (float64, numpy's round-half-even): ratio anchors of the
+    (0, 0, base-1, base-1) window, each enumerated over the scales."""
+
+    def width_height_center(anchor: np.ndarray) -> tuple[float, float, float, float]:
+        w, h = anchor[2] - anchor[0] + 1, anchor[3] - anchor[1] + 1
+        return w, h, anchor[0] + 0.5 * (w - 1), anchor[1] + 0.5 * (h - 1)
+
+    def make(ws: np.ndarray, hs: np.ndarray, x_ctr: float, y_ctr: float) -> np.ndarray:
+        return np.stack(
+            [x_ctr - 0.5 * (ws - 1), y_ctr - 0.5 * (hs - 1), x_ctr + 0.5 * (ws - 1), y_ctr + 0.5 * (hs - 1)],
+            axis=1,
+        )
+
+    base = np.array([0, 0, base_size - 1, base_size - 1], dtype=np.float64)
+    w, h, x_ctr, y_ctr = width_height_center(base)
+    ratio_array = np.asarray(ratios, dtype=np.float64)
+    ws = np.round(np.sqrt(w * h / ratio_array))
+    hs = np.round(ws * ratio_array)
+    rows = []
+    for anchor in make(ws, hs, x_ctr, y_ctr):
+        w, h, x_ctr, y_ctr = width_height_center(anchor)
+        scale_array = np.asarray(scales, dtype=np.float64)
+        rows.append(make(w * scale_array, h * scale_array, x_ctr, y_ctr))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _check_rpn_bottoms(ctx: LayerContext, anchors: int) -> tuple[int, int]:
+    scores, deltas = ctx.input_shapes[0], ctx.input_shapes[1]
+    if len(scores) != 4 or len(deltas) != 4:
+        raise LayerRefused(f"scores and deltas must be 4-D, got {tuple(scores)} and {tuple(deltas)}")
+    if scores[1] != 2 * anchors or deltas[1] != 4 * anchors:
+        raise LayerRefused(
+            f"{anchors} anchors need {2 * anchors} score and {4 * anchors} delta channels, got "
+            f"{scores[1]} and {deltas[1]}"
+        )
+    if scores[2:] != deltas[2:] or scores[0] != deltas[0]:
+        raise LayerRefused(f"scores {tuple(scores)} and deltas {tuple(deltas)} differ in batch or map size")
+    if product(ctx.input_shapes[2]) < 2:
+        raise LayerRefused("im_info must hold (height, width[, scale])")
+    return scores[2], scores[3]
+
+
+def _decoded_boxes(
+    ctx: LayerContext, anchors: np.ndarray, feat_stride: int, height: int, width: int
+) -> tuple[list[str], str, list[str]]:
+    """Boxes of every (h, w, anchor) proposal as [B, N] x1, y1, x2, y2 (clipped to the image of item 0's
+    im_info), their foreground scores [B, N] and im_info's first three values. Arithmetic as
+    bbox_transform_inv / transform_box: float32, centre + 0.5 * size, exp of the log-size deltas."""
+    f32 = np.float32
+    count = len(anchors)
+    shift_y, shift_x = np.meshgrid(
+        np.arange(height, dtype=f32) * f32(feat_stride),
+        np.arange(width, dtype=f32) * f32(feat_stride),
+        indexing="ij",
+    )
+    shifts = np.stack([shift_x, shift_y, shift_x, shift_y], axis=-1).reshape(-1, 1, 4)
+    boxes = (shifts + anchors.reshape(1, count, 4)).reshape(-1, 4).astype(f32)  # (h, w, anchor) order
+    widths = (boxes[:, 2] - boxes[:, 0]) + f32(1)
+    heights = (boxes[:, 3] - boxes[:, 1]) + f32(1)
+    centre_x = boxes[:, 0] + f32(0.5) * widths
+    centre_y = boxes[:, 1] + f32(0.5) * heights
+    g = _Main(ctx)
+    foreground = g.node(
+        "Slice",
+        [
+            ctx.inputs[0],
+            _i64(ctx, "fg_start", [count]),
+            _i64(ctx, "fg_end", [2 * count]),
+            _i64(ctx, "ax1", [1]),
+        ],
+    )
+    scores = g.node(
+        "Reshape", [g.node("Transpose", [foreground], perm=[0, 2, 3, 1]), _i64(ctx, "flat", [0, -1])]
+    )
+    deltas = g.node("Reshape", [ctx.inputs[1], _i64(ctx, "delta_shape", [0, count, 4, height, width])])
+    deltas = g.node("Transpose", [deltas], perm=[0, 2, 3, 4, 1])
+    deltas = g.node("Reshape", [deltas, _i64(ctx, "delta_flat", [0, 4, -1])])
+    parts = [ctx.graph.unique(f"{ctx.name}/delta{i}") for i in range(4)]
+    ctx.graph.node("Split", [deltas], parts, name=f"{ctx.name}/Split_deltas", axis=1)
+    dx, dy, dw, dh = (g.node("Squeeze", [p, _i64(ctx, "ax1", [1])]) for p in parts)
+    info = g.node("Reshape", [ctx.inputs[2], _i64(ctx, "info_flat", [-1])])
+    values = [
+        g.node("Slice", [info, _i64(ctx, f"i{i}", [i]), _i64(ctx, f"i{i}e", [i + 1])]) for i in range(3)
+    ]
+    if product(ctx.input_shapes[2]) < 3:
+        values[2] = _f32(ctx, "no_scale", [1.0])
+    one = _f32(ctx, "one_f", [1.0])
+    image_h, image_w = g.node("Sub", [values[0], one]), g.node("Sub", [values[1], one])
+    half, zero = _f32(ctx, "half", 0.5), _f32(ctx, "zero_f", 0.0)
+
+    def corners(delta_c: str, delta_s: str, size: np.ndarray, centre: np.ndarray, limit: str) -> list[str]:
+        size_c = _f32(ctx, "size", size)
+        predicted_centre = g.node("Add", [g.node("Mul", [delta_c, size_c]), _f32(ctx, "centre", centre)])
+        predicted_size = g.node("Mul", [g.node("Exp", [delta_s]), size_c])
+        half_size = g.node("Mul", [half, predicted_size])
+        low = g.node("Sub", [predicted_centre, half_size])
+        high = g.node("Add", [predicted_centre, half_size])
+        return [g.node("Max", [zero, g.node("Min", [v, limit])]) for v in (low, high)]
+
+    x1, x2 = corners(dx, dw, widths, centre_x, image_w)
+    y1, y2 = corners(dy, dh, heights, centre_y, image_h)
+    return [x1, y1, x2, y2], scores, values
+
+
+def _large_enough(ctx: LayerContext, box: list[str], min_size: str) -> str:
+    g = _Main(ctx)
+    one = _f32(ctx, "one_f", 1.0)
+    x1, y1, x2, y2 = box
+    width = g.node("Add", [g.node("Sub", [x2, x1]), one])
+    height = g.node("Add", [g.node("Sub", [y2, y1]), one])
+    return g.node(
+        "And", [g.node("GreaterOrEqual", [width, min_size]), g.node("GreaterOrEqual", [height, min_size])]
+    )
+
+
+def _quicksort_order(ctx: LayerContext, keys: str, count: int, num_top: int) -> str:
+    """The permutation brocolli-caffe's sort_box leaves (a Hoare-style quicksort on scores, descending,
+    pivot = first element, recursing right only while it starts before num_top), per image of keys
+    [B, N]. Ties (every zero score of a too-small box) end up in the order that quicksort leaves them,
+    so it is emulated partition by partition: each Loop iteration partitions every pending segment at
+    once (segments are disjoint, so the recursion order does not matter). A partition swaps the k-th
+    element below the pivot (from the left) with the k-th above it (from the right) while they cross,
+    then moves the pivot to the last crossing point. A non-increasing segment never changes again, so it
+    is retired at once. Returns the flat [B * N] indices in final order."""
+    g_outer = _Main(ctx)
+    flat_keys = g_outer.node("Reshape", [keys, _i64(ctx, "flat1", [-1])])
+    total = g_outer.node("Shape", [flat_keys])
+    positions = g_outer.node(
+        "Range", [_i64(ctx, "zero_s", 0), g_outer.node("Squeeze", [total]), _i64(ctx, "one_s", 1)]
+    )
+    size = _i64(ctx, "segment_size", count)
+    base = g_outer.node("Mul", [g_outer.node("Div", [positions, size]), size])
+    last = g_outer.node("Add", [base, _i64(ctx, "segment_last", count - 1)])
+    active = g_outer.node("Expand", [ctx.const("initially_active", np.array(count >= 2), np.bool_), total])
+
+    body = _Body(ctx, "sort")
+    body.input("level", np.int64, [])
+    body.input("cond", np.bool_, [])
+    key, perm = body.input("keys", np.float32), body.input("perm", np.int64)
+    start, end, act = (
+        body.input("start", np.int64),
+        body.input("end", np.int64),
+        body.input("active", np.bool_),
+    )
+    b = body
+    i64 = TensorProto.INT64
+
+    def at(values: str, index: str) -> str:
+        return b.node("Gather", [values, index], axis=0)
+
+    def cumsum(flags: str) -> str:
+        return b.node("CumSum", [b.node("Cast", [flags], to=i64), _i64(ctx, "ax0s", 0)])
+
+    def listed(flags: str) -> str:  # positions where flags hold, ascending, plus one pad entry
+        found = b.node("Reshape", [b.node("NonZero", [flags]), _i64(ctx, "flat1", [-1])])
+        return b.node("Concat", [found, _i64(ctx, "pad", [0])], axis=0)
+
+    def safe(condition: str, index: str) -> str:
+        return b.node("Where", [condition, index, _i64(ctx, "zero_s", 0)])
+
+    zero, one = _i64(ctx, "zero_s", 0), _i64(ctx, "one_s", 1)
+    pivot = at(key, start)
+    below = b.node("And", [act, b.node("Less", [key, pivot])])
+    above = b.node("And", [act, b.node("Greater", [key, pivot])])
+    below_sum, above_sum = cumsum(below), cumsum(above)
+    below_before = at(below_sum, start)  # the pivot itself is neither below nor above
+    above_to_end = at(above_sum, end)
+    rank_below = b.node("Sub", [below_sum, below_before])
+    above_after = b.node("Sub", [above_to_end, above_sum])
+    crossing = b.node("And", [below, b.node("GreaterOrEqual", [above_after, rank_below])])
+    crossing_sum = cumsum(crossing)
+    swaps = b.node("Sub", [at(crossing_sum, end), at(crossing_sum, start)])
+    below_list, above_list = listed(below), listed(above)
+    below_swapped = b.node("And", [below, b.node("LessOrEqual", [rank_below, swaps])])
+    from_above = at(above_list, safe(below_swapped, b.node("Sub", [above_to_end, rank_below])))
+    rank_above = b.node("Add", [above_after, one])
+    above_swapped = b.node("And", [above, b.node("LessOrEqual", [rank_above, swaps])])
+    from_below = at(
+        below_list, safe(above_swapped, b.node("Sub", [b.node("Add", [below_before, rank_above]), one]))
+    )
+    source = b.node(
+        "Where", [below_swapped, from_above, b.node("Where", [above_swapped, from_below, positions])]
+    )
+    # Where the pivot goes: max(next element above the pivot from the right, last swapped-in position).
+    above_count = b.node("Sub", [above_to_end, at(above_sum, start)])
+    has_next = b.node("Greater", [above_count, swaps])
+    next_above = at(above_list, safe(has_next, b.node("Sub", [b.node("Sub", [above_to_end, swaps]), one])))
+    next_above = b.node("Where", [has_next, next_above, start])
+    has_swapped = b.node("Greater", [swaps, zero])
+    last_swapped = at(
+        below_list, safe(has_swapped, b.node("Sub", [b.node("Add", [below_before, swaps]), one]))
+    )
+    last_swapped = b.node("Where", [has_swapped, last_swapped, start])
+    right = b.node("Max", [next_above, last_swapped])
+    at_start = b.node("And", [act, b.node("Equal", [positions, start])])
+    at_right = b.node("And", [act, b.node("Equal", [positions, right])])
+    pivot_move = b.node("Where", [at_start, right, b.node("Where", [at_right, start, positions])])
+    order = at(source, pivot_move)
+    new_key, new_perm = at(key, order), at(perm, order)
+    # Segments left and right of the pivot; the right one only while it starts before num_top.
+    left_side, right_side = b.node("Less", [positions, right]), b.node("Greater", [positions, right])
+    right_minus, right_plus = b.node("Sub", [right, one]), b.node("Add", [right, one])
+    new_start = b.node("Where", [right_side, right_plus, start])
+    new_end = b.node("Where", [left_side, right_minus, end])
+    left_ok = b.node("And", [left_side, b.node("Less", [start, right_minus])])
+    right_ok = b.node(
+        "And",
+        [
+            right_side,
+            b.node(
+                "And",
+                [
+                    b.node("Less", [right_plus, end]),
+                    b.node("Less", [b.node("Sub", [right_plus, base]), _i64(ctx, "num_top", num_top)]),
+                ],
+            ),
+        ],
+    )
+    pending = b.node("And", [act, b.node("Or", [left_ok, right_ok])])
+    previous = b.node(
+        "Concat",
+        [
+            _f32(ctx, "inf", [np.inf]),
+            b.node("Slice", [new_key, _i64(ctx, "s0", [0]), _i64(ctx, "sm1", [-1])]),
+        ],
+        axis=0,
+    )
+    ascent = b.node(
+        "And",
+        [
+            pending,
+            b.node("And", [b.node("Greater", [positions, new_start]), b.node("Less", [previous, new_key])]),
+        ],
+    )
+    ascent_sum = cumsum(ascent)
+    ascents = b.node("Sub", [at(ascent_sum, new_end), at(ascent_sum, new_start)])
+    pending = b.node("And", [pending, b.node("Greater", [ascents, zero])])
+    more = b.node("Greater", [b.node("ReduceMax", [b.node("Cast", [pending], to=i64)], keepdims=0), zero])
+    graph = body.graph(
+        [
+            (more, np.bool_),
+            (new_key, np.float32),
+            (new_perm, np.int64),
+            (new_start, np.int64),
+            (new_end, np.int64),
+            (pending, np.bool_),
+        ]
+    )
+    loop_more = ctx.const("sort_more", np.array(count >= 2), np.bool_)
+    outs = _loop(
+        ctx, g_outer.node("Squeeze", [total]), loop_more, [flat_keys, positions, base, last, active], graph, 5
+    )
+    return outs[1]
+
+
+def _greedy_nms(
+    ctx: LayerContext,
+    box: list[str],
+    alive: str,
+    trip: str,
+    post_nms: int,
+    threshold: float,
+    disjoint_is_zero: bool,
+) -> tuple[str, str]:
+    """Greedy NMS over [B, P] boxes already in score order: keep the first alive box, drop every later box
+    whose IoU with it (float32, areas with +1) exceeds threshold, stop after post_nms per image. One Loop
+    iteration per kept box. Returns the flat (image, column) of every kept box, image-major."""
+    g = _Main(ctx)
+    one = _f32(ctx, "one_f", 1.0)
+    x1, y1, x2, y2 = box
+    areas = g.node(
+        "Mul", [g.node("Add", [g.node("Sub", [x2, x1]), one]), g.node("Add", [g.node("Sub", [y2, y1]), one])]
+    )
+    columns = g.node(
+        "Unsqueeze",
+        [
+            g.node(
+                "Range",
+                [
+                    _i64(ctx, "zero_s", 0),
+                    g.node("Gather", [g.node("Shape", [alive]), _i64(ctx, "one_s", 1)]),
+                    _i64(ctx, "one_s", 1),
+                ],
+            ),
+            _i64(ctx, "ax0", [0]),
+        ],
+    )
+    images = g.node("Gather", [g.node("Shape", [alive]), _i64(ctx, "zero_s", 0)])
+    counts0 = g.node(
+        "Expand", [_i64(ctx, "zero_l", [0]), g.node("Unsqueeze", [images, _i64(ctx, "ax0", [0])])]
+    )
+
+    body = _Body(ctx, "nms")
+    body.input("step", np.int64, [])
+    body.input("cond", np.bool_, [])
+    alive_in, kept_in = body.input("alive", np.bool_), body.input("kept", np.int64)
+    b = body
+    flags = b.node("Cast", [alive_in], to=TensorProto.INT32)
+    any_alive = b.node(
+        "Greater", [b.node("ReduceMax", [flags], axes=[1], keepdims=0), _i32(ctx, "zero_i32", 0)]
+    )
+    post = _i64(ctx, "post_nms", post_nms)
+    taking = b.node("And", [any_alive, b.node("Less", [kept_in, post])])
+    chosen = b.node("ArgMax", [flags], axis=1, keepdims=1)  # first alive box of each image
+
+    def of_chosen(values: str) -> str:
+        return b.node("GatherElements", [values, chosen], axis=1)
+
+    cx1, cy1, cx2, cy2, carea = (of_chosen(v) for v in (x1, y1, x2, y2, areas))
+    one_b = _f32(ctx, "one_f", 1.0)
+    zero_f = _f32(ctx, "zero_f", 0.0)
+    inter_w = b.node(
+        "Max",
+        [b.node("Add", [b.node("Sub", [b.node("Min", [cx2, x2]), b.node("Max", [cx1, x1])]), one_b]), zero_f],
+    )
+    inter_h = b.node(
+        "Max",
+        [b.node("Add", [b.node("Sub", [b.node("Min", [cy2, y2]), b.node("Max", [cy1, y1])]), one_b]), zero_f],
+    )
+    inter = b.node("Mul", [inter_w, inter_h])
+    iou = b.node("Div", [inter, b.node("Sub", [b.node("Add", [carea, areas]), inter])])
+    if disjoint_is_zero:
+        apart = b.node(
+            "Or",
+            [
+                b.node("Or", [b.node("Greater", [cx1, x2]), b.node("Greater", [cy1, y2])]),
+                b.node("Or", [b.node("Less", [cx2, x1]), b.node("Less", [cy2, y1])]),
+            ],
+        )
+        iou = b.node("Where", [apart, zero_f, iou])
+    survives = b.node("Not", [b.node("Greater", [iou, _f32(ctx, "nms_thresh", np.float32(threshold))])])
+    survives = b.node("And", [survives, b.node("Not", [b.node("Equal", [columns, chosen])])])
+    new_alive = b.node("And", [alive_in, survives])
+    new_kept = b.node("Add", [kept_in, b.node("Cast", [taking], to=TensorProto.INT64)])
+    still = b.node(
+        "And", [new_alive, b.node("Unsqueeze", [b.node("Less", [new_kept, post]), _i64(ctx, "ax1", [1])])]
+    )
+    more = b.node(
+        "Greater",
+        [
+            b.node("ReduceMax", [b.node("Cast", [still], to=TensorProto.INT32)], keepdims=0),
+            _i32(ctx, "zero_i32", 0),
+        ],
+    )
+    column_out = b.node("Squeeze", [chosen, _i64(ctx, "ax1", [1])])
+    taking_out = b.node("Identity", [taking])
+    graph = body.graph(
+        [
+            (more, np.bool_),
+            (new_alive, np.bool_),
+            (new_kept, np.int64),
+            (column_out, np.int64),
+            (taking_out, np.bool_),
+        ]
+    )
+    _, _, picked, valid = _loop(ctx, trip, _bool_true(ctx), [alive, counts0], graph, 4)
+    # [T, B] -> image-major flat lists
+    picked = g.node("Reshape", [g.node("Transpose", [picked], perm=[1, 0]), _i64(ctx, "flat1", [-1])])
+    valid_t = g.node("Transpose", [valid], perm=[1, 0])
+    image_of = g.node(
+        "Expand",
+        [
+            g.node(
+                "Unsqueeze",
+                [
+                    g.node("Range", [_i64(ctx, "zero_s", 0), images, _i64(ctx, "one_s", 1)]),
+                    _i64(ctx, "ax1", [1]),
+                ],
+            ),
+            g.node("Shape", [valid_t]),
+        ],
+    )
+    valid_flat = g.node("Reshape", [valid_t, _i64(ctx, "flat1", [-1])])
+    image_index = g.node(
+        "Compress", [g.node("Reshape", [image_of, _i64(ctx, "flat1", [-1])]), valid_flat], axis=0
+    )
+    column = g.node("Compress", [picked, valid_flat], axis=0)
+    return image_index, column
+
+
+def _i32(ctx: LayerContext, hint: str, value: Any) -> str:
+    return ctx.const(hint, value, np.int32)
+
+
+def _gather_rows(
+    ctx: LayerContext, values: list[str], image_index: str, column: str, width: str
+) -> list[str]:
+    """values [B, P] at (image, column) -> [K] each."""
+    g = _Main(ctx)
+    flat_index = g.node("Add", [g.node("Mul", [image_index, width]), column])
+    return [
+        g.node("Gather", [g.node("Reshape", [v, _i64(ctx, "flat1", [-1])]), flat_index], axis=0)
+        for v in values
+    ]
+
+
+def _write_rois(
+    ctx: LayerContext, image_index: str, coords: list[str], score: str, score_shape: list[int]
+) -> None:
+    g = _Main(ctx)
+    columns = [g.node("Cast", [image_index], to=TensorProto.FLOAT), *coords]
+    rows = g.node("Concat", [g.node("Unsqueeze", [c, _i64(ctx, "ax1", [1])]) for c in columns], axis=1)
+    ctx.graph.node("Identity", [rows], [ctx.outputs[0]], name=ctx.name)
+    if len(ctx.outputs) > 1:
+        ctx.graph.node(
+            "Reshape",
+            [score, _i64(ctx, "score_shape", score_shape)],
+            [ctx.outputs[1]],
+            name=f"{ctx.name}/scores",
+        )
+
+
+@converter("Proposal", arity=(3, 3, 1, 2))
+def proposal(ctx: LayerContext) -> list[Shape]:
+    """brocolli-caffe's C++ Proposal (the golden_v2 producer): bottoms foreground/background scores
+    [B, 2A, H, W], deltas [B, 4A, H, W], im_info. Boxes too small (side + 1 < min_size, im_info's scale
+    NOT applied) are kept with score 0; every image uses item 0's im_info (the C++ never advances it);
+    quicksort order (ties included), greedy NMS (IoU 0 for disjoint boxes, drop when IoU > nms_thresh)
+    over the first pre_nms_topn, at most post_nms_topn rows per image."""
+    param = ctx.layer.proposal_param
+    ratios, scales = list(param.ratio), list(param.scale)
+    if not ratios or not scales:
+        raise LayerRefused(
+            "proposal_param needs at least one ratio and one scale (Caffe reads past its arrays)"
+        )
+    if param.post_nms_topn < 1 or param.pre_nms_topn < 1:
+        raise LayerRefused("pre_nms_topn and post_nms_topn must be at least 1")
+    if param.base_size < 1 or param.feat_stride < 1:
+        raise LayerRefused("base_size and feat_stride must be positive")
+    anchors = _caffe_anchors(int(param.base_size), ratios, scales)
+    height, width = _check_rpn_bottoms(ctx, len(anchors))
+    count = height * width * len(anchors)
+    box, scores, _ = _decoded_boxes(ctx, anchors, int(param.feat_stride), height, width)
+    g = _Main(ctx)
+    valid = _large_enough(ctx, box, _f32(ctx, "min_size", float(np.float32(int(param.min_size)))))
+    scores = g.node("Mul", [g.node("Cast", [valid], to=TensorProto.FLOAT), scores])
+    order = _quicksort_order(ctx, scores, count, int(param.pre_nms_topn))
+    considered = min(count, int(param.pre_nms_topn))
+    keep_shape = _i64(ctx, "keep_shape", [-1, count])
+
+    def sorted_head(values: str) -> str:
+        flat = g.node("Gather", [g.node("Reshape", [values, _i64(ctx, "flat1", [-1])]), order], axis=0)
+        return g.node(
+            "Slice",
+            [
+                g.node("Reshape", [flat, keep_shape]),
+                _i64(ctx, "s0", [0]),
+                _i64(ctx, "head", [considered]),
+                _i64(ctx, "ax1", [1]),
+            ],
+        )
+
+    ranked = [sorted_head(v) for v in [*box, scores]]
+    alive = g.node("Expand", [ctx.const("alive", np.array(True), np.bool_), g.node("Shape", [ranked[0]])])
+    trip = _i64(ctx, "trip", min(considered, int(param.post_nms_topn)))
+    image_index, column = _greedy_nms(
+        ctx, ranked[:4], alive, trip, int(param.post_nms_topn), param.nms_thresh, True
+    )
+    values = _gather_rows(ctx, ranked, image_index, column, _i64(ctx, "considered", considered))
+    _write_rois(ctx, image_index, values[:4], values[4], [-1])
+    ctx.batch_axis_kept = False
+    rows = ctx.shape[0] * int(param.post_nms_topn)
+    return [[rows, 5], [rows]][: len(ctx.outputs)]
