@@ -179,7 +179,7 @@ DETECTION_CASES = {
     "keep_top_k_smaller": (2, 40, 4, True, "nms_param { nms_threshold: 0.6 top_k: 15 } code_type: CENTER_SIZE "
                            "keep_top_k: 7 confidence_threshold: 0.1", None),
     "ties_stable_order": (2, 30, 3, True, "nms_param { nms_threshold: 0.5 top_k: 6 } code_type: CORNER "
-                          "keep_top_k: 5 confidence_threshold: 0.05", 4),
+                          "keep_top_k: 5 confidence_threshold: 0.25", 4),
     "ties_without_keep_top_k": (2, 40, 4, True, "nms_param { nms_threshold: 0.7 } code_type: CENTER_SIZE "
                                 "confidence_threshold: 0.1", 5),
     "adaptive_eta": (2, 40, 3, True, "nms_param { nms_threshold: 0.9 eta: 0.7 top_k: 30 } "
@@ -191,6 +191,14 @@ DETECTION_CASES = {
     "no_threshold_no_top_k": (1, 25, 2, True, "nms_param { nms_threshold: 0.5 } code_type: CENTER_SIZE", None),
     "background_out_of_range": (2, 30, 3, True, "nms_param { nms_threshold: 0.0 top_k: 8 } code_type: CORNER "
                                 "background_label_id: 7 confidence_threshold: 0.2", None),
+    "threshold_is_strict": (
+        1,
+        30,
+        3,
+        True,
+        "nms_param { nms_threshold: 0.95 } code_type: CORNER confidence_threshold: 0.25",
+        4,
+    ),
     "top_k_zero": (2, 20, 3, True, "nms_param { nms_threshold: 0.5 top_k: 0 }", None),
 }  # fmt: skip
 
@@ -208,6 +216,8 @@ def test_detection_output_matches_oracle(case, tmp_path):
         np.testing.assert_array_equal(ours, expected)
     if case == "keep_top_k_smaller":
         assert ours.shape[2] == num * 7
+    if case == "threshold_is_strict":
+        assert 0.25 in feeds["conf"] and 0.25 not in ours[0, 0, :, 2]
     if case.startswith("ties"):
         assert len(np.unique(ours[0, 0, :, 2])) < ours.shape[2], "the case should hold tied scores"
 
