@@ -99,6 +99,21 @@ def layer_blobs(
         if t == "Scale" and p.bias_term:
             blobs.append(uniform(shape, -0.5, 0.5))
         return blobs
+    if t == "BN":  # caffe-segnet (bn_mode given): scale, shift; else slope, bias, mean, variance/inverse std
+        c = bottoms[0].shape[1]
+        p = layer.bn_param
+        if p.HasField("bn_mode"):
+            return [uniform((1, c, 1, 1), 0.5, 1.5), uniform((1, c, 1, 1), -0.5, 0.5)]
+        shape = (1, c) if p.HasField("engine") else (1, c, 1, 1)  # brocolli-caffe's layout, else PSPNet's
+        return [
+            uniform(shape, 0.5, 1.5),
+            uniform(shape, -0.5, 0.5),
+            normal(shape, 0.5),
+            uniform(shape, 0.5, 2.0),
+        ]
+    if t == "Normalize":  # one scale per channel, or one 0-D value when channel_shared
+        p = layer.norm_param
+        return [uniform(() if p.channel_shared else (bottoms[0].shape[1],), 0.5, 3.0)]
     if t == "Embed":
         p = layer.embed_param
         blobs = [normal((p.input_dim, p.num_output), 1.0)]
@@ -830,6 +845,82 @@ class _Builder:
             params += "bias_term: false "
         return bool(self.add("Embed", tops, params=f"embed_param {{ {params}}}"))
 
+    # -- SSD (weiliu89): Normalize, Permute, and a whole detection head ending in DetectionOutput
+
+    def normalize(self) -> bool:
+        x = self.choose(lambda v: 2 <= v.ndim <= 4)
+        if x is None:
+            return False
+        params = "" if self.chance(0.3) else "across_spatial: false "
+        if self.chance(0.5):
+            params += "channel_shared: false "
+        if self.chance(0.3):
+            params += f"eps: {self.pick([1e-6, 0.01, 1.0])} "
+        return bool(self.add("Normalize", [x], params=f"norm_param {{ {params}}}"))
+
+    def permute(self) -> bool:
+        x = self.choose(lambda v: 2 <= v.ndim <= 5)
+        if x is None:
+            return False
+        axes = [int(a) for a in self.rng.permutation(self.values[x].ndim)]
+        order = axes[: int(self.rng.integers(1, len(axes) + 1))]
+        if order == sorted(order) and order == list(range(len(order))):
+            return False  # identity: Caffe shares the bottom's memory (not modelled by the builder)
+        params = "".join(f"order: {a} " for a in order)
+        return bool(self.add("Permute", [x], params=f"permute_param {{ {params}}}"))
+
+    def ssd_head(self) -> bool:
+        """PriorBox on a feature map, 1x1 loc/conf convolutions -> Permute -> Flatten, conf Reshape-Softmax-
+        Flatten, and DetectionOutput with random NMS/keep_top_k/code settings (its rows end the branch)."""
+        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] * v.shape[3] <= 36)
+        if feat is None:
+            return False
+        ratios = [r for r in (2.0, 3.0, 0.5, 1.0) if self.chance(0.35)]
+        params = f"min_size: {self.pick([2, 4, 6.5])} "
+        if self.chance(0.5):
+            params += f"max_size: {self.pick([7, 9.5])} "
+        params += "".join(f"aspect_ratio: {r} " for r in ratios)
+        params += self.pick(["", "flip: false ", "flip: true "]) + self.pick(["", "clip: false ", "clip: true "])
+        params += self.pick(["", "variance: 0.2 ", "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 "])
+        params += self.pick(["", "step: 3 ", "step_h: 2 step_w: 4 "]) + self.pick(["", "offset: 0.25 "])
+        params += self.pick(["", "img_size: 12 ", "img_h: 10 img_w: 14 "])
+        priors = self.add("PriorBox", [feat, "data" if self.values["data"].ndim == 4 else feat],
+                          params=f"prior_box_param {{ {params}}}")  # fmt: skip
+        if not priors:
+            return False
+        h, w = self.shape(feat)[2:]
+        per_cell = self.values[priors[0]].shape[2] // (4 * h * w)
+        classes = int(self.rng.integers(2, 5))
+        share = self.chance(0.75)
+        flat = []
+        for outputs in (per_cell * 4 * (1 if share else classes), per_cell * classes):
+            conv = self.add("Convolution", [feat], params=f"convolution_param {{ num_output: {outputs} kernel_size: 1 }}")
+            perm = self.add("Permute", conv, params="permute_param { order: 0 order: 2 order: 3 order: 1 }")
+            flat += self.add("Flatten", perm, params="flatten_param { axis: 1 }") if perm else []
+        if len(flat) != 2:
+            return False
+        shaped = self.add("Reshape", [flat[1]], params=f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}")
+        soft = self.add("Softmax", shaped, params="softmax_param { axis: 2 }") if shaped else []
+        conf = self.add("Flatten", soft, params="flatten_param { axis: 1 }") if soft else []
+        if not conf:
+            return False
+        nms = f"nms_threshold: {self.pick([0.0, 0.3, 0.45, 0.7])} "
+        if self.chance(0.5):
+            nms += f"top_k: {self.pick([0, 3, 10])} "
+        if self.chance(0.3):
+            nms = f"nms_threshold: 0.8 eta: {self.pick([0.5, 0.9])} "
+        det = f"num_classes: {classes} nms_param {{ {nms}}} "
+        det += f"code_type: {self.pick(['CORNER', 'CENTER_SIZE', 'CORNER_SIZE'])} "
+        if not share:
+            det += "share_location: false " + self.pick(["", "background_label_id: -1 "])
+        det += self.pick(["", f"background_label_id: {classes - 1} "])
+        det += self.pick(["", "variance_encoded_in_target: true "])
+        det += self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
+        det += self.pick(["", "confidence_threshold: 0.2 ", "confidence_threshold: 0.45 "])
+        tops = self.add("DetectionOutput", [flat[0], conf[0], priors[0]], params=f"detection_output_param {{ {det}}}")
+        self.terminal.update(tops)  # rows of a data-dependent count
+        return bool(tops)
+
     def filter(self) -> bool:
         """Items kept where a per-item selector from the data (Reduction + Threshold) is non-zero."""
         x = self.choose(lambda v: v.ndim >= 2)
@@ -928,6 +1019,106 @@ class _Builder:
             params += "dilation: 2 "
         return bool(self.add("Im2col", [x], params=f"convolution_param {{ {params}}}"))
 
+    def resample(self) -> bool:
+        """Segmentation / resampling fork layers (layers_resample.py)."""
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        n, c, h, w = self.shape(x)
+        kind = self.pick(["Pad", "PixelShuffle", "Resize", "Bilinear", "Interp", "Upsample", "BN", "Unpool"])
+        if kind == "Pad":
+            pad_type = self.pick(["CONSTANT", "REPLICATE", "REFLECT"])
+            if self.chance(0.15) and h > 2 and w > 2:
+                pads = [-int(self.rng.integers(1, (s + 1) // 2)) for s in (h, h, w, w)]
+            else:
+                limit = [h, h, w, w] if pad_type == "REFLECT" else [4] * 4
+                pads = [int(self.rng.integers(0, min(4, m))) for m in limit]
+            fields = " ".join(
+                f"{f}: {v}" for f, v in zip(("pad_u", "pad_d", "pad_l", "pad_r"), pads, strict=True)
+            )
+            value = f" pad_value: {self.pick([0.0, 1.5, -2.0])}" if pad_type == "CONSTANT" else ""
+            return bool(self.add("Pad", [x], params=f"pad_param {{ pad_type: {pad_type} {fields}{value} }}"))
+        if kind == "PixelShuffle":
+            factor = int(self.pick([2, 2, 3]))
+            if c % factor or c < factor * factor:
+                tops = self.add(
+                    "Convolution",
+                    [x],
+                    params=f"convolution_param {{ num_output: {factor**2} kernel_size: 1 }}",
+                )
+                if not tops:
+                    return False
+                x = tops[0]
+            return bool(
+                self.add("PixelShuffle", [x], params=f"pixelshuffle_param {{ upscale_factor: {factor} }}")
+            )
+        if kind == "Resize":
+            if self.chance(0.3):
+                hs, ws = self.pick([0.5, 1.3, 1.5, 2.0]), self.pick([0.7, 1.0, 2.5])
+                params = f"is_pyramid_test: true out_height_scale: {hs} out_width_scale: {ws}"
+            else:
+                params = f"height: {self.rng.integers(1, 2 * h + 1)} width: {self.rng.integers(1, 2 * w + 1)}"
+            return bool(self.add("Resize", [x], params=f"resize_param {{ {params} }}"))
+        if kind == "Bilinear":
+            align = self.chance(0.5)
+            if self.chance(0.3):
+                params = f"scale_factor: {self.pick([0.5, 1.5, 2.0])}"
+            else:
+                low = 2 if align else 1
+                params = (
+                    f"dst_h: {self.rng.integers(low, 2 * h + 1)} dst_w: {self.rng.integers(low, 2 * w + 1)}"
+                )
+            params += f" align_corners: {'true' if align else 'false'}"
+            return bool(
+                self.add("BilinearInterpolate", [x], params=f"bilinear_interpolate_param {{ {params} }}")
+            )
+        if kind == "Interp":
+            params = self.pick(
+                [
+                    f"zoom_factor: {self.pick([2, 3])}",
+                    f"shrink_factor: {self.pick([2, 3])}",
+                    f"height: {self.rng.integers(1, 2 * h + 1)} width: {self.rng.integers(1, 2 * w + 1)}",
+                    "shrink_factor: 2 zoom_factor: 3",
+                ]
+            )
+            if self.chance(0.2) and h > 3 and w > 3:
+                params += f" pad_beg: {-int(self.rng.integers(0, 2))} pad_end: -1"
+            return bool(self.add("Interp", [x], params=f"interp_param {{ {params} }}"))
+        if kind == "Upsample":
+            scale = self.pick(["", "upsample_param { scale: 2 }", "upsample_param { scale: 3 }"])
+            return bool(self.add("Upsample", [x], params=scale))
+        if kind == "BN":
+            # The blob layout picks the fork (see layer_blobs): bn_mode -> caffe-segnet's 2 blobs,
+            # engine: CAFFE -> brocolli-caffe's (1, C) blobs, else PSPNet's (1, C, 1, 1).
+            params = self.pick(
+                ["bn_mode: INFERENCE", "bn_mode: LEARN", "eps: 0.001", "", "engine: CAFFE eps: 0.1"]
+            )
+            tops = self.add("BN", [x], [x] if self.chance(0.6) else None, f"bn_param {{ {params} }}")
+            return bool(tops)
+        kernel, stride = self.pick([(2, 2), (3, 2), (2, 1)])
+        pooled = self.add(
+            "Pooling",
+            [x],
+            [self.blob_name(), self.blob_name()],
+            params=f"pooling_param {{ pool: MAX kernel_size: {kernel} stride: {stride} }}",
+        )
+        if not pooled:
+            return False
+        values, mask = pooled
+        if self.chance(0.6):
+            tops = self.add(
+                "Convolution", [values], params=f"convolution_param {{ num_output: {c} kernel_size: 1 }}"
+            )
+            values = tops[0] if tops else values
+        if self.chance(0.5):
+            dst = f"dst_h: {h + int(self.rng.integers(0, 2))} dst_w: {w + int(self.rng.integers(0, 2))}"
+            return bool(self.add("MaxUnPool", [values, mask], params=f"max_unpool_param {{ {dst} }}"))
+        return bool(
+            self.add(
+                "Upsample", [values, mask], params=f"upsample_param {{ upsample_h: {h} upsample_w: {w} }}"
+            )
+        )
+
     MOVES = {
         "conv": 6,
         "deconv": 2,
@@ -958,6 +1149,10 @@ class _Builder:
         "mvn": 1,
         "embed": 0.5,
         "filter": 0.5,
+        "normalize": 1,
+        "permute": 1,
+        "ssd_head": 1,
+        "resample": 2,
     }
 
 

@@ -313,13 +313,15 @@ def bn(ctx: LayerContext) -> list[Shape]:
 
 def _segnet_batch_statistics(ctx: LayerContext, scale: np.ndarray, shift: np.ndarray) -> None:
     """caffe-segnet bn_mode LEARN (its default) normalises with the CURRENT batch's statistics even at
-    TEST: mean and E[x^2] over (N, H, W), var = E[x^2] - mean^2, eps 1e-9 (fixed in its C++)."""
+    TEST: mean and variance over (N, H, W), eps 1e-9 (fixed in its C++). Caffe takes the variance as
+    E[x^2] - mean^2 in float32; the same value is computed here as mean((x - mean)^2), which does not
+    lose digits to cancellation when the mean is large against the spread."""
     x = ctx.inputs[0]
     mean = ctx.node("ReduceMean", [x], axes=[0, 2, 3], keepdims=1)
-    mean_square = ctx.node("ReduceMean", [ctx.node("Mul", [x, x])], axes=[0, 2, 3], keepdims=1)
-    variance = ctx.node("Sub", [mean_square, ctx.node("Mul", [mean, mean])])
+    centred = ctx.node("Sub", [x, mean])
+    variance = ctx.node("ReduceMean", [ctx.node("Mul", [centred, centred])], axes=[0, 2, 3], keepdims=1)
     std = ctx.node("Sqrt", [ctx.node("Add", [variance, ctx.const("eps", np.float32(1e-9), np.float32)])])
-    normalised = ctx.node("Div", [ctx.node("Sub", [x, mean]), std])
+    normalised = ctx.node("Div", [centred, std])
     scaled = ctx.node("Mul", [normalised, ctx.weight("scale", scale)])
     ctx.node("Add", [scaled, ctx.weight("shift", shift)], ctx.outputs)
 
