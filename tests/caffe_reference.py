@@ -1264,6 +1264,67 @@ def _nms_fast(
     return kept
 
 
+def _libstdcxx_sort(items: list, greater: Callable[[object, object], bool]) -> list:
+    """std::sort as libstdc++ (GCC >= 4.9) runs it: introsort with median-of-three pivots, stopping at 16
+    elements, then insertion sort. Deterministic, but not stable for more than 16 elements; Caffe sorts the
+    keep_top_k candidates with it."""
+    a = list(items)
+
+    def insert_unguarded(i: int) -> None:
+        value, j = a[i], i - 1
+        while greater(value, a[j]):
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = value
+
+    def insertion_sort(first: int, last: int) -> None:
+        for i in range(first + 1, last):
+            if greater(a[i], a[first]):
+                value = a[i]
+                a[first + 1 : i + 1] = a[first:i]
+                a[first] = value
+            else:
+                insert_unguarded(i)
+
+    def median_to_first(result: int, x: int, y: int, z: int) -> None:
+        if greater(a[x], a[y]):
+            pick = y if greater(a[y], a[z]) else z if greater(a[x], a[z]) else x
+        else:
+            pick = x if greater(a[x], a[z]) else z if greater(a[y], a[z]) else y
+        a[result], a[pick] = a[pick], a[result]
+
+    def partition(first: int, last: int, pivot: int) -> int:
+        while True:
+            while greater(a[first], a[pivot]):
+                first += 1
+            last -= 1
+            while greater(a[pivot], a[last]):
+                last -= 1
+            if not first < last:
+                return first
+            a[first], a[last] = a[last], a[first]
+            first += 1
+
+    def introsort(first: int, last: int, depth: int) -> None:
+        while last - first > 16:
+            check(depth > 0, "std::sort's heapsort fallback is not modelled")
+            depth -= 1
+            median_to_first(first, first + 1, first + (last - first) // 2, last - 1)
+            cut = partition(first + 1, last, first)
+            introsort(cut, last, depth)
+            last = cut
+
+    if len(a) > 1:
+        introsort(0, len(a), 2 * (len(a).bit_length() - 1))
+        if len(a) > 16:
+            insertion_sort(0, 16)
+            for i in range(16, len(a)):
+                insert_unguarded(i)
+        else:
+            insertion_sort(0, len(a))
+    return a
+
+
 def ssd_detection_output(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarray:
     """Rows [image, label, score, xmin, ymin, xmax, ymax] in Caffe's order; [1, 1, num, 7] of -1 rows
     (image id first) when nothing is kept in the whole batch."""
@@ -1302,10 +1363,7 @@ def ssd_detection_output(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParame
         total = sum(len(v) for v in indices.values())
         if -1 < p.keep_top_k < total:
             pairs = [(conf_i[k, c], c, k) for c in sorted(indices) for k in indices[c]]
-            scores = [s for s, _, _ in pairs]
-            # std::sort is introsort; it is stable (insertion sort) only up to 16 elements.
-            check(len(pairs) <= 16 or len(set(scores)) == len(scores), "std::sort tie order is not modelled")
-            pairs.sort(key=lambda t: -float(t[0]))
+            pairs = _libstdcxx_sort(pairs, lambda x, y: bool(x[0] > y[0]))
             indices = {}
             for _, c, k in pairs[: p.keep_top_k]:
                 indices.setdefault(c, []).append(k)
@@ -1327,6 +1385,235 @@ def ssd_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
     if t == "PriorBox":
         return ssd_prior_box(bottoms, layer)
     return ssd_detection_output(bottoms, layer)
+
+
+# ---------------------------------------------------------------- Faster R-CNN / R-FCN (float32 as the C++)
+
+RCNN_TYPES = frozenset({"ROIPooling", "PSROIPooling", "Proposal", "Python"})
+
+
+def c_round(value: float) -> int:
+    """C round(): halves away from zero."""
+    magnitude = math.floor(abs(value) + 0.5) if abs(value) % 1 != 0.5 else math.floor(abs(value)) + 1
+    return int(magnitude if value >= 0 else -magnitude)
+
+
+def _clip_range(low: int, high: int, limit: int) -> tuple[int, int]:
+    return min(max(low, 0), limit), min(max(high, 0), limit)
+
+
+def roi_pooling(feature: np.ndarray, rois: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """rbgirshick/caffe-fast-rcnn ROIPoolingLayer::Forward_cpu."""
+    p = layer.roi_pooling_param
+    ph_count, pw_count, scale = int(p.pooled_h), int(p.pooled_w), np.float32(p.spatial_scale)
+    check(ph_count > 0 and pw_count > 0, "pooled_h and pooled_w must be > 0")
+    rois = rois.reshape(-1, 5).astype(np.float32)
+    _, channels, height, width = feature.shape
+    out = np.zeros((len(rois), channels, ph_count, pw_count), np.float32)
+    for r, roi in enumerate(rois):
+        image = int(roi[0])
+        check(0 <= image < feature.shape[0], "roi batch index out of range")
+        sw, sh, ew, eh = (c_round(float(np.float32(v * scale))) for v in roi[1:])
+        bin_h = np.float32(max(eh - sh + 1, 1)) / np.float32(ph_count)
+        bin_w = np.float32(max(ew - sw + 1, 1)) / np.float32(pw_count)
+        for ph in range(ph_count):
+            hs, he = _clip_range(
+                int(np.floor(np.float32(ph) * bin_h)) + sh, int(np.ceil(np.float32(ph + 1) * bin_h)) + sh, height
+            )
+            for pw in range(pw_count):
+                ws, we = _clip_range(
+                    int(np.floor(np.float32(pw) * bin_w)) + sw, int(np.ceil(np.float32(pw + 1) * bin_w)) + sw, width
+                )
+                if he > hs and we > ws:
+                    window = feature[image, :, hs:he, ws:we].reshape(channels, -1)
+                    out[r, :, ph, pw] = np.maximum(window.max(axis=1), -FLT_MAX)
+    return out
+
+
+def psroi_pooling(feature: np.ndarray, rois: np.ndarray, layer: caffe_pb2.LayerParameter) -> np.ndarray:
+    """daijifeng001/caffe-rfcn PSROIPoolingForward (CPU arithmetic, float32)."""
+    p = layer.psroi_pooling_param
+    dim, group, scale = int(p.output_dim), int(p.group_size), np.float32(p.spatial_scale)
+    _, channels, height, width = feature.shape
+    check(channels == dim * group * group, "input channel number does not match layer parameters")
+    f32 = np.float32
+    rois = rois.reshape(-1, 5).astype(f32)
+    out = np.zeros((len(rois), dim, group, group), f32)
+    for r, roi in enumerate(rois):
+        image = int(roi[0])
+        sw, sh = f32(c_round(float(roi[1]))) * scale, f32(c_round(float(roi[2]))) * scale
+        ew, eh = f32(c_round(float(roi[3])) + 1.0) * scale, f32(c_round(float(roi[4])) + 1.0) * scale
+        bin_w, bin_h = max(ew - sw, f32(0.1)) / f32(group), max(eh - sh, f32(0.1)) / f32(group)
+        for ph in range(group):
+            hs, he = _clip_range(
+                int(np.floor(f32(ph) * bin_h + sh)), int(np.ceil(f32(ph + 1) * bin_h + sh)), height
+            )
+            for pw in range(group):
+                ws, we = _clip_range(
+                    int(np.floor(f32(pw) * bin_w + sw)), int(np.ceil(f32(pw + 1) * bin_w + sw)), width
+                )
+                if he <= hs or we <= ws:
+                    continue
+                channel = np.arange(dim) * group * group + ph * group + pw
+                window = feature[image, channel, hs:he, ws:we].astype(np.float64)
+                out[r, :, ph, pw] = window.sum(axis=(1, 2)) / ((he - hs) * (we - ws))
+    return out
+
+
+def _rpn_boxes(
+    scores: np.ndarray, deltas: np.ndarray, info: np.ndarray, anchors: np.ndarray, stride: int, item: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x1, y1, x2, y2) of every (h, w, anchor) proposal of one item, clipped to im_info's first row, and
+    their foreground scores; float32 as bbox_transform_inv / transform_box."""
+    f32 = np.float32
+    count = len(anchors)
+    height, width = scores.shape[2:]
+    img_h, img_w = f32(info.reshape(-1)[0]), f32(info.reshape(-1)[1])
+    boxes, fg = [], []
+    for h in range(height):
+        for w in range(width):
+            for k in range(count):
+                x1, y1, x2, y2 = (anchors[k] + f32([w * stride, h * stride, w * stride, h * stride])).astype(f32)
+                dx, dy, dw, dh = deltas[item, 4 * k : 4 * k + 4, h, w]
+                bw, bh = (x2 - x1) + f32(1), (y2 - y1) + f32(1)
+                cx, cy = x1 + f32(0.5) * bw, y1 + f32(0.5) * bh
+                pcx, pcy = dx * bw + cx, dy * bh + cy
+                pw, ph = np.exp(dw) * bw, np.exp(dh) * bh
+                box = [pcx - f32(0.5) * pw, pcy - f32(0.5) * ph, pcx + f32(0.5) * pw, pcy + f32(0.5) * ph]
+                limits = [img_w - f32(1), img_h - f32(1)] * 2
+                boxes.append([max(f32(0), min(v, lim)) for v, lim in zip(box, limits, strict=True)])
+                fg.append(scores[item, count + k, h, w])
+    return np.asarray(boxes, f32), np.asarray(fg, f32)
+
+
+def _caffe_proposal_anchors(p: caffe_pb2.ProposalParameter) -> np.ndarray:
+    f32, base = np.float32, int(p.base_size)
+    area, center = f32(base * base), f32(0.5) * (f32(base) - f32(1))
+    rows = []
+    for ratio in map(f32, p.ratio):
+        rw = f32(math.sqrt(float(area / ratio)))
+        rh = f32(rw * ratio)
+        for scale in map(f32, p.scale):
+            hw = f32(0.5) * f32(int(float(f32(rw * scale)) / base - 1.0 + 0.5))
+            hh = f32(0.5) * f32(int(float(f32(rh * scale)) / base - 1.0 + 0.5))
+            rows.append([center - hw, center - hh, center + hw, center + hh])
+    return np.asarray(rows, f32)
+
+
+def caffe_sort_box(rows: np.ndarray, num_top: int) -> None:
+    """brocolli-caffe's sort_box (descending on column 4, in place), with an explicit stack."""
+    stack = [(0, len(rows) - 1)]
+    while stack:
+        start, end = stack.pop()
+        pivot = rows[start, 4]
+        left, right = start + 1, end
+        while left <= right:
+            while left <= end and rows[left, 4] >= pivot:
+                left += 1
+            while right > start and rows[right, 4] <= pivot:
+                right -= 1
+            if left <= right:
+                rows[[left, right]] = rows[[right, left]]
+                left, right = left + 1, right - 1
+        if right > start:
+            rows[[start, right]] = rows[[right, start]]
+        if start < right - 1:
+            stack.append((start, right - 1))
+        if right + 1 < num_top and right + 1 < end:
+            stack.append((right + 1, end))
+
+
+def _iou(a: np.ndarray, b: np.ndarray, disjoint_is_zero: bool) -> np.float32:
+    f32 = np.float32
+    if disjoint_is_zero and (a[0] > b[2] or a[1] > b[3] or a[2] < b[0] or a[3] < b[1]):
+        return f32(0)
+    w = max(f32(0), (min(a[2], b[2]) - max(a[0], b[0])) + f32(1))
+    h = max(f32(0), (min(a[3], b[3]) - max(a[1], b[1])) + f32(1))
+    inter = w * h
+    area_a = ((a[2] - a[0]) + f32(1)) * ((a[3] - a[1]) + f32(1))
+    area_b = ((b[2] - b[0]) + f32(1)) * ((b[3] - b[1]) + f32(1))
+    return inter / ((area_a + area_b) - inter)
+
+
+def greedy_nms(rows: np.ndarray, threshold: float, limit: int, disjoint_is_zero: bool) -> list[int]:
+    dead = np.zeros(len(rows), bool)
+    keep: list[int] = []
+    for i in range(len(rows)):
+        if dead[i]:
+            continue
+        keep.append(i)
+        if len(keep) == limit:
+            break
+        for j in range(i + 1, len(rows)):
+            if not dead[j] and _iou(rows[i], rows[j], disjoint_is_zero) > np.float32(threshold):
+                dead[j] = True
+    return keep
+
+
+def caffe_proposal(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> list[np.ndarray]:
+    """brocolli-caffe ProposalLayer::Forward_cpu (small boxes scored 0, im_info of item 0 for all)."""
+    p = layer.proposal_param
+    anchors = _caffe_proposal_anchors(p)
+    rois, scores = [], []
+    for item in range(bottoms[0].shape[0]):
+        boxes, fg = _rpn_boxes(bottoms[0], bottoms[1], bottoms[2], anchors, int(p.feat_stride), item)
+        sizes = boxes[:, 2:] - boxes[:, :2] + np.float32(1)
+        large = (sizes >= np.float32(int(p.min_size))).all(axis=1)
+        rows = np.concatenate([boxes, (large.astype(np.float32) * fg)[:, None]], axis=1)
+        caffe_sort_box(rows, int(p.pre_nms_topn))
+        head = rows[: min(len(rows), int(p.pre_nms_topn))]
+        for i in greedy_nms(head, float(np.float32(p.nms_thresh)), int(p.post_nms_topn), True):
+            rois.append([item, *head[i, :4]])
+            scores.append(head[i, 4])
+    return [np.asarray(rois, np.float32).reshape(-1, 5), np.asarray(scores, np.float32)][: len(layer.top)]
+
+
+def _py_anchors(base: int, ratios: Sequence[float], scales: Sequence[float]) -> np.ndarray:
+    """py-faster-rcnn generate_anchors."""
+    w = h = float(base)
+    ctr = 0.5 * (base - 1)
+    rows = []
+    for ratio in ratios:
+        ws = np.round(np.sqrt(w * h / ratio))
+        hs = np.round(ws * ratio)
+        for scale in scales:
+            sw, sh = ws * scale, hs * scale
+            rows.append([ctr - 0.5 * (sw - 1), ctr - 0.5 * (sh - 1), ctr + 0.5 * (sw - 1), ctr + 0.5 * (sh - 1)])
+    return np.asarray(rows, np.float32)
+
+
+def python_proposal(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> list[np.ndarray]:
+    """py-faster-rcnn lib/rpn/proposal_layer.py at TEST (cfg defaults 6000 / 300 / 0.7 / 16, GPU NMS
+    semantics: IoU > threshold), ties in score: lower (h, w, anchor) index first."""
+    p = layer.python_param
+    check((p.module, p.layer) == ("rpn.proposal_layer", "ProposalLayer"), "only the RPN proposal layer")
+    text = p.param_str.replace("!!python/tuple", "")
+    params: dict = {}
+    for line in (line.strip() for line in text.splitlines()):
+        if line:  # a YAML flow mapping or one "key: value" line; the tests' own prototxts
+            params.update(eval(line if line.startswith("{") else "{" + line + "}", {}))
+    check(bottoms[0].shape[0] == 1, "Only single item batches are supported")
+    anchors = _py_anchors(params.get("base_size", 16), params.get("ratios", (0.5, 1, 2)), params.get("scales", (8, 16, 32)))
+    boxes, fg = _rpn_boxes(bottoms[0], bottoms[1], bottoms[2], anchors, params["feat_stride"], 0)
+    sizes = boxes[:, 2:] - boxes[:, :2] + np.float32(1)
+    keep = (sizes >= np.float32(16) * np.float32(bottoms[2].reshape(-1)[2])).all(axis=1)
+    boxes, fg = boxes[keep], fg[keep]
+    order = np.argsort(-fg, kind="stable")[:6000]
+    rows = np.concatenate([boxes[order], fg[order][:, None]], axis=1)
+    kept = greedy_nms(rows, float(np.float32(0.7)), 300, False)
+    rois = np.concatenate([np.zeros((len(kept), 1), np.float32), rows[kept, :4]], axis=1)
+    return [rois.reshape(-1, 5), rows[kept, 4].reshape(-1, 1)][: len(layer.top)]
+
+
+def rcnn_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray]) -> list[np.ndarray]:
+    t = layer.type
+    if t == "ROIPooling":
+        return [roi_pooling(bottoms[0], bottoms[1], layer)]
+    if t == "PSROIPooling":
+        return [psroi_pooling(bottoms[0], bottoms[1], layer)]
+    if t == "Proposal":
+        return caffe_proposal(bottoms, layer)
+    return python_proposal(bottoms, layer)
 
 
 def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs: Blobs) -> list[np.ndarray]:
@@ -1382,6 +1669,8 @@ def run_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
         return [resample_layer(layer, bottoms, blobs)]
     if t in SSD_TYPES:
         return [ssd_layer(layer, bottoms, blobs)]
+    if t in RCNN_TYPES:
+        return rcnn_layer(layer, bottoms)
     raise ReferenceError(f"layer type {t} is not modelled by the reference")
 
 

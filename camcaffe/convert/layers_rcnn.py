@@ -7,7 +7,9 @@ order the original code computes it, so thresholds (min size, IoU) decide as Caf
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -835,3 +837,115 @@ def proposal(ctx: LayerContext) -> list[Shape]:
     ctx.batch_axis_kept = False
     rows = ctx.shape[0] * int(param.post_nms_topn)
     return [[rows, 5], [rows]][: len(ctx.outputs)]
+
+
+# ---------------------------------------------------------------- Python layers
+
+# py-faster-rcnn / py-R-FCN lib/rpn/proposal_layer.py. Its thresholds come from fast_rcnn.config, which
+# a deploy file cannot see: the TEST defaults of both repositories are taken.
+_PY_PROPOSAL = ("rpn.proposal_layer", "ProposalLayer")
+_PY_PRE_NMS_TOP_N = 6000
+_PY_POST_NMS_TOP_N = 300
+_PY_NMS_THRESH = 0.7
+_PY_MIN_SIZE = 16
+# param_str keys: feat_stride (py-faster-rcnn), scales (py-R-FCN), ratios and base_size (later forks).
+_PY_PROPOSAL_KEYS = {"feat_stride", "scales", "ratios", "base_size"}
+
+
+def parse_param_str(text: str) -> dict[str, Any]:
+    """The YAML mappings these layers are given ("'feat_stride': 16", "{'scales': [8, 16]}", one key a
+    line), read as Python literals; YAML tags such as !!python/tuple are dropped."""
+    text = re.sub(r"!!python/\w+", "", text).strip()
+    if not text:
+        return {}
+    body = text[1:-1] if text.startswith("{") and text.endswith("}") else text
+    entries = [line for line in body.splitlines() if line.strip()] if "\n" in body else [body]
+    result: dict[str, Any] = {}
+    for entry in entries:
+        quoted = re.sub(r"(^|,)\s*([A-Za-z_]\w*)\s*:", r"\1'\2':", entry.strip().rstrip(","))
+        try:
+            value = ast.literal_eval("{" + quoted + "}")
+        except (ValueError, SyntaxError) as exc:
+            raise LayerRefused(f"cannot read param_str {text!r} ({exc.__class__.__name__})") from None
+        result.update(value)
+    return result
+
+
+def _number_list(params: dict[str, Any], key: str, default: Sequence[float]) -> list[float]:
+    value = params.get(key, default)
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise LayerRefused(f"param_str '{key}' must be a number or a list of numbers, got {value!r}")
+    return [float(v) for v in values]
+
+
+@converter("Python", arity=(0, None, 0, None))
+def python_layer(ctx: LayerContext) -> list[Shape]:
+    param = ctx.layer.python_param
+    module, layer = param.module, param.layer
+    if (module, layer) != _PY_PROPOSAL:
+        raise LayerRefused(
+            f"Python layer '{ctx.name}' (module {module or '?'}, layer {layer or '?'}) is not supported: its "
+            "forward is Python code that runs in pycaffe; camcaffe converts only rpn.proposal_layer."
+            "ProposalLayer (py-faster-rcnn / py-R-FCN). Replace it by a supported layer type"
+        )
+    if len(ctx.inputs) != 3 or len(ctx.outputs) not in (1, 2):
+        raise LayerRefused("ProposalLayer takes 3 bottoms (scores, deltas, im_info) and 1 or 2 tops")
+    return _py_proposal(ctx, parse_param_str(param.param_str))
+
+
+def _py_proposal(ctx: LayerContext, params: dict[str, Any]) -> list[Shape]:
+    """py-faster-rcnn's ProposalLayer at TEST: anchors of generate_anchors, boxes decoded and clipped,
+    boxes with a side + 1 below 16 * im_info[2] REMOVED, stable descending sort (ties: lower (h, w, a)
+    index first: numpy's argsort()[::-1] leaves ties in an unspecified order), first 6000, NMS as its
+    default GPU kernel (IoU with +1 areas, drop when > 0.7), first 300; batch index 0, scores [K, 1]."""
+    unknown = sorted(set(params) - _PY_PROPOSAL_KEYS)
+    if unknown:
+        raise LayerRefused(
+            f"param_str keys {unknown} are not read by py-faster-rcnn/py-R-FCN's ProposalLayer; a fork that "
+            f"reads them computes something camcaffe does not know (known: {sorted(_PY_PROPOSAL_KEYS)})"
+        )
+    if "feat_stride" not in params:
+        raise LayerRefused("param_str must give 'feat_stride' (the layer reads it unconditionally)")
+    feat_stride = params["feat_stride"]
+    base_size = params.get("base_size", 16)
+    for key, value in (("feat_stride", feat_stride), ("base_size", base_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayerRefused(f"param_str '{key}' must be a positive integer, got {value!r}")
+    if ctx.shape[0] != 1:
+        raise LayerRefused(f"the layer asserts a batch of 1 item, the net feeds {ctx.shape[0]}")
+    ctx.batch_fixed = True
+    anchors = _py_faster_rcnn_anchors(
+        base_size, _number_list(params, "ratios", (0.5, 1, 2)), _number_list(params, "scales", (8, 16, 32))
+    )
+    height, width = _check_rpn_bottoms(ctx, len(anchors))
+    box, scores, info = _decoded_boxes(ctx, anchors, feat_stride, height, width)
+    g = _Main(ctx)
+    min_size = g.node("Mul", [_f32(ctx, "min_size", [float(_PY_MIN_SIZE)]), info[2]])
+    keep = g.node("Reshape", [_large_enough(ctx, box, min_size), _i64(ctx, "flat1", [-1])])
+    kept = [g.node("Compress", [v, keep], axis=1) for v in [*box, scores]]  # [1, n]
+    available = g.node("Gather", [g.node("Shape", [kept[4]]), _i64(ctx, "one_l", [1])])
+    take = g.node("Min", [available, _i64(ctx, "pre_nms", [_PY_PRE_NMS_TOP_N])])
+    value_names = [ctx.graph.unique(f"{ctx.name}/top_scores"), ctx.graph.unique(f"{ctx.name}/top_index")]
+    ctx.graph.node("TopK", [kept[4], take], value_names, name=f"{ctx.name}/TopK", axis=1, largest=1, sorted=1)
+    pad = _f32(ctx, "pad", [[0.0]])
+    ranked = [
+        g.node("Concat", [g.node("GatherElements", [v, value_names[1]], axis=1), pad], axis=1) for v in kept
+    ]
+    slots = g.node("Add", [take, _i64(ctx, "one_l", [1])])
+    columns = g.node("Range", [_i64(ctx, "zero_s", 0), g.node("Squeeze", [slots]), _i64(ctx, "one_s", 1)])
+    alive = g.node("Unsqueeze", [g.node("Less", [columns, take]), _i64(ctx, "ax0", [0])])
+    trip = g.node(
+        "Squeeze",
+        [
+            g.node(
+                "Max",
+                [g.node("Min", [take, _i64(ctx, "post_nms", [_PY_POST_NMS_TOP_N])]), _i64(ctx, "one_l", [1])],
+            )
+        ],
+    )
+    image_index, column = _greedy_nms(ctx, ranked[:4], alive, trip, _PY_POST_NMS_TOP_N, _PY_NMS_THRESH, False)
+    values = _gather_rows(ctx, ranked, image_index, column, g.node("Squeeze", [slots]))
+    _write_rois(ctx, image_index, values[:4], values[4], [-1, 1])
+    ctx.batch_axis_kept = False
+    return [[_PY_POST_NMS_TOP_N, 5], [_PY_POST_NMS_TOP_N, 1]][: len(ctx.outputs)]
