@@ -1523,19 +1523,23 @@ def caffe_sort_box(rows: np.ndarray, num_top: int) -> None:
             stack.append((right + 1, end))
 
 
-def _iou(a: np.ndarray, b: np.ndarray, disjoint_is_zero: bool) -> np.float32:
+def _iou_row(a: np.ndarray, rows: np.ndarray, disjoint_is_zero: bool) -> np.ndarray:
+    """IoU of box a with every row, float32 in the C++ order ((w + 1) areas, inter / (A + B - inter))."""
     f32 = np.float32
-    if disjoint_is_zero and (a[0] > b[2] or a[1] > b[3] or a[2] < b[0] or a[3] < b[1]):
-        return f32(0)
-    w = max(f32(0), (min(a[2], b[2]) - max(a[0], b[0])) + f32(1))
-    h = max(f32(0), (min(a[3], b[3]) - max(a[1], b[1])) + f32(1))
+    x1, y1, x2, y2 = (rows[:, i] for i in range(4))
+    w = np.maximum(f32(0), (np.minimum(a[2], x2) - np.maximum(a[0], x1)) + f32(1))
+    h = np.maximum(f32(0), (np.minimum(a[3], y2) - np.maximum(a[1], y1)) + f32(1))
     inter = w * h
     area_a = ((a[2] - a[0]) + f32(1)) * ((a[3] - a[1]) + f32(1))
-    area_b = ((b[2] - b[0]) + f32(1)) * ((b[3] - b[1]) + f32(1))
-    return inter / ((area_a + area_b) - inter)
+    area_b = ((x2 - x1) + f32(1)) * ((y2 - y1) + f32(1))
+    iou = inter / ((area_a + area_b) - inter)
+    if disjoint_is_zero:
+        iou[(a[0] > x2) | (a[1] > y2) | (a[2] < x1) | (a[3] < y1)] = f32(0)
+    return iou
 
 
 def greedy_nms(rows: np.ndarray, threshold: float, limit: int, disjoint_is_zero: bool) -> list[int]:
+    rows = rows.astype(np.float32)
     dead = np.zeros(len(rows), bool)
     keep: list[int] = []
     for i in range(len(rows)):
@@ -1544,9 +1548,8 @@ def greedy_nms(rows: np.ndarray, threshold: float, limit: int, disjoint_is_zero:
         keep.append(i)
         if len(keep) == limit:
             break
-        for j in range(i + 1, len(rows)):
-            if not dead[j] and _iou(rows[i], rows[j], disjoint_is_zero) > np.float32(threshold):
-                dead[j] = True
+        later = _iou_row(rows[i], rows[i + 1 :], disjoint_is_zero) > np.float32(threshold)
+        dead[i + 1 :] |= later
     return keep
 
 

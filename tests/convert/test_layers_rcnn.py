@@ -242,3 +242,57 @@ def test_param_str_forms():
         "feat_stride": 16,
         "ratios": [0.5, 1],
     }
+
+
+FASTER_RCNN = """name: "tiny_faster_rcnn"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 48 dim: 64 }
+input: "im_info"
+input_shape { dim: 1 dim: 3 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "rpn_conv" type: "Convolution" bottom: "pool2" top: "rpn_conv"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "rpn_relu" type: "ReLU" bottom: "rpn_conv" top: "rpn_conv" }
+layer { name: "rpn_cls_score" type: "Convolution" bottom: "rpn_conv" top: "rpn_cls_score"
+  convolution_param { num_output: 12 kernel_size: 1 } }
+layer { name: "rpn_bbox_pred" type: "Convolution" bottom: "rpn_conv" top: "rpn_bbox_pred"
+  convolution_param { num_output: 24 kernel_size: 1 } }
+layer { name: "rpn_cls_score_reshape" type: "Reshape" bottom: "rpn_cls_score" top: "rpn_cls_score_reshape"
+  reshape_param { shape { dim: 0 dim: 2 dim: -1 dim: 0 } } }
+layer { name: "rpn_cls_prob" type: "Softmax" bottom: "rpn_cls_score_reshape" top: "rpn_cls_prob" }
+layer { name: "rpn_cls_prob_reshape" type: "Reshape" bottom: "rpn_cls_prob" top: "rpn_cls_prob_reshape"
+  reshape_param { shape { dim: 0 dim: 12 dim: -1 dim: 0 } } }
+layer { name: "proposal" type: "Python" bottom: "rpn_cls_prob_reshape" bottom: "rpn_bbox_pred"
+  bottom: "im_info" top: "rois"
+  python_param { module: "rpn.proposal_layer" layer: "ProposalLayer"
+    param_str: "{'feat_stride': 4, 'scales': [1, 2], 'ratios': [0.5, 1, 2]}" } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "conv2" bottom: "rois" top: "pool5"
+  roi_pooling_param { pooled_w: 3 pooled_h: 3 spatial_scale: 0.5 } }
+layer { name: "fc6" type: "InnerProduct" bottom: "pool5" top: "fc6" inner_product_param { num_output: 16 } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "cls_score" type: "InnerProduct" bottom: "fc6" top: "cls_score" inner_product_param { num_output: 3 } }
+layer { name: "bbox_pred" type: "InnerProduct" bottom: "fc6" top: "bbox_pred" inner_product_param { num_output: 12 } }
+layer { name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }
+"""
+
+
+def test_tiny_faster_rcnn_end_to_end(tmp_path):
+    """conv -> RPN -> Python proposal -> ROIPooling -> fc -> cls_prob / bbox_pred: every blob as the oracle."""
+    result, weights, onnx_path = convert_text(tmp_path, FASTER_RCNN)
+    rng = np.random.default_rng(11)
+    feeds = {
+        "data": rng.normal(0, 1, (1, 3, 48, 64)).astype(np.float32),
+        "im_info": np.array([[48, 64, 0.25]], np.float32),
+    }
+    blobs = blobs_of(result, onnx_path, feeds)
+    expected = ref.forward(FASTER_RCNN, {n: arrays for n, (_, arrays) in weights.record.items()}, feeds)
+    assert 5 < len(expected["rois"]) <= 300
+    for name in ("rpn_cls_prob_reshape", "rois", "pool5", "fc6", "cls_prob", "bbox_pred"):
+        assert_close(blobs[name], expected[name], name)
