@@ -1387,6 +1387,11 @@ def ssd_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], blobs:
     return ssd_detection_output(bottoms, layer)
 
 
+# ---------------------------------------------------------------- Faster R-CNN / R-FCN (float32 as the C++)
+
+RCNN_TYPES = frozenset({"ROIPooling", "PSROIPooling", "Proposal", "Python"})
+
+
 def c_round(value: float) -> int:
     """C round(): halves away from zero."""
     magnitude = math.floor(abs(value) + 0.5) if abs(value) % 1 != 0.5 else math.floor(abs(value)) + 1
