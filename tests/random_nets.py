@@ -872,7 +872,7 @@ class _Builder:
     def ssd_head(self) -> bool:
         """PriorBox on a feature map, 1x1 loc/conf convolutions -> Permute -> Flatten, conf Reshape-Softmax-
         Flatten, and DetectionOutput with random NMS/keep_top_k/code settings (its rows end the branch)."""
-        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] * v.shape[3] <= 36)
+        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] * v.shape[3] <= 64)
         if feat is None:
             return False
         ratios = [r for r in (2.0, 3.0, 0.5, 1.0) if self.chance(0.35)]
@@ -880,8 +880,10 @@ class _Builder:
         if self.chance(0.5):
             params += f"max_size: {self.pick([7, 9.5])} "
         params += "".join(f"aspect_ratio: {r} " for r in ratios)
-        params += self.pick(["", "flip: false ", "flip: true "]) + self.pick(["", "clip: false ", "clip: true "])
-        params += self.pick(["", "variance: 0.2 ", "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 "])
+        params += self.pick(["", "flip: false ", "flip: true "])
+        params += self.pick(["", "clip: false ", "clip: true "])
+        four = "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 "
+        params += self.pick(["", "variance: 0.2 ", four])
         params += self.pick(["", "step: 3 ", "step_h: 2 step_w: 4 "]) + self.pick(["", "offset: 0.25 "])
         params += self.pick(["", "img_size: 12 ", "img_h: 10 img_w: 14 "])
         priors = self.add("PriorBox", [feat, "data" if self.values["data"].ndim == 4 else feat],
@@ -894,16 +896,18 @@ class _Builder:
         share = self.chance(0.75)
         flat = []
         for outputs in (per_cell * 4 * (1 if share else classes), per_cell * classes):
-            conv = self.add("Convolution", [feat], params=f"convolution_param {{ num_output: {outputs} kernel_size: 1 }}")
+            conv_params = f"convolution_param {{ num_output: {outputs} kernel_size: 1 }}"
+            conv = self.add("Convolution", [feat], params=conv_params)
             perm = self.add("Permute", conv, params="permute_param { order: 0 order: 2 order: 3 order: 1 }")
             flat += self.add("Flatten", perm, params="flatten_param { axis: 1 }") if perm else []
         if len(flat) != 2:
             return False
-        shaped = self.add("Reshape", [flat[1]], params=f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}")
+        reshape = f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}"
+        shaped = self.add("Reshape", [flat[1]], params=reshape)
         soft = self.add("Softmax", shaped, params="softmax_param { axis: 2 }") if shaped else []
         conf = self.add("Flatten", soft, params="flatten_param { axis: 1 }") if soft else []
-        if not conf:
-            return False
+        if not conf or np.unique(self.values[conf[0]]).size < self.values[conf[0]].size:
+            return False  # tied scores: camcaffe's keep_top_k order is stable, Caffe's std::sort is not
         nms = f"nms_threshold: {self.pick([0.0, 0.3, 0.45, 0.7])} "
         if self.chance(0.5):
             nms += f"top_k: {self.pick([0, 3, 10])} "
@@ -911,13 +915,13 @@ class _Builder:
             nms = f"nms_threshold: 0.8 eta: {self.pick([0.5, 0.9])} "
         det = f"num_classes: {classes} nms_param {{ {nms}}} "
         det += f"code_type: {self.pick(['CORNER', 'CENTER_SIZE', 'CORNER_SIZE'])} "
-        if not share:
-            det += "share_location: false " + self.pick(["", "background_label_id: -1 "])
-        det += self.pick(["", f"background_label_id: {classes - 1} "])
+        background = ["", f"background_label_id: {classes - 1} "] + ([] if share else ["background_label_id: -1 "])
+        det += ("" if share else "share_location: false ") + self.pick(background)
         det += self.pick(["", "variance_encoded_in_target: true "])
         det += self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
         det += self.pick(["", "confidence_threshold: 0.2 ", "confidence_threshold: 0.45 "])
-        tops = self.add("DetectionOutput", [flat[0], conf[0], priors[0]], params=f"detection_output_param {{ {det}}}")
+        det_params = f"detection_output_param {{ {det}}}"
+        tops = self.add("DetectionOutput", [flat[0], conf[0], priors[0]], params=det_params)
         self.terminal.update(tops)  # rows of a data-dependent count
         return bool(tops)
 
@@ -1151,7 +1155,7 @@ class _Builder:
         "filter": 0.5,
         "normalize": 1,
         "permute": 1,
-        "ssd_head": 1,
+        "ssd_head": 2,
         "resample": 2,
     }
 
