@@ -110,108 +110,113 @@ def _clamp_int(g: Emitter, value: str, low: str, high: str) -> str:
 def _region_loop(
     ctx: LayerContext,
     batch_index: str,
-    starts_h: str,
-    ends_h: str,
-    starts_w: str,
-    ends_w: str,
-    channel_shape: list[int],
-    reduce_op: str,
+    bins: tuple[str, str, str, str],
+    average_groups: tuple[int, int] | None = None,
 ) -> str:
-    """Loop over regions r: out[r] = reduce over bins ([start, end) of h and w, per pooled cell) of the
-    feature map of image batch_index[r], cropped to the region. Returns the stacked raw reductions
-    ([R, *channel_shape, ph, pw]) with empty bins left to the caller."""
+    """Loop over regions r: per pooled cell (ph, pw), the max (or, with average_groups = (D, G), the sum
+    of channel block (ph, pw)) of the feature map of image batch_index[r] over rows [hs, he) x columns
+    [ws, we) (bins: [R, ph] / [R, pw] int64, already clipped). Each cell gathers a fixed number of rows
+    and columns (the region's widest bin): for max, indices past a bin's end repeat its last row/column,
+    which cannot change a max; for sums they are masked out. Empty bins are left to the caller.
+    The map is made channel-last once, so each gathered (row, column) is one contiguous vector.
+    Returns [R, C, ph, pw] (max) or [R, D, G, G] (sums)."""
+    starts_h, ends_h, starts_w, ends_w = bins
+    _, channels, height, width = ctx.shape
+    g = _Main(ctx)
+    if average_groups is None:
+        vector, groups = channels, 1
+        last = g.node("Transpose", [ctx.inputs[0]], perm=[0, 2, 3, 1])  # [N, H, W, C]
+    else:
+        vector, groups = average_groups
+        blocks = g.node(
+            "Reshape", [ctx.inputs[0], _i64(ctx, "blocks", [0, vector, groups, groups, height, width])]
+        )
+        last = g.node("Transpose", [blocks], perm=[0, 4, 5, 2, 3, 1])  # [N, H, W, G, G, D]
     body = _Body(ctx, "regions")
     index = body.input("r", np.int64, [])
     cond = body.input("cond", np.bool_, [])
     row = body.node("Unsqueeze", [index, _i64(ctx, "ax0", [0])])
+    one_l, ax0, ax1 = _i64(ctx, "one_l", [1]), _i64(ctx, "ax0", [0]), _i64(ctx, "ax1", [1])
 
     def gather(values: str) -> str:
-        return body.node("Squeeze", [body.node("Gather", [values, row], axis=0), _i64(ctx, "ax0b", [0])])
+        return body.node("Squeeze", [body.node("Gather", [values, row], axis=0), ax0])
 
-    image = body.node("Gather", [ctx.inputs[0], gather(batch_index)], axis=0)  # [C, H, W]
-    hs, he, ws, we = gather(starts_h), gather(ends_h), gather(starts_w), gather(ends_w)
-    # The crop keeps at least one row and column (ONNX Runtime's Where fails to broadcast empty axes);
-    # cells outside their bins are masked anyway.
-    height, width = ctx.shape[2], ctx.shape[3]
-    low_h = body.node("Min", [body.node("ReduceMin", [hs], keepdims=1), _i64(ctx, "last_row", [height - 1])])
-    high_h = body.node(
-        "Max", [body.node("ReduceMax", [he], keepdims=1), body.node("Add", [low_h, _i64(ctx, "one_l", [1])])]
-    )
-    low_w = body.node("Min", [body.node("ReduceMin", [ws], keepdims=1), _i64(ctx, "last_col", [width - 1])])
-    high_w = body.node(
-        "Max", [body.node("ReduceMax", [we], keepdims=1), body.node("Add", [low_w, _i64(ctx, "one_l", [1])])]
-    )
-    crop = body.node(
-        "Slice",
-        [image, body.node("Concat", [low_h, low_w], axis=0), body.node("Concat", [high_h, high_w], axis=0),
-         _i64(ctx, "axes12", [1, 2])],
-    )  # fmt: skip
-    if len(channel_shape) > 1:
-        extent = body.node(
-            "Slice", [body.node("Shape", [crop]), _i64(ctx, "one_l", [1]), _i64(ctx, "three_l", [3])]
+    def taps(first: str, end: str, extent: int) -> tuple[str, str]:
+        """[cells, taps] indices first + j, clipped to the bin's last index and to the map; valid flags."""
+        widest = body.node("ReduceMax", [body.node("Sub", [end, first])], keepdims=0)
+        steps = body.node(
+            "Range",
+            [
+                _i64(ctx, "zero_s", 0),
+                body.node("Max", [widest, _i64(ctx, "one_s", 1)]),
+                _i64(ctx, "one_s", 1),
+            ],
         )
-        target = body.node("Concat", [_i64(ctx, "channel_shape", channel_shape), extent], axis=0)
-        crop = body.node("Reshape", [crop, target])
-    rank = len(channel_shape)
-    # Masks [cells, extent] of the cropped rows / columns each pooled cell covers.
-    rows = body.node(
-        "Add",
-        [
-            body.node(
-                "Range",
-                [
-                    _i64(ctx, "zero", 0),
-                    body.node("Squeeze", [body.node("Sub", [high_h, low_h])]),
-                    _i64(ctx, "one", 1),
-                ],
-            ),
-            low_h,
-        ],
-    )  # noqa: E501
-    cols = body.node(
-        "Add",
-        [
-            body.node(
-                "Range",
-                [
-                    _i64(ctx, "zero", 0),
-                    body.node("Squeeze", [body.node("Sub", [high_w, low_w])]),
-                    _i64(ctx, "one", 1),
-                ],
-            ),
-            low_w,
-        ],
-    )  # noqa: E501
+        raw = body.node("Add", [body.node("Unsqueeze", [first, ax1]), steps])
+        bin_end = body.node("Unsqueeze", [end, ax1])
+        valid = body.node("Less", [raw, bin_end])
+        clipped = body.node("Min", [raw, body.node("Sub", [bin_end, _i64(ctx, "one_s", 1)])])
+        return _clamp_int(
+            body, clipped, _i64(ctx, "zero_s", 0), _i64(ctx, f"last_{extent}", extent - 1)
+        ), valid
 
-    def mask(positions: str, start: str, end: str) -> str:
-        pos = body.node("Unsqueeze", [positions, _i64(ctx, "ax0", [0])])
-        first = body.node("Unsqueeze", [start, _i64(ctx, "ax1", [1])])
-        last = body.node("Unsqueeze", [end, _i64(ctx, "ax1", [1])])
-        return body.node("And", [body.node("GreaterOrEqual", [pos, first]), body.node("Less", [pos, last])])
-
-    mask_h, mask_w = mask(rows, hs, he), mask(cols, ws, we)  # [ph, h'], [pw, w']
-    fill = _f32(ctx, "fill", -np.inf if reduce_op == "ReduceMax" else 0.0)
-    # Over w first: [..., h', 1, w'] with [pw, w'] -> [..., h', pw]
-    wide = body.node("Unsqueeze", [crop, _i64(ctx, "ax_w", [rank + 1])])
-    picked = body.node("Where", [mask_w, wide, fill])
-    over_w = _reduce_last(ctx, body, reduce_op, picked)  # [..., h', pw]
-    moved = body.node("Transpose", [over_w], perm=[*range(rank), rank + 1, rank])  # [..., pw, h']
-    tall = body.node("Unsqueeze", [moved, _i64(ctx, "ax_h", [rank + 1])])  # [..., pw, 1, h']
-    picked_h = body.node("Where", [mask_h, tall, fill])  # [..., pw, ph, h']
-    over_h = _reduce_last(ctx, body, reduce_op, picked_h)  # [..., pw, ph]
-    cell = body.node("Transpose", [over_h], perm=[*range(rank), rank + 1, rank])  # [..., ph, pw]
+    rows, rows_valid = taps(gather(starts_h), gather(ends_h), height)  # [ph, th]
+    cols, cols_valid = taps(gather(starts_w), gather(ends_w), width)  # [pw, tw]
+    # Copy only the rows and columns the region reads, then index relative to that crop.
+    image = body.node("Unsqueeze", [gather(batch_index), ax0])
+    low_r, low_c = body.node("ReduceMin", [rows], keepdims=0), body.node("ReduceMin", [cols], keepdims=0)
+    high_r, high_c = body.node("ReduceMax", [rows], keepdims=0), body.node("ReduceMax", [cols], keepdims=0)
+    lows = body.node("Concat", [image] + [body.node("Unsqueeze", [v, ax0]) for v in (low_r, low_c)], axis=0)
+    highs = body.node(
+        "Concat",
+        [body.node("Add", [image, one_l])]
+        + [body.node("Add", [body.node("Unsqueeze", [v, ax0]), one_l]) for v in (high_r, high_c)],
+        axis=0,
+    )
+    crop = body.node("Slice", [last, lows, highs, _i64(ctx, "axes012", [0, 1, 2])])
+    crop_w = body.node("Add", [body.node("Sub", [high_c, low_c]), _i64(ctx, "one_s", 1)])
+    table = body.node("Reshape", [crop, _i64(ctx, "table", [-1, vector])])
+    flat_rows = body.node(
+        "Unsqueeze", [body.node("Sub", [rows, low_r]), _i64(ctx, "ax23", [2, 3])]
+    )  # [ph, th, 1, 1]
+    flat_cols = body.node("Unsqueeze", [body.node("Sub", [cols, low_c]), ax0])  # [1, 1, pw, tw] after below
+    flat_cols = body.node("Unsqueeze", [flat_cols, ax0])
+    cell_index = body.node("Add", [body.node("Mul", [flat_rows, crop_w]), flat_cols])  # [ph, th, pw, tw]
+    if average_groups is None:
+        picked = body.node("Gather", [table, cell_index], axis=0)  # [ph, th, pw, tw, C]
+        cell = body.node("ReduceMax", [picked], axes=[1, 3], keepdims=0)  # [ph, pw, C]
+    else:
+        # channel block (gh, gw) reads rows of bin gh and columns of bin gw
+        group_row = ctx.const("group_row", np.arange(groups).reshape(groups, 1, 1, 1) * groups, np.int64)
+        group_col = ctx.const("group_col", np.arange(groups).reshape(1, 1, groups, 1), np.int64)
+        entry = body.node(
+            "Add",
+            [
+                body.node(
+                    "Add", [body.node("Mul", [cell_index, _i64(ctx, "gg", groups * groups)]), group_row]
+                ),
+                group_col,
+            ],
+        )
+        picked = body.node("Gather", [table, entry], axis=0)  # [G, th, G, tw, D]
+        valid = body.node(
+            "And",
+            [
+                body.node("Unsqueeze", [rows_valid, _i64(ctx, "ax23", [2, 3])]),
+                body.node("Unsqueeze", [body.node("Unsqueeze", [cols_valid, ax0]), ax0]),
+            ],
+        )
+        picked = body.node(
+            "Where",
+            [body.node("Unsqueeze", [valid, _i64(ctx, "ax4", [4])]), picked, _f32(ctx, "zero_f", 0.0)],
+        )
+        cell = body.node("ReduceSum", [picked, _i64(ctx, "ax13", [1, 3])], keepdims=0)  # [G, G, D]
+    cell = body.node("Transpose", [cell], perm=[2, 0, 1])
     out_cond = body.node("Identity", [cond])
     graph = body.graph([(out_cond, np.bool_), (cell, np.float32)])
     count = ctx.node("Shape", [batch_index])
     (stacked,) = _loop(ctx, ctx.node("Squeeze", [count]), _bool_true(ctx), [], graph, 1)
     return stacked
-
-
-def _reduce_last(ctx: LayerContext, g: Emitter, op: str, value: str) -> str:
-    # Opset 17: ReduceSum takes its axes as an input, ReduceMax as an attribute.
-    if op == "ReduceSum":
-        return g.node(op, [value, _i64(ctx, "ax_last", [-1])], keepdims=0)
-    return g.node(op, [value], axes=[-1], keepdims=0)
 
 
 def _bool_true(ctx: LayerContext) -> str:
@@ -263,7 +268,7 @@ def roi_pooling(ctx: LayerContext) -> list[Shape]:
     hs, he = bins(start_h, end_h, pooled_h, height, "h")
     ws, we = bins(start_w, end_w, pooled_w, width, "w")
     index = g.node("Cast", [batch], to=TensorProto.INT64)
-    pooled = _region_loop(ctx, index, hs, he, ws, we, [channels], "ReduceMax")
+    pooled = _region_loop(ctx, index, (hs, he, ws, we))
     pooled = g.node("Max", [pooled, _f32(ctx, "lowest", -FLT_MAX)])
     empty = _empty_bins(ctx, g, hs, he, ws, we)  # [R, ph, pw]
     ctx.node(
@@ -333,12 +338,7 @@ def psroi_pooling(ctx: LayerContext) -> list[Shape]:
     ws, we = bins(start_w, end_w, width, "w")
     index = g.node("Cast", [batch], to=TensorProto.INT64)
     # Channels as [D, G, G]: reduce every (ph, pw) bin on all channels, then keep the diagonal ones.
-    sums = _region_loop(ctx, index, hs, he, ws, we, [output_dim, group, group], "ReduceSum")
-    # sums: [R, D, G(ph of channel), G(pw of channel), ph, pw] -> take channel ph == bin ph, pw == pw.
-    eye = np.eye(group, dtype=bool)
-    diagonal = ctx.const("diag", eye[:, None, :, None] & eye[None, :, None, :], np.bool_)  # [G,G,G,G]
-    masked = g.node("Where", [diagonal, sums, _f32(ctx, "zero_f", 0.0)])
-    picked = g.node("ReduceSum", [masked, _i64(ctx, "ax23", [2, 3])], keepdims=0)  # [R, D, ph, pw]
+    picked = _region_loop(ctx, index, (hs, he, ws, we), (output_dim, group))  # [R, D, ph, pw]
     area_h = g.node("Unsqueeze", [g.node("Sub", [he, hs]), _i64(ctx, "ax2", [2])])
     area_w = g.node("Unsqueeze", [g.node("Sub", [we, ws]), _i64(ctx, "ax1", [1])])
     area = g.node("Cast", [g.node("Mul", [area_h, area_w])], to=TensorProto.FLOAT)  # [R, ph, pw]
