@@ -283,8 +283,8 @@ PROTOTXT_CASES = {
         [f"bad.prototxt:{CONV_LINE}:118:", "layer 'conv'", "unknown field 'padd'", "spelling"],
     ),
     "unknown_layer_types": (
-        lambda text: text.replace('"ReLU"', '"Swish"').replace('"Softmax"', '"Foo"'),
-        ["bad.prototxt", "Foo, Swish", "'relu' (Swish)", "'prob' (Foo)", "camcaffe converts"],
+        lambda text: text.replace('"ReLU"', '"Bar"').replace('"Softmax"', '"Foo"'),
+        ["bad.prototxt", "Bar, Foo", "'relu' (Bar)", "'prob' (Foo)", "camcaffe converts"],
     ),
     "bottom_nobody_produces": (
         lambda text: text.replace('bottom: "gap"', 'bottom: "gapp"'),

@@ -101,9 +101,9 @@ def test_convert_bad_files(tiny, tmp_path, case):
     elif case == "unsupported":
         weird = tmp_path / "weird.prototxt"
         weird.write_text(
-            TINY.replace('type: "ReLU"', 'type: "Swish"').replace('type: "Softmax"', 'type: "Foo"')
+            TINY.replace('type: "ReLU"', 'type: "Bar"').replace('type: "Softmax"', 'type: "Foo"')
         )
-        args, needle = [weird, caffemodel], "unsupported type(s): Foo, Swish"
+        args, needle = [weird, caffemodel], "unsupported type(s): Bar, Foo"
     result = camcaffe("convert", *args, "-o", out)
     assert_one_line_error(result, needle)
     assert not out.exists()
