@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,10 @@ from camcaffe.convert.axes import product
 from camcaffe.convert.registry import LayerContext, LayerRefused, Shape, converter
 
 FLT_MAX = float(np.finfo(np.float32).max)
+# A top whose row count depends on the data (proposals) is declared with Caffe's upper bound as a graph
+# output; ONNX Runtime's optimiser takes declared output shapes as facts and folds Shape() of them. The
+# region layers therefore read the same values through an undeclared internal tensor.
+_UNDECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TYPES = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64, np.bool_: TensorProto.BOOL}
 
 
@@ -97,7 +102,8 @@ def _roi_columns(ctx: LayerContext) -> list[str]:
     shape = ctx.input_shapes[1]
     if len(shape) < 2 or product(shape[1:]) != 5:
         raise LayerRefused(f"the rois bottom must hold 5 values per region, got shape {tuple(shape)}")
-    rois = ctx.node("Reshape", [ctx.inputs[1], _i64(ctx, "rois_shape", [-1, 5])])
+    source = _UNDECLARED.get(ctx.graph, {}).get(ctx.inputs[1], ctx.inputs[1])
+    rois = ctx.node("Reshape", [source, _i64(ctx, "rois_shape", [-1, 5])])
     columns = [ctx.graph.unique(f"{ctx.name}/roi_col{i}") for i in range(5)]
     ctx.graph.node("Split", [rois], columns, name=f"{ctx.name}/Split_rois", axis=1)
     return [ctx.node("Squeeze", [c, _i64(ctx, f"sq{i}", [1])]) for i, c in enumerate(columns)]
@@ -120,9 +126,32 @@ def _region_loop(
     which cannot change a max; for sums they are masked out. Empty bins are left to the caller.
     The map is made channel-last once, so each gathered (row, column) is one contiguous vector.
     Returns [R, C, ph, pw] (max) or [R, D, G, G] (sums)."""
-    starts_h, ends_h, starts_w, ends_w = bins
     _, channels, height, width = ctx.shape
     g = _Main(ctx)
+    # With no region at all, ONNX Runtime still runs the body once to learn the output's shape: every
+    # per-region array gets a harmless extra row (image 0, empty bins) and the loop at least one trip.
+    count = g.node("Shape", [batch_index])
+    batch_index = g.node("Concat", [batch_index, _i64(ctx, "pad_row", [0])], axis=0)
+    pad_shape = g.node(
+        "Concat",
+        [
+            _i64(ctx, "one_l", [1]),
+            g.node("Slice", [g.node("Shape", [bins[0]]), _i64(ctx, "one_l", [1]), _i64(ctx, "two_l", [2])]),
+        ],
+        axis=0,
+    )
+    pad_h = g.node("Expand", [_i64(ctx, "zero_s", 0), pad_shape])
+    pad_shape_w = g.node(
+        "Concat",
+        [
+            _i64(ctx, "one_l", [1]),
+            g.node("Slice", [g.node("Shape", [bins[2]]), _i64(ctx, "one_l", [1]), _i64(ctx, "two_l", [2])]),
+        ],
+        axis=0,
+    )
+    pad_w = g.node("Expand", [_i64(ctx, "zero_s", 0), pad_shape_w])
+    starts_h, ends_h = (g.node("Concat", [v, pad_h], axis=0) for v in bins[:2])
+    starts_w, ends_w = (g.node("Concat", [v, pad_w], axis=0) for v in bins[2:])
     if average_groups is None:
         vector, groups = channels, 1
         last = g.node("Transpose", [ctx.inputs[0]], perm=[0, 2, 3, 1])  # [N, H, W, C]
@@ -214,9 +243,9 @@ def _region_loop(
     cell = body.node("Transpose", [cell], perm=[2, 0, 1])
     out_cond = body.node("Identity", [cond])
     graph = body.graph([(out_cond, np.bool_), (cell, np.float32)])
-    count = ctx.node("Shape", [batch_index])
-    (stacked,) = _loop(ctx, ctx.node("Squeeze", [count]), _bool_true(ctx), [], graph, 1)
-    return stacked
+    trips = g.node("Squeeze", [g.node("Max", [count, _i64(ctx, "one_l", [1])])])
+    (stacked,) = _loop(ctx, trips, _bool_true(ctx), [], graph, 1)
+    return g.node("Slice", [stacked, _i64(ctx, "s0", [0]), count, _i64(ctx, "ax0", [0])])
 
 
 def _bool_true(ctx: LayerContext) -> str:
@@ -777,6 +806,7 @@ def _write_rois(
     columns = [g.node("Cast", [image_index], to=TensorProto.FLOAT), *coords]
     rows = g.node("Concat", [g.node("Unsqueeze", [c, _i64(ctx, "ax1", [1])]) for c in columns], axis=1)
     ctx.graph.node("Identity", [rows], [ctx.outputs[0]], name=ctx.name)
+    _UNDECLARED.setdefault(ctx.graph, {})[ctx.outputs[0]] = rows
     if len(ctx.outputs) > 1:
         ctx.graph.node(
             "Reshape",

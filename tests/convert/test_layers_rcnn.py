@@ -246,7 +246,7 @@ def test_param_str_forms():
 
 FASTER_RCNN = """name: "tiny_faster_rcnn"
 input: "data"
-input_shape { dim: 1 dim: 3 dim: 48 dim: 64 }
+input_shape { dim: 1 dim: 3 dim: 24 dim: 32 }
 input: "im_info"
 input_shape { dim: 1 dim: 3 }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
@@ -283,16 +283,33 @@ layer { name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }
 """
 
 
-def test_tiny_faster_rcnn_end_to_end(tmp_path):
-    """conv -> RPN -> Python proposal -> ROIPooling -> fc -> cls_prob / bbox_pred: every blob as the oracle."""
-    result, weights, onnx_path = convert_text(tmp_path, FASTER_RCNN)
+CPP_PROPOSAL = """layer { name: "proposal" type: "Proposal" bottom: "rpn_cls_prob_reshape" bottom: "rpn_bbox_pred"
+  bottom: "im_info" top: "rois"
+  proposal_param { feat_stride: 4 base_size: 4 min_size: 4 ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16
+    pre_nms_topn: 250 post_nms_topn: 400 nms_thresh: 0.6 } }"""
+
+
+@pytest.mark.parametrize("proposal", ["python", "c++"])
+@pytest.mark.parametrize("image_scale", [0.25, 100.0])  # 100: py-faster-rcnn filters every box out
+def test_tiny_faster_rcnn_end_to_end(tmp_path, proposal, image_scale):
+    """conv -> RPN -> proposal -> ROIPooling -> fc -> cls_prob / bbox_pred: every blob as the oracle, with
+    fewer rows than the layer's maximum (ONNX Runtime must not take the declared bound as the shape)."""
+    text = FASTER_RCNN
+    if proposal == "c++":
+        start = text.index('layer { name: "proposal"')
+        text = text[:start] + CPP_PROPOSAL + text[text.index('layer { name: "roi_pool"') - 1 :]
+    result, weights, onnx_path = convert_text(tmp_path, text)
     rng = np.random.default_rng(11)
     feeds = {
-        "data": rng.normal(0, 1, (1, 3, 48, 64)).astype(np.float32),
-        "im_info": np.array([[48, 64, 0.25]], np.float32),
+        "data": rng.normal(0, 1, (1, 3, 24, 32)).astype(np.float32),
+        "im_info": np.array([[24, 32, image_scale]], np.float32),
     }
     blobs = blobs_of(result, onnx_path, feeds)
-    expected = ref.forward(FASTER_RCNN, {n: arrays for n, (_, arrays) in weights.record.items()}, feeds)
-    assert 5 < len(expected["rois"]) <= 300
+    expected = ref.forward(text, {n: arrays for n, (_, arrays) in weights.record.items()}, feeds)
+    maximum = 300 if proposal == "python" else 250
+    if proposal == "python" and image_scale > 1:
+        assert len(expected["rois"]) == 0
+    else:
+        assert 5 < len(expected["rois"]) < maximum
     for name in ("rpn_cls_prob_reshape", "rois", "pool5", "fc6", "cls_prob", "bbox_pred"):
         assert_close(blobs[name], expected[name], name)
