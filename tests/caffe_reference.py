@@ -1241,8 +1241,9 @@ def _decode(prior: np.ndarray, var: np.ndarray, loc: np.ndarray, code: int, enco
     check(code == 2, "DetectionOutput: unknown code_type")
     cx = f32(f32(f32(v[0] * loc[0]) * pw) + f32(f32(prior[0] + prior[2]) / f32(2)))
     cy = f32(f32(f32(v[1] * loc[1]) * ph) + f32(f32(prior[1] + prior[3]) / f32(2)))
-    w = f32(f32(math.exp(f32(v[2] * loc[2]))) * pw)
-    h = f32(f32(math.exp(f32(v[3] * loc[3]))) * ph)
+    with np.errstate(over="ignore"):  # Caffe's float exp overflows to inf
+        w = f32(f32(np.exp(np.float64(f32(v[2] * loc[2])))) * pw)
+        h = f32(f32(np.exp(np.float64(f32(v[3] * loc[3])))) * ph)
     return (f32(cx - w / 2.0), f32(cy - h / 2.0), f32(cx + w / 2.0), f32(cy + h / 2.0))
 
 
@@ -1264,7 +1265,7 @@ def _nms_fast(
     return kept
 
 
-def _libstdcxx_sort(items: list, greater: Callable[[object, object], bool]) -> list:
+def _libstdcxx_sort(items: list, greater: Callable[[object, object], bool], depth: int | None = None) -> list:
     """std::sort as libstdc++ (GCC >= 4.9) runs it: introsort with median-of-three pivots, stopping at 16
     elements, then insertion sort. Deterministic, but not stable for more than 16 elements; Caffe sorts the
     keep_top_k candidates with it."""
@@ -1305,9 +1306,38 @@ def _libstdcxx_sort(items: list, greater: Callable[[object, object], bool]) -> l
             a[first], a[last] = a[last], a[first]
             first += 1
 
+    def adjust_heap(first: int, hole: int, length: int, value: object) -> None:
+        top, child = hole, hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if greater(a[first + child], a[first + child - 1]):
+                child -= 1
+            a[first + hole] = a[first + child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            a[first + hole] = a[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2
+        while hole > top and greater(a[first + parent], value):
+            a[first + hole] = a[first + parent]
+            hole, parent = parent, (parent - 1) // 2
+        a[first + hole] = value
+
+    def heap_sort(first: int, last: int) -> None:  # std::__partial_sort(first, last, last)
+        length = last - first
+        for parent in range((length - 2) // 2, -1, -1):
+            adjust_heap(first, parent, length, a[first + parent])
+        while last - first > 1:
+            last -= 1
+            value, a[last] = a[last], a[first]
+            adjust_heap(first, 0, last - first, value)
+
     def introsort(first: int, last: int, depth: int) -> None:
         while last - first > 16:
-            check(depth > 0, "std::sort's heapsort fallback is not modelled")
+            if depth == 0:
+                heap_sort(first, last)
+                return
             depth -= 1
             median_to_first(first, first + 1, first + (last - first) // 2, last - 1)
             cut = partition(first + 1, last, first)
@@ -1315,7 +1345,7 @@ def _libstdcxx_sort(items: list, greater: Callable[[object, object], bool]) -> l
             last = cut
 
     if len(a) > 1:
-        introsort(0, len(a), 2 * (len(a).bit_length() - 1))
+        introsort(0, len(a), 2 * (len(a).bit_length() - 1) if depth is None else depth)
         if len(a) > 16:
             insertion_sort(0, 16)
             for i in range(16, len(a)):
