@@ -384,3 +384,22 @@ def test_synthetic_ssd_head_matches_oracle_and_opencv(tmp_path):
 def _by_label(rows: np.ndarray) -> np.ndarray:
     flat = rows.reshape(-1, 7)
     return flat[np.lexsort((-flat[:, 2], flat[:, 1], flat[:, 0]))]
+
+
+def test_oracle_sorts_ties_as_libstdcxx():
+    """keep_top_k uses std::sort: the oracle's emulation gives g++'s orders (recorded from a g++ 12 build),
+    introsort and its heapsort fallback (std::partial_sort) alike; up to 16 elements it is stable."""
+    scores = [0.5, 0.25, 0.5, 0.75, 0.5, 0.25, 0.25, 0.5, 0.75, 0.5, 0.5, 0.25]
+    scores += [0.75, 0.5, 0.25, 0.5, 0.5, 0.75, 0.25, 0.5, 0.5, 0.25, 0.75, 0.5]
+    items = [(np.float32(s), i) for i, s in enumerate(scores)]
+
+    def greater(a: tuple, b: tuple) -> bool:
+        return bool(a[0] > b[0])
+
+    introsort = [22, 3, 17, 8, 12, 23, 0, 20, 19, 16, 15, 13, 10, 9, 7, 4, 2, 11, 14, 6, 18, 5, 21, 1]
+    heapsort = [8, 3, 12, 22, 17, 7, 16, 20, 9, 10, 23, 15, 19, 13, 4, 0, 2, 18, 1, 21, 5, 11, 6, 14]
+    assert [i for _, i in cr._libstdcxx_sort(items, greater)] == introsort
+    assert [i for _, i in cr._libstdcxx_sort(items, greater, depth=0)] == heapsort
+    assert [i for _, i in cr._libstdcxx_sort(items[:16], greater)] == sorted(
+        range(16), key=lambda i: -scores[i]
+    )
