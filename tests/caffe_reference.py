@@ -556,7 +556,7 @@ def crop(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarr
         else:
             off = 0 if not offsets else offsets[0] if len(offsets) == 1 else offsets[i - axis]
             size = ref.shape[i]
-        check(x.shape[i] - off >= ref.shape[i], f"Crop out of range on axis {i}")
+        check(i < axis or x.shape[i] - off >= ref.shape[i], f"Crop out of range on axis {i}")  # HED: 1 vs 3 ch
         index.append(slice(off, off + size))
     return x[tuple(index)]
 
