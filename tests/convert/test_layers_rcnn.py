@@ -203,6 +203,35 @@ def test_python_proposal_layer_matches_py_faster_rcnn(tmp_path, param_str):
     assert_close(blobs["scores"], scores, "scores")
 
 
+def test_python_proposal_agrees_with_opencv_proposal(tmp_path):
+    """OpenCV 4's C++ Proposal follows py-faster-rcnn (its anchors, sort, NMS) but keeps boxes below
+    min_size, which py-faster-rcnn removes before sorting: without those rows, the same rows in order."""
+    cv2 = pytest.importorskip("cv2")
+    anchors, height, width = 9, 12, 16
+    cls, deltas = _rpn_inputs(5, 1, anchors, height, width, None)
+    info = np.array([[190, 250, 1.0]], np.float32)
+    inputs = _inputs(cls=cls.shape, deltas=deltas.shape, im_info=(1, 3))
+    python = inputs + (
+        '\nlayer { name: "proposal" type: "Python" bottom: "cls" bottom: "deltas" bottom: "im_info" top: "rois" '
+        'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "\'feat_stride\': 16" } }'
+    )
+    blobs = _run(tmp_path, python, {"cls": cls, "deltas": deltas, "im_info": info})
+    native = inputs + (
+        '\nlayer { name: "proposal" type: "Proposal" bottom: "cls" bottom: "deltas" bottom: "im_info" top: "rois" '
+        "proposal_param { feat_stride: 16 base_size: 16 min_size: 16 ratio: 0.5 ratio: 1 ratio: 2 scale: 8 "
+        "scale: 16 scale: 32 pre_nms_topn: 6000 post_nms_topn: 300 nms_thresh: 0.7 } }"
+    )
+    (tmp_path / "opencv.prototxt").write_text(native)
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "opencv.prototxt"))
+    for name, value in (("cls", cls), ("deltas", deltas), ("im_info", info)):
+        net.setInput(value, name)
+    rows = np.asarray(net.forward("proposal")).reshape(-1, 5)
+    sides = rows[:, 3:5] - rows[:, 1:3] + 1
+    large = rows[(sides >= 16).all(axis=1)]
+    assert 50 < len(blobs["rois"]) < len(rows)
+    assert_close(blobs["rois"], large[: len(blobs["rois"])], "OpenCV Proposal without its small boxes")
+
+
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
