@@ -391,3 +391,17 @@ def test_pspnet_shaped_pyramid_pooling(tmp_path):
     )
     got = _check(tmp_path, net_text((1, 3, feature, feature), layers), (1, 3, feature, feature), seed=4)
     assert got["conv6_interp"].shape == (1, 3, 45, 45)
+
+
+def test_unpooling_needs_a_mask_of_the_data_shape(tmp_path):
+    layers = (
+        CONV1
+        + _pool_mask(2, 2)
+        + _layer("unpool", "MaxUnPool", ["conv1", "mask"], "max_unpool_param { dst_h: 8 dst_w: 8 }")
+    )
+    layers += _layer("up", "Upsample", ["conv1", "mask"], "upsample_param { scale: 2 }")
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(net_text((1, 3, 4, 4), layers))
+    with pytest.raises(UnsupportedLayerError) as error:
+        convert_files(prototxt, None, tmp_path / "m.onnx", ConvertOptions())
+    assert str(error.value).count("must have the data bottom's shape") == 2
