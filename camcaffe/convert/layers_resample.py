@@ -9,6 +9,7 @@ two-bottom Upsample and the two-blob BN; hszhao/PSPNet for Interp (caffe_cpu_int
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, numpy_helper
 
 from camcaffe.convert.registry import LayerContext, LayerRefused, Shape, converter
 
@@ -116,15 +117,11 @@ def _unpool(ctx: LayerContext, values: str, mask: str, shape: list[int], out_h: 
     ctx.node("Reshape", [kept, ctx.const("out_shape", [0, 0, out_h, out_w])], ctx.outputs)
 
 
-def _int64_tensor(value: int):
-    from onnx import numpy_helper
-
+def _int64_tensor(value: int) -> TensorProto:
     return numpy_helper.from_array(np.array([value], dtype=np.int64))
 
 
-def _float_tensor(value: float):
-    from onnx import numpy_helper
-
+def _float_tensor(value: float) -> TensorProto:
     return numpy_helper.from_array(np.array([value], dtype=np.float32))
 
 
@@ -480,20 +477,28 @@ def resize(ctx: LayerContext) -> list[Shape]:
     if (out_h, out_w) == (shape[2], shape[3]):
         ctx.node("Identity", ctx.inputs[:1], ctx.outputs)
         return [out]
-    row_factor = _dropped_border_factor(shape[2], out_h)
-    column_factor = _dropped_border_factor(shape[3], out_w)
-    attenuated = not (np.all(row_factor == 1) and np.all(column_factor == 1))
-    resized = _resize(
+    # Per-row and per-column factors, the non-trivial ones only (1-D constants, not an output-sized one).
+    factors = [
+        factor
+        for factor in (
+            _dropped_border_factor(shape[2], out_h)[:, None],
+            _dropped_border_factor(shape[3], out_w),
+        )
+        if not np.all(factor == 1)
+    ]
+    value = _resize(
         ctx,
         ctx.inputs[0],
         (out_h, out_w),
-        None if attenuated else ctx.outputs,
+        None if factors else ctx.outputs,
         mode="linear",
         coordinate_transformation_mode="asymmetric",
     )
-    if attenuated:
-        factor = (row_factor[:, None] * column_factor[None, :]).astype(np.float32)
-        ctx.node("Mul", [resized, ctx.const("border_factor", factor, np.float32)], ctx.outputs)
+    for index, factor in enumerate(factors):
+        last = index == len(factors) - 1
+        value = ctx.node(
+            "Mul", [value, ctx.const("border_factor", factor, np.float32)], ctx.outputs if last else None
+        )
     return [out]
 
 
