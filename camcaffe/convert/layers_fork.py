@@ -11,7 +11,14 @@ import numpy as np
 from camcaffe.caffe import caffe_pb2
 from camcaffe.convert.axes import canonical_axis, product, spatial_values
 from camcaffe.convert.layers_conv import convolution
-from camcaffe.convert.registry import LayerContext, LayerRefused, Shape, converter, get_converter
+from camcaffe.convert.registry import (
+    LayerContext,
+    LayerRefused,
+    Shape,
+    converter,
+    get_converter,
+    refused_type,
+)
 
 
 def _optional(param, field: str) -> int | None:
@@ -308,3 +315,30 @@ def im2col(ctx: LayerContext) -> list[Shape]:
     out_shape = [batch, channels * kernel[0] * kernel[1], *out]
     ctx.node("Reshape", [gathered, ctx.const("shape", [0, *out_shape[1:]])], ctx.outputs)
     return [out_shape]
+
+
+# ------------------------------------------------------------------------------------------- YOLO outputs
+
+# The YOLO ports' output layers differ from port to port (eight Region layers among the public forks: some
+# rewrite the bottom with logistic/softmax, some emit boxes and thresholded class scores as two tops, one
+# swaps width and height), and OpenCV's Region reads its anchors from a layer blob that no fork writes, so
+# there is no second opinion. They are refused with what to do instead.
+_YOLO_OUTPUT = (
+    "YOLO output layers differ between the Caffe ports (anchor decoding, thresholds, NMS and even the number "
+    "of tops), so camcaffe does not convert them; remove this layer, convert the net up to its bottom blob and "
+    "decode the boxes after inference as the port's post-processing does"
+)
+for _type_name in (
+    "Region",
+    "RegionLoss",
+    "Yolo",
+    "YoloV1",
+    "Yolov3",
+    "YoloDetectionOutput",
+    "Yolov3DetectionOutput",
+    "YoloLoss",
+    "YOLOLoss",
+    "YoloV2Loss",
+    "YoloSeg",
+):
+    refused_type(_type_name, _YOLO_OUTPUT)

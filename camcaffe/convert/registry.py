@@ -154,8 +154,23 @@ class LayerContext:
         return LayerRefused(reason)
 
 
+# Types known and deliberately not converted (family modules add the reason to show instead of
+# "unsupported type").
+_REFUSED_TYPES: dict[str, str] = {}
+
+
+def refused_type(type_name: str, reason: str) -> None:
+    _REFUSED_TYPES[type_name] = reason
+
+
 def refuse_all(unsupported: list[tuple[str, str, str]], source: str) -> UnsupportedLayerError:
     """One error listing every layer that cannot be converted: (name, type, reason)."""
+    if not _loaded:
+        _load_converters()
+    unsupported = [
+        (name, type_name, reason or _REFUSED_TYPES.get(type_name, ""))
+        for name, type_name, reason in unsupported
+    ]
     parts = [
         f"layer '{name}' ({type_name}{': ' + reason if reason else ''})"
         for name, type_name, reason in unsupported

@@ -283,14 +283,16 @@ def test_refusals_name_the_layer_and_the_reason(layers, shape, needle, tmp_path)
     assert needle in message, message
 
 
-@pytest.mark.parametrize("type_name", ["Region", "Yolo", "YoloDetectionOutput"])
+@pytest.mark.parametrize("type_name", ["Region", "Yolo", "YoloDetectionOutput", "Yolov3DetectionOutput"])
 def test_yolo_output_layers_are_refused_by_name(type_name, tmp_path):
     from tests.helpers import convert_text
 
-    text = _net((1, 4, 2, 2), _layer("out", type_name, ["data"]))
+    text = _net((1, 4, 2, 2), _layer("out", type_name, ["data"], "region_param { classes: 2 num: 1 }"))
     with pytest.raises(CamcaffeError) as error:
         convert_text(tmp_path, text)
-    assert f"layer 'out' ({type_name}" in str(error.value)
+    message = str(error.value)
+    assert f"layer 'out' ({type_name}: YOLO output layers differ between the Caffe ports" in message, message
+    assert "remove this layer" in message
 
 
 def test_oracle_spp_and_im2col_equal_real_caffe():
