@@ -595,7 +595,9 @@ def _greedy_nms(
 
 
 def _keep_top_k(ctx: LayerContext, keep: str, scores: str, per_image: int, keep_top_k: int) -> str:
-    """Kept detections limited to the keep_top_k best scores of each image (ties: class, then NMS order)."""
+    """Kept detections limited to the keep_top_k best scores of each image. Caffe picks them with std::sort,
+    which is not stable: past 16 candidates its order among exactly equal scores is an artefact of the C++
+    library it was built with (libstdc++'s introsort for golden_v2); here ties go by class, then NMS order."""
     if keep_top_k < 0 or keep_top_k >= per_image:
         return keep
     flat_shape = ctx.const("per_image", [0, per_image])

@@ -200,6 +200,10 @@ DETECTION_CASES = {
         4,
     ),
     "top_k_zero": (2, 20, 3, True, "nms_param { nms_threshold: 0.5 top_k: 0 }", None),
+    "keep_top_k_zero_and_negative_top_k": (
+        2, 20, 3, True, "nms_param { nms_threshold: 0.5 top_k: -4 } keep_top_k: 0", None
+    ),
+    "negative_keep_top_k": (2, 20, 3, True, "nms_param { nms_threshold: 0.5 top_k: 5 } keep_top_k: -3", None),
 }  # fmt: skip
 
 
