@@ -56,13 +56,14 @@ def _unpool(ctx: LayerContext, values: str, mask: str, shape: list[int], out_h: 
     values[i] for i in increasing order, so the LAST write wins on a repeated index. ScatterElements leaves
     the order of repeated indices unspecified (GPU kernels race), so the repeats are resolved first: the
     entries are sorted by (index, i), each index keeps its last entry and the others go to a spare slot
-    that is cut off afterwards. The mask is the plane index of a MAX Pooling top (>= 0); a negative or too
-    large index stops Caffe (out of range) and makes ScatterElements fail."""
+    that is cut off afterwards. The mask is the plane index of a MAX Pooling top (>= 0): an index past
+    the plane stops Caffe and makes ScatterElements fail; -1 (an empty pooling window, where Caffe writes
+    outside the plane) lands in the spare slot."""
     count = shape[2] * shape[3]
     plane = out_h * out_w
     flat_shape = ctx.const("flat_shape", [0, 0, -1])
     flat_values = ctx.node("Reshape", [values, flat_shape])
-    index = ctx.node("Reshape", [ctx.node("Cast", [mask], to=7), flat_shape])  # to int64, truncating
+    index = ctx.node("Reshape", [ctx.node("Cast", [mask], to=TensorProto.INT64), flat_shape])  # truncates
     # key = index * count + i: unique, sorted by index then position.
     key = ctx.node(
         "Add",
@@ -76,10 +77,7 @@ def _unpool(ctx: LayerContext, values: str, mask: str, shape: list[int], out_h: 
         ctx.graph.unique(f"{ctx.name}/order"),
     )
     ctx.node("TopK", [key, ctx.const("k", [count])], [sorted_key, order], axis=-1, largest=0, sorted=1)
-    sorted_position = ctx.node("Mod", [sorted_key, ctx.const("count_mod", np.int64(count))])
-    sorted_index = ctx.node(
-        "Div", [ctx.node("Sub", [sorted_key, sorted_position]), ctx.const("count_div", np.int64(count))]
-    )
+    sorted_index = ctx.node("GatherElements", [index, order], axis=2)
     following = ctx.node(
         "Concat",
         [
