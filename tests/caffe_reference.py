@@ -923,12 +923,15 @@ def upsample(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.n
         return x.astype(np.float64)
     if p.HasField("upsample_h") and p.HasField("upsample_w"):  # caffe-segnet
         out_h, out_w = p.upsample_h, p.upsample_w
+        check(out_h > 1 and out_w > 1, "Upsample: upsample_h/upsample_w must exceed 1 (CHECK_GT)")
     else:
         sh, sw = (
             (p.scale_h, p.scale_w)
             if p.HasField("scale_h")
             else ((p.scale if p.HasField("scale") else 2),) * 2
         )
+        check(sh > 1 and sw > 1, "Upsample: scale must exceed 1 (CHECK_GT)")
+        check((not p.pad_out_h or sh == 2) and (not p.pad_out_w or sw == 2), "pad_out needs scale 2")
         out_h = x.shape[2] * sh - int(p.pad_out_h)
         out_w = x.shape[3] * sw - int(p.pad_out_w)
     return mask_unpool(x, bottoms[1], out_h, out_w)
