@@ -107,6 +107,10 @@ def convolution_depthwise(ctx: LayerContext) -> list[Shape]:
             "type disagree on its meaning (conv_dw_layer outputs C channels, others num_output); set "
             f"num_output: {channels} (or use Convolution with group)"
         )
+    for name in ("stride", "pad"):
+        if param.HasField(f"{name}_h") != param.HasField(f"{name}_w"):
+            # conv_dw_layer reads x_h/x_w only as a pair, else the (here absent) repeated field.
+            raise LayerRefused(f"{name}_h and {name}_w must be given together")
     kernel, stride, pad, dilation = _window_2d(param)
     spatial = [
         _windowed_size(size, k, s, p, d)

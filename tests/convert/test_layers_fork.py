@@ -245,6 +245,13 @@ def test_reorg_is_darknets_order_not_space_to_depth(tmp_path):
             "num_output 4 differs from the input channels 2",
         ),
         (
+            _layer(
+                "dw", "ConvolutionDepthwise", ["data"], "convolution_param { kernel_size: 3 stride_h: 2 }"
+            ),
+            (1, 2, 5, 5),
+            "stride_h and stride_w must be given together",
+        ),
+        (
             _layer("rg", "Reorg", ["data"], "reorg_param { reverse: false }"),
             (1, 4, 4, 4),
             "stride must be given",
