@@ -47,11 +47,6 @@ class _Body:
         self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
         return out
 
-    def nodes_out(self, op: str, inputs: Sequence[str], count: int, **attrs: Any) -> list[str]:
-        outs = [self.ctx.graph.unique(f"{self.ctx.name}/{self.label}/{op}:out") for _ in range(count)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, **attrs))
-        return outs
-
     def graph(self, outputs: Sequence[tuple[str, Any]]) -> GraphProto:
         infos = [helper.make_tensor_value_info(name, _TYPES[dtype], None) for name, dtype in outputs]
         return helper.make_graph(self.nodes, f"{self.ctx.name}/{self.label}", self.inputs, infos)
@@ -84,6 +79,10 @@ def _i64(ctx: LayerContext, hint: str, value: Any) -> str:
 
 def _f32(ctx: LayerContext, hint: str, value: Any) -> str:
     return ctx.const(hint, value, np.float32)
+
+
+def _i32(ctx: LayerContext, hint: str, value: Any) -> str:
+    return ctx.const(hint, value, np.int32)
 
 
 def _round_half_away(ctx: LayerContext, g: Emitter, x: str) -> str:
@@ -783,10 +782,6 @@ def _greedy_nms(
     return image_index, column
 
 
-def _i32(ctx: LayerContext, hint: str, value: Any) -> str:
-    return ctx.const(hint, value, np.int32)
-
-
 def _gather_rows(
     ctx: LayerContext, values: list[str], image_index: str, column: str, width: str
 ) -> list[str]:
@@ -944,6 +939,8 @@ def _py_proposal(ctx: LayerContext, params: dict[str, Any]) -> list[Shape]:
             raise LayerRefused(f"param_str '{key}' must be a positive integer, got {value!r}")
     if ctx.shape[0] != 1:
         raise LayerRefused(f"the layer asserts a batch of 1 item, the net feeds {ctx.shape[0]}")
+    if product(ctx.input_shapes[2]) < 3:
+        raise LayerRefused("im_info must hold (height, width, scale): the layer reads im_info[2]")
     ctx.batch_fixed = True
     anchors = _py_faster_rcnn_anchors(
         base_size, _number_list(params, "ratios", (0.5, 1, 2)), _number_list(params, "scales", (8, 16, 32))
