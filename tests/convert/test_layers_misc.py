@@ -306,7 +306,7 @@ def test_filter_top_count_is_checked(tmp_path):
 
 
 OPENCV_CASES = [
-    ("ReLU6", ""),
+    ("ReLU6", ""),  # OpenCV ignores relu6_param: only the default min(max(x, 0), 6) is compared
     ("HardSwish", ""),
     ("HardSigmoid", ""),
     ("Swish", ""),  # OpenCV ignores swish_param.beta: only beta 1 is compared
