@@ -907,18 +907,21 @@ class _Builder:
         soft = self.add("Softmax", shaped, params="softmax_param { axis: 2 }") if shaped else []
         conf = self.add("Flatten", soft, params="flatten_param { axis: 1 }") if soft else []
         if not conf or np.unique(self.values[conf[0]]).size < self.values[conf[0]].size:
-            return False  # tied scores: camcaffe's keep_top_k order is stable, Caffe's std::sort is not
+            return False  # tied scores make NMS order and keep_top_k's cut depend on float rounding
         nms = f"nms_threshold: {self.pick([0.0, 0.3, 0.45, 0.7])} "
-        if self.chance(0.5):
-            nms += f"top_k: {self.pick([0, 3, 10])} "
         if self.chance(0.3):
             nms = f"nms_threshold: 0.8 eta: {self.pick([0.5, 0.9])} "
+        keep_top_k = self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
+        if keep_top_k:  # at most 16 candidates: std::sort is then an insertion sort (stable, as camcaffe)
+            nms += f"top_k: {16 // classes} "
+        elif self.chance(0.5):
+            nms += f"top_k: {self.pick([0, 3, 10])} "
         det = f"num_classes: {classes} nms_param {{ {nms}}} "
         det += f"code_type: {self.pick(['CORNER', 'CENTER_SIZE', 'CORNER_SIZE'])} "
         background = ["", f"background_label_id: {classes - 1} "] + ([] if share else ["background_label_id: -1 "])
         det += ("" if share else "share_location: false ") + self.pick(background)
         det += self.pick(["", "variance_encoded_in_target: true "])
-        det += self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
+        det += keep_top_k
         det += self.pick(["", "confidence_threshold: 0.2 ", "confidence_threshold: 0.45 "])
         det_params = f"detection_output_param {{ {det}}}"
         tops = self.add("DetectionOutput", [flat[0], conf[0], priors[0]], params=det_params)
