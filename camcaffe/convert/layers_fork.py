@@ -94,7 +94,9 @@ def depthwise_convolution(ctx: LayerContext) -> list[Shape]:
 @converter("ConvolutionDepthwise")
 def convolution_depthwise(ctx: LayerContext) -> list[Shape]:
     """The MobileNet-YOLO / BVLC PR 5665 layer (conv_dw_layer.cpp): one kh x kw filter per input
-    channel, weights (C, 1, kh, kw), bias (C); the top has C channels, group is not read."""
+    channel, weights (C, 1, kh, kw), bias (C); the top has C channels, group is not read. Without
+    stride/pad the PR's LayerSetUp reads past an empty repeated field; the forks that run such files
+    (mini-caffe) use 1 and 0, as here."""
     _require_4d(ctx)
     param = ctx.layer.convolution_param
     if canonical_axis(param.axis, 4, "convolution_param.axis") != 1:
