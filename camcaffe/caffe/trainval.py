@@ -17,7 +17,10 @@ SINK_TYPES = frozenset({"Accuracy", "HDF5Output"})
 
 
 def is_data_layer(layer: caffe_pb2.LayerParameter) -> bool:
-    return layer.type in DATA_LAYER_TYPES and not (layer.type == "Python" and layer.bottom)
+    """Known data types, and fork ones (HED's ImageLabelmapData, ...): a '...Data' type without bottoms."""
+    if layer.type == "Python" or layer.type.endswith("Data"):
+        return not layer.bottom
+    return layer.type in DATA_LAYER_TYPES
 
 
 def is_loss_layer(layer: caffe_pb2.LayerParameter) -> bool:
@@ -41,28 +44,45 @@ def strip_training(layers: list[caffe_pb2.LayerParameter]) -> TrainingStrip:
     for layer in layers:
         if not is_loss_layer(layer):
             kept.append(layer)
-    labels = {top for layer in kept if is_data_layer(layer) for top in layer.top[1:]}
-    label_only: set[int] = set()
-    for index, layer in enumerate(kept):
-        if not is_data_layer(layer) and layer.bottom and all(bottom in labels for bottom in layer.bottom):
-            label_only.add(index)
-            labels.update(layer.top)
-    read_elsewhere = {
-        bottom for index, layer in enumerate(kept) if index not in label_only for bottom in layer.bottom
-    }
-    drop_labels = not (read_elsewhere & labels)
+    labels, label_only = _label_branches(kept)
     removed: set[int] = set()  # ids: LayerParameters do not hash
     for index, layer in enumerate(kept):
-        if drop_labels and index in label_only:
+        if index in label_only:
             removed.add(id(layer))
             continue
         if is_data_layer(layer):
-            layer = _as_input_layer(layer, labels if drop_labels else set(), strip)
+            layer = _as_input_layer(layer, labels, strip)
         strip.layers.append(layer)
     strip.dropped = [
         (layer.name, layer.type) for layer in layers if is_loss_layer(layer) or id(layer) in removed
     ]
     return strip
+
+
+def _label_branches(kept: list[caffe_pb2.LayerParameter]) -> tuple[set[str], set[int]]:
+    """Data tops after the first that only the (dropped) losses need, directly or through layers that
+    read nothing else (DeepLab's label Interp): those tops, and the indices of those layers. A top that
+    the kept net reads (an HHA stream, say) stays an input, with everything derived from it."""
+    candidates = {top for layer in kept if is_data_layer(layer) for top in layer.top[1:]}
+    while True:
+        origins: dict[str, set[str]] = {top: {top} for top in candidates}
+        label_only: set[int] = set()
+        for index, layer in enumerate(kept):
+            if not is_data_layer(layer) and layer.bottom and all(bottom in origins for bottom in layer.bottom):
+                label_only.add(index)
+                sources = set().union(*(origins[bottom] for bottom in layer.bottom))
+                for top in layer.top:
+                    origins[top] = sources
+        needed = {
+            source
+            for index, layer in enumerate(kept)
+            if index not in label_only
+            for bottom in layer.bottom
+            for source in origins.get(bottom, ())
+        }
+        if not needed:
+            return candidates, label_only
+        candidates -= needed
 
 
 def _as_input_layer(

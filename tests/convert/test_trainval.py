@@ -155,6 +155,22 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "cat" bottom: "cat" top: "los
     assert result.net.dropped == [("loss", "EuclideanLoss")]
 
 
+def test_a_second_image_stream_stays_an_input_while_the_label_goes(tmp_path):
+    """FCN's NYUD color+HHA nets: the data layer's second top feeds the net, the third only the loss."""
+    text = """name: "two_streams"
+layer { name: "color" type: "Python" top: "color" top: "hha" top: "label"
+  python_param { module: "nyud_layers" layer: "NYUDSegDataLayer" } }
+layer { name: "c" type: "Convolution" bottom: "color" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "h" type: "Convolution" bottom: "hha" top: "h" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "score" type: "Eltwise" bottom: "c" bottom: "h" top: "score" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
+"""
+    net = load_net(_write(tmp_path, "t.prototxt", text), is_supported, collect=True)
+    assert net.layers[0].top == ["color", "hha"]
+    assert net.dropped_tops == ["label"]
+    assert net.outputs == ["score"]
+
+
 def test_unknown_input_shape_name_is_refused(tmp_path):
     prototxt = _write(tmp_path, "train_val.prototxt", LMDB + BODY + LOSSES)
     with pytest.raises(CaffeFormatError, match="--input-shape dat: the net has no input blob .* data"):
