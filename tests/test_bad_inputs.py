@@ -311,10 +311,7 @@ PROTOTXT_CASES = {
         lambda text: text.replace('bottom: "gap"', 'bottom: "gapp"'),
         ["bad.prototxt", "layer 'fc'", "'gapp'", "no earlier layer produces", "bottom names"],
     ),
-    "duplicate_layer_names": (
-        lambda text: text.replace('name: "relu"', 'name: "conv"'),
-        ["bad.prototxt", "two layers are named 'conv'", "unique"],
-    ),
+    # Repeated layer names are accepted, as by Caffe: tests/convert/test_duplicate_names.py.
     "missing_top": (
         lambda text: text.replace(' top: "fc" inner', " inner"),
         ["bad.prototxt", "'fc'", "no earlier layer produces"],
