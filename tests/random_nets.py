@@ -120,6 +120,12 @@ def layer_blobs(
         if p.bias_term:
             blobs.append(uniform((p.num_output,), -0.5, 0.5))
         return blobs
+    if t == "Parameter" and list(layer.parameter_param.shape.dim)[-1:] == [5]:
+        # regions for ROIPooling/PSROIPooling: image 0, corners in image pixels (some half-integral,
+        # some outside the map, some inverted)
+        count = int(layer.parameter_param.shape.dim[0])
+        corners = np.round(rng.uniform(-6, 40, (count, 4)) * 2) / 2
+        return [np.concatenate([np.zeros((count, 1)), corners], axis=1).astype(np.float32)]
     return []
 
 
@@ -944,6 +950,26 @@ class _Builder:
         self.terminal.update(tops)  # its batch depends on the data; keep the net's shapes predictable
         return bool(tops)
 
+    def roi_layers(self) -> bool:
+        """ROIPooling or PSROIPooling of a feature map over regions held by a Parameter layer."""
+        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] >= 2 and v.shape[3] >= 2)
+        if feat is None:
+            return False
+        count = int(self.rng.integers(1, 5))
+        rois = self.add("Parameter", [], params=f"parameter_param {{ shape {{ dim: {count} dim: 5 }} }}")
+        if not rois:
+            return False
+        scale = self.pick([1, 0.5, 0.25])
+        channels = self.shape(feat)[1]
+        groups = [g for g in (1, 2, 3) if channels % (g * g) == 0]
+        if self.chance(0.5) and groups:
+            group = self.pick(groups)
+            params = f"spatial_scale: {scale} output_dim: {channels // (group * group)} group_size: {group}"
+            return bool(self.add("PSROIPooling", [feat, rois[0]], params=f"psroi_pooling_param {{ {params} }}"))
+        pooled = f"pooled_h: {self.rng.integers(1, 4)} pooled_w: {self.rng.integers(1, 4)}"
+        params = f"roi_pooling_param {{ {pooled} spatial_scale: {scale} }}"
+        return bool(self.add("ROIPooling", [feat, rois[0]], params=params))
+
     # -- fork layers (SENet, MobileNet, ShuffleNet, YOLOv2, BVLC SPP/Im2col)
 
     def se_axpy(self) -> bool:
@@ -1156,6 +1182,7 @@ class _Builder:
         "mvn": 1,
         "embed": 0.5,
         "filter": 0.5,
+        "roi_layers": 0.8,
         "normalize": 1,
         "permute": 1,
         "ssd_head": 2,
