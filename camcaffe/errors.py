@@ -26,6 +26,10 @@ class UnsupportedLayerError(CamcaffeError):
         self.layers = layers or []
 
 
+class NetRefusedError(CaffeFormatError, UnsupportedLayerError):
+    """Problems of several kinds in one net (unknown fields, wiring, unsupported layers), listed together."""
+
+
 class WeightsError(CaffeFormatError):
     """Weights missing, of the wrong count or shape for a layer."""
 

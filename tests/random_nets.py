@@ -46,11 +46,19 @@ def layer_blobs(
     def uniform(shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
         return rng.uniform(lo, hi, shape).astype(np.float32)
 
-    if t in ("Convolution", "Deconvolution"):
+    if t == "ConvolutionDepthwise":  # one filter per channel, (C, 1, kh, kw)
         p = layer.convolution_param
         (kh, kw) = cr.conv_geometry(p)["kernel"]
         c = bottoms[0].shape[1]
-        if t == "Convolution":
+        blobs = [normal((c, 1, kh, kw), _fan_scale(kh * kw))]
+        if p.bias_term:
+            blobs.append(uniform((c,), -0.5, 0.5))
+        return blobs
+    if t in ("Convolution", "Deconvolution", "DepthwiseConvolution"):
+        p = layer.convolution_param
+        (kh, kw) = cr.conv_geometry(p)["kernel"]
+        c = bottoms[0].shape[1]
+        if t != "Deconvolution":
             shape = (p.num_output, c // p.group, kh, kw)
             std = _fan_scale(shape[1] * kh * kw)
         else:
@@ -91,6 +99,33 @@ def layer_blobs(
         if t == "Scale" and p.bias_term:
             blobs.append(uniform(shape, -0.5, 0.5))
         return blobs
+    if t == "BN":  # caffe-segnet (bn_mode given): scale, shift; else slope, bias, mean, variance/inverse std
+        c = bottoms[0].shape[1]
+        p = layer.bn_param
+        if p.HasField("bn_mode"):
+            return [uniform((1, c, 1, 1), 0.5, 1.5), uniform((1, c, 1, 1), -0.5, 0.5)]
+        shape = (1, c) if p.HasField("engine") else (1, c, 1, 1)  # brocolli-caffe's layout, else PSPNet's
+        return [
+            uniform(shape, 0.5, 1.5),
+            uniform(shape, -0.5, 0.5),
+            normal(shape, 0.5),
+            uniform(shape, 0.5, 2.0),
+        ]
+    if t == "Normalize":  # one scale per channel, or one 0-D value when channel_shared
+        p = layer.norm_param
+        return [uniform(() if p.channel_shared else (bottoms[0].shape[1],), 0.5, 3.0)]
+    if t == "Embed":
+        p = layer.embed_param
+        blobs = [normal((p.input_dim, p.num_output), 1.0)]
+        if p.bias_term:
+            blobs.append(uniform((p.num_output,), -0.5, 0.5))
+        return blobs
+    if t == "Parameter" and list(layer.parameter_param.shape.dim)[-1:] == [5]:
+        # regions for ROIPooling/PSROIPooling: image 0, corners in image pixels (some half-integral,
+        # some outside the map, some inverted)
+        count = int(layer.parameter_param.shape.dim[0])
+        corners = np.round(rng.uniform(-6, 40, (count, 4)) * 2) / 2
+        return [np.concatenate([np.zeros((count, 1)), corners], axis=1).astype(np.float32)]
     return []
 
 
@@ -329,6 +364,11 @@ class _Builder:
                     params += f"pad: {ph} " if ph == pw and self.chance(0.6) else f"pad_h: {ph} pad_w: {pw} "
                 if self.chance(0.05):
                     params += "round_mode: FLOOR "
+                elif self.chance(0.06):
+                    params += "ceil_mode: false "
+            if method == "MAX" and self.chance(0.1):  # second top: Caffe's argmax mask
+                tops = [self.blob_name(), self.blob_name()]
+                return self.add("Pooling", [x], tops, params=f"pooling_param {{ {params}}}")
         return self.add("Pooling", [x], params=f"pooling_param {{ {params}}}")
 
     def activation(self) -> bool:
@@ -731,6 +771,387 @@ class _Builder:
             self.add(kind, [x, s[0]], [x] if inplace else None, f"{kind.lower()}_param {{ axis: 0 }}")
         )
 
+    def fork_activation(self) -> bool:
+        x = self.choose()
+        if x is None:
+            return False
+        kind = self.pick(["ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish"])
+        params = ""
+        if kind == "ReLU6" and self.chance(0.5):
+            params = (
+                f"relu6_param {{ negative_slope: {self.pick([0.0, 0.1, 0.3])} "
+                f"threshold: {self.pick([0.5, 1.0, 4.0, 6.0])} }}"
+            )
+        elif kind == "HardSigmoid" and self.chance(0.6):
+            params = (
+                f"hardsigmoid_param {{ alpha: {self.rng.uniform(0.1, 0.5):.3f} "
+                f"beta: {self.rng.uniform(0.2, 0.7):.3f} }}"
+            )
+        elif kind == "Clip":
+            low = self.rng.uniform(-1.5, 0.5)
+            params = f"clip_param {{ min: {low:.3f} max: {low + self.rng.uniform(0.0, 2.0):.3f} }}"
+        elif kind == "Swish" and self.chance(0.6):
+            params = f"swish_param {{ beta: {self.rng.uniform(0.3, 2.0):.3f} }}"
+        inplace = self.chance(0.4) and (x != "data" or self.chance(0.3))
+        return bool(self.add(kind, [x], [x] if inplace else None, params))
+
+    def reduction(self) -> bool:
+        x = self.choose(lambda v: v.ndim >= 1)
+        if x is None:
+            return False
+        nd = self.values[x].ndim
+        axis = int(self.rng.integers(0, nd)) if self.chance(0.8) else nd - 1
+        op = self.pick(["SUM", "ASUM", "SUMSQ", "MEAN"])
+        params = f"operation: {op} " if op != "SUM" or self.chance(0.3) else ""
+        if axis != 0 or self.chance(0.3):
+            params += f"axis: {axis - nd if self.chance(0.3) else axis} "
+        if self.chance(0.4):
+            params += f"coeff: {self.rng.uniform(-2.0, 2.0):.3f} "
+        tops = self.add("Reduction", [x], params=f"reduction_param {{ {params}}}" if params else "")
+        if tops and axis == 0:
+            self.terminal.update(tops)  # a 0-axis blob: most moves have nothing to work on
+        return bool(tops)
+
+    def tile(self) -> bool:
+        x = self.choose(lambda v: v.size <= MAX_BLOB_ELEMENTS // 3)
+        if x is None:
+            return False
+        nd = self.values[x].ndim
+        axis = int(self.rng.integers(0, nd))
+        params = f"tiles: {self.pick([1, 2, 2, 3])} "
+        if axis != 1 or self.chance(0.3):
+            params += f"axis: {axis - nd if self.chance(0.3) else axis} "
+        return bool(self.add("Tile", [x], params=f"tile_param {{ {params}}}"))
+
+    def mvn(self) -> bool:
+        x = self.choose(lambda v: 1 <= v.ndim <= 4)
+        if x is None:
+            return False
+        params = ""
+        if self.chance(0.3):
+            params += "normalize_variance: false "
+        if self.chance(0.4):
+            params += "across_channels: true "
+        if self.chance(0.4):
+            params += f"eps: {self.pick([1e-5, 0.01, 0.5])} "
+        inplace = self.values[x].ndim == 4 and self.chance(0.3) and x != "data"
+        return bool(self.add("MVN", [x], [x] if inplace else None, f"mvn_param {{ {params}}}" if params else ""))
+
+    def embed(self) -> bool:
+        """Indices from the data: a Threshold's 0/1 values, embedded."""
+        x = self.choose(lambda v: v.ndim <= 4 and v.size <= 400)
+        if x is None:
+            return False
+        level = self.rng.uniform(-0.3, 0.3)
+        tops = self.add("Threshold", [x], params=f"threshold_param {{ threshold: {level:.3f} }}")
+        if not tops:
+            return False
+        params = f"num_output: {int(self.rng.integers(1, 7))} input_dim: {int(self.rng.integers(2, 5))} "
+        if self.chance(0.3):
+            params += "bias_term: false "
+        return bool(self.add("Embed", tops, params=f"embed_param {{ {params}}}"))
+
+    # -- SSD (weiliu89): Normalize, Permute, and a whole detection head ending in DetectionOutput
+
+    def normalize(self) -> bool:
+        x = self.choose(lambda v: 2 <= v.ndim <= 4)
+        if x is None:
+            return False
+        params = "" if self.chance(0.3) else "across_spatial: false "
+        if self.chance(0.5):
+            params += "channel_shared: false "
+        if self.chance(0.3):
+            params += f"eps: {self.pick([1e-6, 0.01, 1.0])} "
+        return bool(self.add("Normalize", [x], params=f"norm_param {{ {params}}}"))
+
+    def permute(self) -> bool:
+        x = self.choose(lambda v: 2 <= v.ndim <= 5)
+        if x is None:
+            return False
+        axes = [int(a) for a in self.rng.permutation(self.values[x].ndim)]
+        order = axes[: int(self.rng.integers(1, len(axes) + 1))]
+        if order == sorted(order) and order == list(range(len(order))):
+            return False  # identity: Caffe shares the bottom's memory (not modelled by the builder)
+        params = "".join(f"order: {a} " for a in order)
+        return bool(self.add("Permute", [x], params=f"permute_param {{ {params}}}"))
+
+    def ssd_head(self) -> bool:
+        """PriorBox on a feature map, 1x1 loc/conf convolutions -> Permute -> Flatten, conf Reshape-Softmax-
+        Flatten, and DetectionOutput with random NMS/keep_top_k/code settings (its rows end the branch)."""
+        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] * v.shape[3] <= 64)
+        if feat is None:
+            return False
+        ratios = [r for r in (2.0, 3.0, 0.5, 1.0) if self.chance(0.35)]
+        params = f"min_size: {self.pick([2, 4, 6.5])} "
+        if self.chance(0.5):
+            params += f"max_size: {self.pick([7, 9.5])} "
+        params += "".join(f"aspect_ratio: {r} " for r in ratios)
+        params += self.pick(["", "flip: false ", "flip: true "])
+        params += self.pick(["", "clip: false ", "clip: true "])
+        four = "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 "
+        params += self.pick(["", "variance: 0.2 ", four])
+        params += self.pick(["", "step: 3 ", "step_h: 2 step_w: 4 "]) + self.pick(["", "offset: 0.25 "])
+        params += self.pick(["", "img_size: 12 ", "img_h: 10 img_w: 14 "])
+        priors = self.add("PriorBox", [feat, "data" if self.values["data"].ndim == 4 else feat],
+                          params=f"prior_box_param {{ {params}}}")  # fmt: skip
+        if not priors:
+            return False
+        h, w = self.shape(feat)[2:]
+        per_cell = self.values[priors[0]].shape[2] // (4 * h * w)
+        classes = int(self.rng.integers(2, 5))
+        share = self.chance(0.75)
+        flat = []
+        for outputs in (per_cell * 4 * (1 if share else classes), per_cell * classes):
+            conv_params = f"convolution_param {{ num_output: {outputs} kernel_size: 1 }}"
+            conv = self.add("Convolution", [feat], params=conv_params)
+            perm = self.add("Permute", conv, params="permute_param { order: 0 order: 2 order: 3 order: 1 }")
+            flat += self.add("Flatten", perm, params="flatten_param { axis: 1 }") if perm else []
+        if len(flat) != 2:
+            return False
+        reshape = f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}"
+        shaped = self.add("Reshape", [flat[1]], params=reshape)
+        soft = self.add("Softmax", shaped, params="softmax_param { axis: 2 }") if shaped else []
+        conf = self.add("Flatten", soft, params="flatten_param { axis: 1 }") if soft else []
+        if not conf or np.unique(self.values[conf[0]]).size < self.values[conf[0]].size:
+            return False  # tied scores make NMS order and keep_top_k's cut depend on float rounding
+        nms = f"nms_threshold: {self.pick([0.0, 0.3, 0.45, 0.7])} "
+        if self.chance(0.3):
+            nms = f"nms_threshold: 0.8 eta: {self.pick([0.5, 0.9])} "
+        keep_top_k = self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
+        if keep_top_k:  # at most 16 candidates: std::sort is then an insertion sort (stable, as camcaffe)
+            nms += f"top_k: {16 // classes} "
+        elif self.chance(0.5):
+            nms += f"top_k: {self.pick([0, 3, 10])} "
+        det = f"num_classes: {classes} nms_param {{ {nms}}} "
+        det += f"code_type: {self.pick(['CORNER', 'CENTER_SIZE', 'CORNER_SIZE'])} "
+        background = ["", f"background_label_id: {classes - 1} "] + ([] if share else ["background_label_id: -1 "])
+        det += ("" if share else "share_location: false ") + self.pick(background)
+        det += self.pick(["", "variance_encoded_in_target: true "])
+        det += keep_top_k
+        det += self.pick(["", "confidence_threshold: 0.2 ", "confidence_threshold: 0.45 "])
+        det_params = f"detection_output_param {{ {det}}}"
+        tops = self.add("DetectionOutput", [flat[0], conf[0], priors[0]], params=det_params)
+        self.terminal.update(tops)  # rows of a data-dependent count
+        return bool(tops)
+
+    def filter(self) -> bool:
+        """Items kept where a per-item selector from the data (Reduction + Threshold) is non-zero."""
+        x = self.choose(lambda v: v.ndim >= 2)
+        if x is None:
+            return False
+        sums = self.add("Reduction", [x], params="reduction_param { axis: 1 }")
+        if not sums:
+            return False
+        level = self.rng.uniform(-1, 1)
+        selector = self.add("Threshold", sums, params=f"threshold_param {{ threshold: {level:.3f} }}")
+        if not selector:
+            return False
+        tops = self.add("Filter", [x, selector[0]])
+        self.terminal.update(tops)  # its batch depends on the data; keep the net's shapes predictable
+        return bool(tops)
+
+    def roi_layers(self) -> bool:
+        """ROIPooling or PSROIPooling of a feature map over regions held by a Parameter layer."""
+        feat = self.choose(lambda v: v.ndim == 4 and v.shape[2] >= 2 and v.shape[3] >= 2)
+        if feat is None:
+            return False
+        count = int(self.rng.integers(1, 5))
+        rois = self.add("Parameter", [], params=f"parameter_param {{ shape {{ dim: {count} dim: 5 }} }}")
+        if not rois:
+            return False
+        scale = self.pick([1, 0.5, 0.25])
+        channels = self.shape(feat)[1]
+        groups = [g for g in (1, 2, 3) if channels % (g * g) == 0]
+        if self.chance(0.5) and groups:
+            group = self.pick(groups)
+            params = f"spatial_scale: {scale} output_dim: {channels // (group * group)} group_size: {group}"
+            return bool(self.add("PSROIPooling", [feat, rois[0]], params=f"psroi_pooling_param {{ {params} }}"))
+        pooled = f"pooled_h: {self.rng.integers(1, 4)} pooled_w: {self.rng.integers(1, 4)}"
+        params = f"roi_pooling_param {{ {pooled} spatial_scale: {scale} }}"
+        return bool(self.add("ROIPooling", [feat, rois[0]], params=params))
+
+    # -- fork layers (SENet, MobileNet, ShuffleNet, YOLOv2, BVLC SPP/Im2col)
+
+    def se_axpy(self) -> bool:
+        """SENet block: global AVE pooling -> 1x1 conv or InnerProduct -> ReLU -> back to C -> Sigmoid
+        -> Axpy(scale, x, y) = scale * x + y."""
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        pooled = self.pool(x, "pool: AVE global_pooling: true")
+        if not pooled:
+            return False
+        squeeze = max(1, c // 2)
+        kind, field = self.pick([("Convolution", "convolution_param"), ("InnerProduct", "inner_product_param")])
+        size = " kernel_size: 1" if kind == "Convolution" else ""
+        down = self.add(kind, pooled, params=f"{field} {{ num_output: {squeeze}{size} }}")
+        if not down:
+            return False
+        self.add("ReLU", down, down)
+        up = self.add(kind, down, params=f"{field} {{ num_output: {c}{size} }}")
+        if not up:
+            return False
+        self.add("Sigmoid", up, up)
+        y = x if self.chance(0.2) else self.same_shape_branch(x)
+        return bool(y and self.add("Axpy", [up[0], x, y]))
+
+    def shuffle_channel(self) -> bool:
+        x = self.choose(lambda v: v.ndim >= 2 and v.shape[1] >= 2)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        group = int(self.pick([d for d in range(1, c + 1) if c % d == 0 and d not in (1, c)] or [1, c]))
+        params = f"shuffle_channel_param {{ group: {group} }}" if group != 1 or self.chance(0.5) else ""
+        return bool(self.add("ShuffleChannel", [x], params=params))
+
+    def depthwise(self) -> bool:
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        c = self.shape(x)[1]
+        kh = kw = int(self.pick([1, 3, 3, 5]))
+        if self.chance(0.2):
+            kw = int(self.pick([1, 2, 3]))
+        params = f"kernel_size: {kh} " if kh == kw else f"kernel_h: {kh} kernel_w: {kw} "
+        params += f"stride: {self.pick([1, 1, 2])} pad: {self.pick([0, 1, 1, 2])} "
+        if self.chance(0.15):
+            params += "dilation: 2 "
+        if self.chance(0.3):
+            params += "bias_term: false "
+        if self.chance(0.5):
+            kind = "ConvolutionDepthwise"
+            params += f"num_output: {c} " if self.chance(0.8) else ""
+        else:
+            kind = "DepthwiseConvolution"
+            params += f"num_output: {c * int(self.pick([1, 1, 2]))} group: {c} "
+        return bool(self.add(kind, [x], params=f"convolution_param {{ {params}}}"))
+
+    def reorg_spp_im2col(self) -> bool:
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        n, c, h, w = self.shape(x)
+        kind = self.pick(["Reorg", "Reorg", "SPP", "Im2col"])
+        if kind == "Reorg":
+            reverse = self.chance(0.3)
+            if c % 4:
+                tops = self.add("Convolution", [x], params="convolution_param { num_output: 4 kernel_size: 1 }")
+                if not tops:
+                    return False
+                x = tops[0]
+            params = "stride: 2 " + ("reverse: true " if reverse else "")
+            return bool(self.add("Reorg", [x], params=f"reorg_param {{ {params}}}"))
+        if kind == "SPP":
+            pool = self.pick(["MAX", "AVE"])
+            params = f"pyramid_height: {self.pick([1, 2, 2, 3])} pool: {pool}"
+            return bool(self.add("SPP", [x], params=f"spp_param {{ {params} }}"))
+        k = int(self.pick([1, 2, 3]))
+        params = f"kernel_size: {k} stride: {self.pick([1, 2])} pad: {self.pick([0, 1])} "
+        if self.chance(0.2):
+            params += "dilation: 2 "
+        return bool(self.add("Im2col", [x], params=f"convolution_param {{ {params}}}"))
+
+    def resample(self) -> bool:
+        """Segmentation / resampling fork layers (layers_resample.py)."""
+        x = self.choose(lambda v: v.ndim == 4)
+        if x is None:
+            return False
+        n, c, h, w = self.shape(x)
+        kind = self.pick(["Pad", "PixelShuffle", "Resize", "Bilinear", "Interp", "Upsample", "BN", "Unpool"])
+        if kind == "Pad":
+            pad_type = self.pick(["CONSTANT", "REPLICATE", "REFLECT"])
+            if self.chance(0.15) and h > 2 and w > 2:
+                pads = [-int(self.rng.integers(1, (s + 1) // 2)) for s in (h, h, w, w)]
+            else:
+                limit = [h, h, w, w] if pad_type == "REFLECT" else [4] * 4
+                pads = [int(self.rng.integers(0, min(4, m))) for m in limit]
+            fields = " ".join(
+                f"{f}: {v}" for f, v in zip(("pad_u", "pad_d", "pad_l", "pad_r"), pads, strict=True)
+            )
+            value = f" pad_value: {self.pick([0.0, 1.5, -2.0])}" if pad_type == "CONSTANT" else ""
+            return bool(self.add("Pad", [x], params=f"pad_param {{ pad_type: {pad_type} {fields}{value} }}"))
+        if kind == "PixelShuffle":
+            factor = int(self.pick([2, 2, 3]))
+            if c % factor or c < factor * factor:
+                tops = self.add(
+                    "Convolution",
+                    [x],
+                    params=f"convolution_param {{ num_output: {factor**2} kernel_size: 1 }}",
+                )
+                if not tops:
+                    return False
+                x = tops[0]
+            return bool(
+                self.add("PixelShuffle", [x], params=f"pixelshuffle_param {{ upscale_factor: {factor} }}")
+            )
+        if kind == "Resize":
+            if self.chance(0.3):
+                hs, ws = self.pick([0.5, 1.3, 1.5, 2.0]), self.pick([0.7, 1.0, 2.5])
+                params = f"is_pyramid_test: true out_height_scale: {hs} out_width_scale: {ws}"
+            else:
+                params = f"height: {self.rng.integers(1, 2 * h + 1)} width: {self.rng.integers(1, 2 * w + 1)}"
+            return bool(self.add("Resize", [x], params=f"resize_param {{ {params} }}"))
+        if kind == "Bilinear":
+            align = self.chance(0.5)
+            if self.chance(0.3):
+                params = f"scale_factor: {self.pick([0.5, 1.5, 2.0])}"
+            else:
+                low = 2 if align else 1
+                params = (
+                    f"dst_h: {self.rng.integers(low, 2 * h + 1)} dst_w: {self.rng.integers(low, 2 * w + 1)}"
+                )
+            params += f" align_corners: {'true' if align else 'false'}"
+            return bool(
+                self.add("BilinearInterpolate", [x], params=f"bilinear_interpolate_param {{ {params} }}")
+            )
+        if kind == "Interp":
+            params = self.pick(
+                [
+                    f"zoom_factor: {self.pick([2, 3])}",
+                    f"shrink_factor: {self.pick([2, 3])}",
+                    f"height: {self.rng.integers(1, 2 * h + 1)} width: {self.rng.integers(1, 2 * w + 1)}",
+                    "shrink_factor: 2 zoom_factor: 3",
+                ]
+            )
+            if self.chance(0.2) and h > 3 and w > 3:
+                params += f" pad_beg: {-int(self.rng.integers(0, 2))} pad_end: -1"
+            return bool(self.add("Interp", [x], params=f"interp_param {{ {params} }}"))
+        if kind == "Upsample":
+            scale = self.pick(["", "upsample_param { scale: 2 }", "upsample_param { scale: 3 }"])
+            return bool(self.add("Upsample", [x], params=scale))
+        if kind == "BN":
+            # The blob layout picks the fork (see layer_blobs): bn_mode -> caffe-segnet's 2 blobs,
+            # engine: CAFFE -> brocolli-caffe's (1, C) blobs, else PSPNet's (1, C, 1, 1).
+            params = self.pick(
+                ["bn_mode: INFERENCE", "bn_mode: LEARN", "eps: 0.001", "", "engine: CAFFE eps: 0.1"]
+            )
+            tops = self.add("BN", [x], [x] if self.chance(0.6) else None, f"bn_param {{ {params} }}")
+            return bool(tops)
+        kernel, stride = self.pick([(2, 2), (3, 2), (2, 1)])
+        pooled = self.add(
+            "Pooling",
+            [x],
+            [self.blob_name(), self.blob_name()],
+            params=f"pooling_param {{ pool: MAX kernel_size: {kernel} stride: {stride} }}",
+        )
+        if not pooled:
+            return False
+        values, mask = pooled
+        if self.chance(0.6):
+            tops = self.add(
+                "Convolution", [values], params=f"convolution_param {{ num_output: {c} kernel_size: 1 }}"
+            )
+            values = tops[0] if tops else values
+        if self.chance(0.5):
+            dst = f"dst_h: {h + int(self.rng.integers(0, 2))} dst_w: {w + int(self.rng.integers(0, 2))}"
+            return bool(self.add("MaxUnPool", [values, mask], params=f"max_unpool_param {{ {dst} }}"))
+        return bool(
+            self.add(
+                "Upsample", [values, mask], params=f"upsample_param {{ upsample_h: {h} upsample_w: {w} }}"
+            )
+        )
+
     MOVES = {
         "conv": 6,
         "deconv": 2,
@@ -751,6 +1172,21 @@ class _Builder:
         "argmax": 1,
         "inner_product": 1.5,
         "two_bottom_scale": 1,
+        "se_axpy": 0.8,
+        "shuffle_channel": 0.6,
+        "depthwise": 1,
+        "reorg_spp_im2col": 0.6,
+        "fork_activation": 2,
+        "reduction": 1,
+        "tile": 1,
+        "mvn": 1,
+        "embed": 0.5,
+        "filter": 0.5,
+        "roi_layers": 0.8,
+        "normalize": 1,
+        "permute": 1,
+        "ssd_head": 2,
+        "resample": 2,
     }
 
 

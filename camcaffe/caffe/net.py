@@ -1,5 +1,5 @@
 """The deploy net as camcaffe works with it: V2 layers only, TEST phase applied, inputs as an
-explicit Input layer, connectivity checked."""
+explicit Input layer (train/val data layers too, their loss layers dropped), connectivity checked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from camcaffe.caffe import caffe_pb2
 from camcaffe.caffe.prototxt import parse_prototxt, read_prototxt_text
+from camcaffe.caffe.trainval import strip_training
 from camcaffe.caffe.v1types import V1_TYPE_NAMES
-from camcaffe.errors import CaffeFormatError, LimitError
+from camcaffe.errors import CaffeFormatError, LimitError, NetRefusedError
 from camcaffe.limits import MAX_BLOB_ELEMENTS, limit
 
 # V1 layer fields that carry over to LayerParameter under the same name.
@@ -25,7 +26,9 @@ _V1_PARAM_FIELDS = (
 @dataclass
 class CaffeNet:
     """A deploy net ready to convert. `layers` are V2 LayerParameters in execution order; the
-    first ones are Input layers. `input_shapes` maps each input blob to its declared shape."""
+    first ones are Input layers. `input_shapes` maps each input blob to its declared shape (a
+    train/val data top whose shape its layer does not determine has none). Layer names may repeat,
+    as Caffe allows; `layer_keys()` gives each layer a unique key."""
 
     name: str
     layers: list[caffe_pb2.LayerParameter]
@@ -33,12 +36,43 @@ class CaffeNet:
     source: str
     v1: bool = False
     outputs: list[str] = field(default_factory=list)
+    # Unknown fields and wiring problems, kept for one error that lists them with every other problem.
+    problems: list[str] = field(default_factory=list)
+    data_layers: dict[str, str] = field(default_factory=dict)  # train/val data layer -> its type
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # loss/accuracy/label layers dropped
+    dropped_tops: list[str] = field(default_factory=list)  # label tops of data layers dropped
 
     def layer(self, name: str) -> caffe_pb2.LayerParameter:
         for layer in self.layers:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+    def layer_keys(self) -> list[str]:
+        """Per layer, its name; a repeated name gets '#2', '#3', ... (Caffe accepts repeated names)."""
+        taken = {layer.name for layer in self.layers}
+        seen: dict[str, int] = {}
+        keys = []
+        for layer in self.layers:
+            count = seen.get(layer.name, 0) + 1
+            seen[layer.name] = count
+            key = layer.name
+            while count > 1 and (key == layer.name or key in taken):
+                key = f"{layer.name}#{count}"
+                count += 1
+            taken.add(key)
+            keys.append(key)
+        return keys
+
+    def shadowed(self) -> list[bool]:
+        """Per layer, whether an earlier layer has its name: Caffe's CopyTrainedLayersFrom copies a
+        caffemodel layer's blobs into the FIRST layer of that name only, so these keep their fillers."""
+        seen: set[str] = set()
+        flags = []
+        for layer in self.layers:
+            flags.append(layer.name in seen)
+            seen.add(layer.name)
+        return flags
 
     def writers(self) -> dict[str, list[str]]:
         """Blob name -> names of the layers that write it, in execution order."""
@@ -49,13 +83,33 @@ class CaffeNet:
         return result
 
 
-def load_net(path: str | os.PathLike, is_supported_type=lambda _t: True) -> CaffeNet:
+def load_net(path: str | os.PathLike, is_supported_type=lambda _t: True, collect: bool = False) -> CaffeNet:
+    """Read a prototxt. Unknown fields and wiring problems are raised together in one error, with the
+    layers of unsupported types; with `collect` they stay in `net.problems` for the converter to list
+    with its own refusals."""
     text = read_prototxt_text(path)
-    param = parse_prototxt(text, str(path), is_supported_type)
-    return net_from_param(param, str(path))
+    problems: list[str] = []
+    param = parse_prototxt(text, str(path), is_supported_type, problems)
+    net = net_from_param(param, str(path), problems)
+    if not collect:
+        raise_problems(net, is_supported_type)
+    return net
 
 
-def net_from_param(param: caffe_pb2.NetParameter, source: str) -> CaffeNet:
+def raise_problems(net: CaffeNet, is_supported_type=lambda _t: True) -> None:
+    if not net.problems:
+        return
+    unsupported = [layer for layer in net.layers if layer.type != "Input" and not is_supported_type(layer.type)]
+    listed = list(net.problems) + [f"layer '{layer.name}' has unsupported type {layer.type}" for layer in unsupported]
+    raise NetRefusedError(
+        f"{net.source}: {len(listed)} problem(s): {'; '.join(listed)}",
+        layers=[(layer.name, layer.type) for layer in unsupported],
+    )
+
+
+def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[str] | None = None) -> CaffeNet:
+    """With `problems` given, wiring problems are appended to it (and kept in net.problems); without,
+    they are raised together."""
     if param.layer and param.layers:
         raise CaffeFormatError(
             f"{source}: mixes V2 'layer' and V1 'layers' blocks; use one format throughout"
@@ -66,19 +120,36 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str) -> CaffeNet:
     )
     stages = set(param.state.stage)
     layers = [layer for layer in layers if _included(layer, stages)]
-    input_layers, input_shapes = _input_layers(param, layers, source)
-    layers = input_layers + layers
+    strip = strip_training(layers)
+    input_layers, input_shapes = _input_layers(param, strip.layers, source)
+    layers = input_layers + strip.layers
     if not layers or all(layer.type == "Input" for layer in layers):
         raise CaffeFormatError(f"{source}: the net has no layers; is this a deploy prototxt?")
     for layer in layers:
-        if layer.type == "Input":
+        if layer.type == "Input" and layer.name not in strip.data_layers:
             shapes = _input_layer_shapes(layer, source)
             for top, shape in zip(layer.top, shapes, strict=True):
                 input_shapes[top] = shape
+    for top, shape in strip.input_shapes.items():
+        check_blob_shape(shape, f"{source}: top '{top}' of a data layer")
+        input_shapes[top] = shape
     net = CaffeNet(
-        name=param.name or Path(source).stem, layers=layers, input_shapes=input_shapes, source=source, v1=v1
+        name=param.name or Path(source).stem,
+        layers=layers,
+        input_shapes=input_shapes,
+        source=source,
+        v1=v1,
+        data_layers=strip.data_layers,
+        dropped=strip.dropped,
+        dropped_tops=strip.dropped_tops,
     )
-    net.outputs = validate_connectivity(net)
+    found = list(problems) if problems is not None else []
+    net.outputs = validate_connectivity(net, found)
+    net.problems = found
+    if problems is None:
+        raise_problems(net)
+    else:
+        problems[:] = found
     return net
 
 
@@ -190,38 +261,35 @@ def check_blob_shape(shape: list[int], what: str) -> None:
         )
 
 
-def validate_connectivity(net: CaffeNet) -> list[str]:
-    """Check names and wiring as Caffe's Net::Init does; return the net's output blobs."""
-    seen_layers: dict[str, str] = {}
+def validate_connectivity(net: CaffeNet, problems: list[str] | None = None) -> list[str]:
+    """Check names and wiring as Caffe's Net::Init does (repeated layer names are allowed, as there);
+    return the net's output blobs. Problems are appended to `problems`, or raised together."""
+    found: list[str] = []
     available: dict[str, None] = {}
     produced: set[str] = set()
     for index, layer in enumerate(net.layers):
-        where = f"{net.source}: layer '{layer.name}' ({layer.type})"
+        where = f"layer '{layer.name}' ({layer.type})"
         if not layer.name:
-            raise CaffeFormatError(f"{net.source}: layer #{index} ({layer.type}) has no name; give it one")
+            found.append(f"layer #{index} ({layer.type}) has no name; give it one")
         if not layer.type:
-            raise CaffeFormatError(f"{net.source}: layer '{layer.name}' has no type; add type: \"...\"")
-        if layer.name in seen_layers:
-            raise CaffeFormatError(
-                f"{net.source}: two layers are named '{layer.name}'; layer names must be unique "
-                "(weights are matched by name)"
-            )
-        seen_layers[layer.name] = layer.type
+            found.append(f"layer '{layer.name}' has no type; add type: \"...\"")
         for bottom in layer.bottom:
             if bottom not in produced:
-                raise CaffeFormatError(
-                    f"{where} reads blob '{bottom}' that no earlier layer produces; check its bottom names"
-                )
+                found.append(f"{where} reads blob '{bottom}' that no earlier layer produces; check its bottom names")
             available.pop(bottom, None)
         for top_index, top in enumerate(layer.top):
             in_place = top_index < len(layer.bottom) and layer.bottom[top_index] == top
             if top in layer.top[:top_index]:
-                raise CaffeFormatError(f"{where} lists top '{top}' twice")
-            if top in produced and not in_place:
-                raise CaffeFormatError(
+                found.append(f"{where} lists top '{top}' twice")
+            elif top in produced and not in_place:
+                found.append(
                     f"{where} writes blob '{top}', which an earlier layer already produced; an in-place "
                     "layer must name it as the bottom at the same position"
                 )
             produced.add(top)
             available[top] = None
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise CaffeFormatError(f"{net.source}: {'; '.join(found)}")
     return list(available)

@@ -62,9 +62,14 @@ def read_prototxt_text(path: str | os.PathLike) -> str:
 
 
 def parse_prototxt(
-    text: str, source: str, is_supported_type: Callable[[str], bool] = lambda _t: True
+    text: str,
+    source: str,
+    is_supported_type: Callable[[str], bool] = lambda _t: True,
+    problems: list[str] | None = None,
 ) -> caffe_pb2.NetParameter:
-    """Parse prototxt text. `source` names the file in error messages."""
+    """Parse prototxt text. `source` names the file in error messages. Unknown fields inside layers are
+    appended to `problems` when it is given (so that one error can list them with the net's other
+    problems), else raised together."""
     if not text.strip():
         raise CaffeFormatError(f"{source}: the prototxt is empty; it needs input and layer definitions")
     net = caffe_pb2.NetParameter()
@@ -85,7 +90,11 @@ def parse_prototxt(
         raise CaffeFormatError(
             f"{source}:{line}:{column}: {message.rstrip('.')}; fix the prototxt syntax"
         ) from None
-    _check_unknown_fields(text, source, is_supported_type)
+    found = _check_unknown_fields(text, source, is_supported_type)
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise CaffeFormatError("; ".join(found))
     return net
 
 
@@ -105,7 +114,9 @@ def _split_position(exc: text_format.ParseError) -> tuple[int, int, str]:
     return line or 0, column or 0, message
 
 
-def _check_unknown_fields(text: str, source: str, is_supported_type: Callable[[str], bool]) -> None:
+def _check_unknown_fields(text: str, source: str, is_supported_type: Callable[[str], bool]) -> list[str]:
+    """One problem per layer (of a converted type) with a field this schema does not know."""
+    problems: list[str] = []
     blocks = list(iter_layer_blocks(text))
     outside = _mask_blocks(text, blocks)
     try:
@@ -134,11 +145,12 @@ def _check_unknown_fields(text: str, source: str, is_supported_type: Callable[[s
             continue
         unknown = _UNKNOWN_FIELD.search(message)
         field_name = unknown.group(1) if unknown else "?"
-        raise CaffeFormatError(
+        problems.append(
             f"{source}:{block.first_line + line - 1}:{column}: layer '{layer.name}' ({type_name}) has "
             f"unknown field '{field_name}'; check its spelling against Caffe's caffe.proto "
             "(a misspelt field would silently change the model)"
         )
+    return problems
 
 
 def _v1_type_name(value: int) -> str:

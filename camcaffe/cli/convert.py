@@ -1,4 +1,5 @@
-"""`camcaffe convert DEPLOY WEIGHTS -o OUT.onnx`."""
+"""`camcaffe convert DEPLOY [WEIGHTS] -o OUT.onnx` (deploy or train/val prototxt; no weights for a net
+without parameters)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,31 @@ from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
 
 
+def _input_shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.partition("=")
+    shape = parse_ints(dims, "--input-shape") if sep else []
+    if not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"--input-shape takes NAME=N,C,H,W with positive integers (e.g. data=1,3,224,224), got '{text}'"
+        )
+    return name, shape
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a Caffe deploy prototxt + caffemodel to ONNX",
-        description="Convert a Caffe deploy prototxt and caffemodel into a faithful, self-describing ONNX file.",
+        help="convert a Caffe deploy (or train/val) prototxt + caffemodel to ONNX",
+        description="Convert a Caffe deploy prototxt and caffemodel into a faithful, self-describing ONNX file. "
+        "A train/val prototxt is read in TEST phase: its data layers become inputs, its loss and accuracy "
+        "layers are dropped.",
     )
-    parser.add_argument("deploy", type=Path, help="deploy .prototxt")
-    parser.add_argument("weights", type=Path, nargs="?", help=".caffemodel (omit with --random-weights)")
+    parser.add_argument("deploy", type=Path, help="deploy or train/val .prototxt")
+    parser.add_argument(
+        "weights",
+        type=Path,
+        nargs="?",
+        help=".caffemodel (omit for a net without parameters, or with --random-weights)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
     parser.add_argument(
         "--labels", type=Path, help="label file to embed (index label / CSV / synset_words / JSON)"
@@ -38,6 +56,15 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--input-scale", type=float, help="multiply after mean subtraction")
     parser.add_argument("--batch", type=int, help="fix the batch size (default: symbolic)")
+    parser.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        action="append",
+        default=[],
+        metavar="NAME=N,C,H,W",
+        help="shape of an input blob (repeatable); needed for train/val data layers whose parameters "
+        "do not give it (Data, HDF5Data, Python, ...)",
+    )
     parser.add_argument(
         "--expose", nargs="+", default=[], metavar="BLOB", help="also output these Caffe blobs"
     )
@@ -71,10 +98,6 @@ def run(args: argparse.Namespace) -> int:
     from camcaffe.convert.api import Preprocessing, convert_files
     from camcaffe.convert.converter import ConvertOptions
 
-    if args.weights is None and args.random_weights is None:
-        raise CamcaffeError(
-            "convert: give the .caffemodel weights file (or --random-weights SEED for testing)"
-        )
     if args.weights is not None and args.random_weights is not None:
         raise CamcaffeError("convert: give either a caffemodel or --random-weights, not both")
     if args.batch is not None and args.batch <= 0:
@@ -98,12 +121,20 @@ def run(args: argparse.Namespace) -> int:
             channel_swap=args.channel_swap,
             input_scale=args.input_scale,
         )
+    input_shapes = dict(args.input_shape)
+    if len(input_shapes) != len(args.input_shape):
+        raise CamcaffeError("convert: --input-shape names a blob twice; give each input once")
     started = time.perf_counter()
     result = convert_files(
         args.deploy,
         args.weights,
         args.output,
-        ConvertOptions(batch=args.batch, expose=list(args.expose), expose_all=args.expose_all),
+        ConvertOptions(
+            batch=args.batch,
+            expose=list(args.expose),
+            expose_all=args.expose_all,
+            input_shapes=input_shapes or None,
+        ),
         preprocessing=preprocessing,
         labels_path=args.labels,
         external_data=True if args.external_data else None,
@@ -112,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     for warning in result.warnings:
         print(f"camcaffe: warning: {warning}", file=sys.stderr)
+    dropped = dropped_summary(result.net)
+    if dropped:
+        print(f"camcaffe: {dropped}", file=sys.stderr)
     converted = result.converted
     head = converted.cam_head
     head_text = (
@@ -153,3 +187,17 @@ def run(args: argparse.Namespace) -> int:
             )
         print(summary, file=sys.stderr)
     return 0
+
+
+def dropped_summary(net) -> str:
+    """One line naming what a train/val net lost on the way to a deploy graph ('' for a deploy net)."""
+    if not net.dropped and not net.dropped_tops and not net.data_layers:
+        return ""
+    parts = []
+    if net.data_layers:
+        parts.append("data layer(s) made inputs: " + ", ".join(f"{n} ({t})" for n, t in net.data_layers.items()))
+    if net.dropped:
+        parts.append(f"dropped {len(net.dropped)} layer(s): " + ", ".join(f"{n} ({t})" for n, t in net.dropped))
+    if net.dropped_tops:
+        parts.append("dropped label top(s): " + ", ".join(net.dropped_tops))
+    return "train/val net: " + "; ".join(parts)

@@ -20,7 +20,7 @@ from camcaffe.convert.head import detect_cam_head
 from camcaffe.convert.onnx_io import build_model, write_model
 from camcaffe.convert.registry import is_supported
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
-from camcaffe.errors import InputFileError
+from camcaffe.errors import CaffeFormatError, InputFileError, WeightsError
 
 META_PREFIX = "camcaffe."
 
@@ -71,22 +71,59 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class NoWeights:
+    """The source for a net converted without a caffemodel: records every layer that asks for blobs."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, layer, expected: list[tuple[int, ...]]) -> list[np.ndarray]:
+        if expected:
+            self.asked.append((layer.name, layer.type))
+        return [np.zeros(shape, dtype=np.float32) for shape in expected]
+
+    def check_none_needed(self, source: str) -> None:
+        if self.asked:
+            names = ", ".join(f"'{name}' ({type_name})" for name, type_name in self.asked)
+            raise WeightsError(
+                f"{source}: {len(self.asked)} layer(s) need weights: {names}; give the .caffemodel "
+                "(or --random-weights SEED for testing)"
+            )
+
+
+def check_input_shapes(net: CaffeNet, options: ConvertOptions | None) -> None:
+    """--input-shape names must be input blobs of the net (train/val data tops included)."""
+    inputs = [top for layer in net.layers if layer.type == "Input" for top in layer.top]
+    for name in (options.input_shapes or {}) if options else {}:
+        if name not in inputs:
+            raise CaffeFormatError(
+                f"{net.source}: --input-shape {name}: the net has no input blob of that name; its inputs are "
+                f"{', '.join(inputs)}"
+            )
+
+
 def convert_to_graph(
     prototxt: str | os.PathLike,
     caffemodel: str | os.PathLike | None,
     options: ConvertOptions | None = None,
     random_seed: int | None = None,
 ) -> tuple[CaffeNet, ConvertedNet, list[str]]:
-    """Parse and convert; weights from the caffemodel, or seeded random ones when it is None."""
-    net = load_net(prototxt, is_supported)
+    """Parse and convert; weights from the caffemodel, or seeded random ones with `random_seed`. With
+    neither, the net must have no parameters (else WeightsError names the layers that need them)."""
+    net = load_net(prototxt, is_supported, collect=True)
+    check_input_shapes(net, options)
     warnings: list[str] = []
     if caffemodel is not None:
         source = CaffemodelWeights(read_caffemodel(caffemodel))
         converted = convert_net(net, source, options)
         source.check_complete(str(prototxt))
         warnings.extend(source.warnings)
+    elif random_seed is not None:
+        converted = convert_net(net, RandomWeights(seed=random_seed), options)
     else:
-        converted = convert_net(net, RandomWeights(seed=random_seed or 0), options)
+        no_weights = NoWeights()
+        converted = convert_net(net, no_weights, options)
+        no_weights.check_none_needed(str(prototxt))
     converted.cam_head = detect_cam_head(net, converted)
     if converted.cam_head and converted.cam_head["feature_tensor"] not in converted.outputs:
         converted.outputs.append(converted.cam_head["feature_tensor"])
@@ -119,7 +156,8 @@ def build_metadata(
         meta[META_PREFIX + "source.caffemodel"] = caffemodel.name
         meta[META_PREFIX + "source.caffemodel.sha256"] = sha256_file(caffemodel)
     else:
-        meta[META_PREFIX + "source.caffemodel"] = "(random weights)"
+        has_params = any(record.params for record in converted.layers.values())
+        meta[META_PREFIX + "source.caffemodel"] = "(random weights)" if has_params else "(none: no parameters)"
     if preprocessing is not None:
         meta.update(preprocessing.to_metadata())
     if labels is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from camcaffe.convert.registry import (
     get_converter,
     refuse_all,
 )
-from camcaffe.errors import CaffeFormatError
+from camcaffe.errors import CaffeFormatError, NetRefusedError
 
 ParamSource = Callable[[caffe_pb2.LayerParameter, list[tuple[int, ...]]], list[np.ndarray]]
 BATCH_SYMBOL = "batch"
@@ -30,7 +31,8 @@ class ConvertOptions:
     batch: int | None = None  # None: symbolic batch dimension
     expose: list[str] = field(default_factory=list)
     expose_all: bool = False
-    # Replace declared input shapes (pycaffe's blob.reshape); batch still follows `batch`.
+    # Replace declared input shapes (pycaffe's blob.reshape, --input-shape; train/val data tops whose
+    # layer does not determine their shape need one); batch still follows `batch`.
     input_shapes: dict[str, list[int]] | None = None
 
 
@@ -112,9 +114,9 @@ def _final_events(net: CaffeNet, groups: dict[str, str]) -> dict[str, tuple[int,
     return final
 
 
-def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]]) -> list[list[str]]:
+def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]], keys: list[str]) -> list[list[str]]:
     """ONNX name of each top of each layer: the blob name for the write that leaves its final value,
-    else blob@layer (graph inputs always keep their name)."""
+    else blob@layer (layer = its unique key; graph inputs always keep their name)."""
     input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
     names = []
     for index, layer in enumerate(net.layers):
@@ -123,7 +125,7 @@ def _tensor_names(net: CaffeNet, final: dict[str, tuple[int, bool]]) -> list[lis
             continue
         names.append(
             [
-                top if final[top] == (index, True) and top not in input_blobs else f"{top}@{layer.name}"
+                top if final[top] == (index, True) and top not in input_blobs else f"{top}@{keys[index]}"
                 for top in layer.top
             ]
         )
@@ -146,6 +148,7 @@ def _static_problem(layer) -> str | None:
 
 def _propagate_in_place_write(
     layer,
+    key: str,
     index: int,
     groups: dict[str, str],
     final: dict[str, tuple[int, bool]],
@@ -162,18 +165,16 @@ def _propagate_in_place_write(
             if other == top or groups.get(other) != groups[top]:
                 continue
             name = (
-                other
-                if final[other] == (index, False) and other not in input_blobs
-                else f"{other}@{layer.name}"
+                other if final[other] == (index, False) and other not in input_blobs else f"{other}@{key}"
             )
             other_shape = shapes[current[other]]
             if other_shape == shapes[new_tensor]:
-                builder.node("Identity", [new_tensor], [name], name=f"{layer.name}/alias:{other}")
+                builder.node("Identity", [new_tensor], [name], name=f"{key}/alias:{other}")
             else:
                 # Dim 0 is inferred (it carries the batch); a net whose reshapes move the batch elsewhere
                 # was already converted with a fixed batch, so the other dims are exact.
-                target = builder.constant(f"{layer.name}/alias_shape:{other}", [-1, *other_shape[1:]])
-                builder.node("Reshape", [new_tensor, target], [name], name=f"{layer.name}/alias:{other}")
+                target = builder.constant(f"{key}/alias_shape:{other}", [-1, *other_shape[1:]])
+                builder.node("Reshape", [new_tensor, target], [name], name=f"{key}/alias:{other}")
             current[other], shapes[name] = name, list(other_shape)
             if new_tensor in batch_led:
                 batch_led.add(name)
@@ -184,10 +185,9 @@ def convert_net(net: CaffeNet, params: ParamSource, options: ConvertOptions | No
     converted = _convert(net, params, options, symbolic=options.batch is None)
     if converted is None:
         # A layer baked the batch size in: fall back to the deploy batch.
-        deploy_batch = next(iter(net.input_shapes.values()))[0]
-        converted = _convert(
-            net, params, ConvertOptions(deploy_batch, options.expose, options.expose_all), False
-        )
+        first_input = next(top for layer in net.layers if layer.type == "Input" for top in layer.top)
+        deploy_batch = {**net.input_shapes, **(options.input_shapes or {})}[first_input][0]
+        converted = _convert(net, params, dataclasses.replace(options, batch=deploy_batch), False)
         assert converted is not None
         converted.warnings.append(
             f"{net.source}: a layer reshapes across the batch axis, so the ONNX input keeps the deploy batch "
@@ -202,7 +202,9 @@ def _convert(
     groups = alias_groups(net)
     final_events = _final_events(net, groups)
     input_blobs = {top for layer in net.layers if layer.type == "Input" for top in layer.top}
-    tensor_names = _tensor_names(net, final_events)
+    keys = net.layer_keys()
+    shadowed = net.shadowed()
+    tensor_names = _tensor_names(net, final_events, keys)
     builder = GraphBuilder(reserved_names=[name for names in tensor_names for name in names])
     current: dict[str, str] = {}
     shapes: dict[str, list[int]] = {}
@@ -211,10 +213,14 @@ def _convert(
     layers: dict[str, LayerRecord] = {}
     unsupported: list[tuple[str, str, str]] = []
     for layer_index, (layer, names) in enumerate(zip(net.layers, tensor_names, strict=True)):
+        key = keys[layer_index]
         if layer.type == "Input":
             for top, name in zip(layer.top, names, strict=True):
                 overrides = options.input_shapes or {}
-                shape = list(overrides.get(top, net.input_shapes[top]))
+                if top not in overrides and top not in net.input_shapes:
+                    unsupported.append((layer.name, net.data_layers.get(layer.name, layer.type), _no_shape(top)))
+                    continue
+                shape = list(overrides[top] if top in overrides else net.input_shapes[top])
                 if top in overrides:
                     check_blob_shape(shape, f"{net.source}: input '{top}'")
                 if options.batch is not None:
@@ -222,10 +228,10 @@ def _convert(
                 inputs.append((name, shape))
                 current[top], shapes[name] = name, shape
                 batch_led.add(name)
-            layers[layer.name] = LayerRecord(layer.type, [], list(layer.top), [], [])
+            layers[key] = LayerRecord(layer.type, [], list(layer.top), [], [])
             continue
         problem = _static_problem(layer)
-        if unsupported and any(bottom not in current for bottom in layer.bottom):
+        if any(bottom not in current for bottom in layer.bottom):
             # Downstream of a refused layer there are no shapes to work with, but type and wiring
             # problems are still reported, so that one error lists them all.
             if problem is not None:
@@ -241,7 +247,7 @@ def _convert(
                 input_shapes=[shapes[current[b]] for b in layer.bottom],
                 outputs=list(names),
                 graph=builder,
-                fetch_params=params,
+                fetch_params=_filler_params if shadowed[layer_index] else params,
             )
             try:
                 converter_fn = get_converter(layer.type)
@@ -258,14 +264,15 @@ def _convert(
             return None
         keeps_batch = ctx.batch_axis_kept and ctx.inputs[0] in batch_led
         for top, name, shape in zip(layer.top, names, out_shapes, strict=True):
-            check_blob_shape(list(shape), f"{net.source}: blob '{top}' of layer '{layer.name}'")
+            # A computed blob may have no axes (Reduction over all of them): one value.
+            check_blob_shape(list(shape) or [1], f"{net.source}: blob '{top}' of layer '{layer.name}'")
             current[top], shapes[name] = name, list(shape)
             if keeps_batch:
                 batch_led.add(name)
         _propagate_in_place_write(
-            layer, layer_index, groups, final_events, input_blobs, current, shapes, batch_led, builder
+            layer, key, layer_index, groups, final_events, input_blobs, current, shapes, batch_led, builder
         )
-        layers[layer.name] = LayerRecord(
+        layers[key] = LayerRecord(
             layer.type,
             list(layer.bottom),
             list(layer.top),
@@ -273,6 +280,8 @@ def _convert(
             [list(builder.initializers[p].shape) for p in ctx.param_names],
             list(ctx.inputs),
         )
+    if net.problems:
+        raise _refuse_net(net.problems, unsupported, net.source)
     if unsupported:
         raise refuse_all(unsupported, net.source)
     outputs = [current[blob] for blob in net.outputs]
@@ -297,4 +306,67 @@ def _convert(
         batch_led=batch_led if symbolic else set(),
         layers=layers,
         symbolic_batch=symbolic,
+    )
+
+
+def _no_shape(top: str) -> str:
+    return (
+        f"data layer whose parameters do not determine the shape of its top '{top}'; "
+        f"give it with --input-shape {top}=N,C,H,W"
+    )
+
+
+def _refuse_net(problems: list[str], unsupported: list[tuple[str, str, str]], source: str) -> NetRefusedError:
+    """One error with the prototxt's field and wiring problems and every layer the converter refused."""
+    listed = list(problems)
+    if unsupported:
+        listed.append(str(refuse_all(unsupported, source)).removeprefix(f"{source}: "))
+    return NetRefusedError(
+        f"{source}: {len(problems) + len(unsupported)} problem(s): {'; '.join(listed)}",
+        layers=[(name, type_name) for name, type_name, _ in unsupported],
+    )
+
+
+# Fillers Caffe gives a layer's blobs when no caffemodel layer is copied into it: (param field, filler
+# fields in blob order; None = the layer sets that blob itself), with the value used when unset.
+_FILLERS: dict[str, tuple[str, list[tuple[str | None, float]]]] = {
+    "Convolution": ("convolution_param", [("weight_filler", 0.0), ("bias_filler", 0.0)]),
+    "Deconvolution": ("convolution_param", [("weight_filler", 0.0), ("bias_filler", 0.0)]),
+    "InnerProduct": ("inner_product_param", [("weight_filler", 0.0), ("bias_filler", 0.0)]),
+    "Scale": ("scale_param", [("filler", 1.0), ("bias_filler", 0.0)]),
+    "Bias": ("bias_param", [("filler", 0.0)]),
+    "PReLU": ("prelu_param", [("filler", 0.25)]),
+    "BatchNorm": ("batch_norm_param", [(None, 0.0), (None, 0.0), (None, 0.0)]),
+}
+
+
+def _filler_params(layer, expected: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Blobs of a layer whose name an earlier layer already has: Caffe's Net::CopyTrainedLayersFrom
+    copies every caffemodel layer into the FIRST layer of that name, so this one keeps the values its
+    fillers gave it. Only constant fillers are reproducible."""
+    if not expected:
+        return []
+    param_field, fillers = _FILLERS.get(layer.type, ("", []))
+    values = []
+    for index, shape in enumerate(expected):
+        filler_field, unset_value = fillers[index] if index < len(fillers) else ("?", 0.0)
+        if filler_field == "?":
+            raise LayerRefused(_shadow_reason(layer, "its blobs' initial values are not known to camcaffe"))
+        value = unset_value
+        if filler_field is not None:
+            owner = getattr(layer, param_field)
+            if owner.HasField(filler_field):
+                filler = getattr(owner, filler_field)
+                if filler.type != "constant":
+                    raise LayerRefused(_shadow_reason(layer, f"its {filler_field} is '{filler.type}' (random)"))
+                value = filler.value
+        values.append(np.full(shape, value, dtype=np.float32))
+    return values
+
+
+def _shadow_reason(layer, why: str) -> str:
+    return (
+        f"an earlier layer is also named '{layer.name}': Caffe copies caffemodel weights into the first layer "
+        f"of a name only, so this one keeps its filler values, and {why}; rename the layer in the prototxt "
+        "and the caffemodel"
     )

@@ -25,8 +25,9 @@ def detect_cam_head(net: CaffeNet, converted: ConvertedNet) -> dict | None:
     """Return a JSON-able description of the last CAM-compatible head, or None."""
     producers: dict[str, list] = {}  # blob -> layers that wrote it so far, in order
     found: dict | None = None
+    keys = net.layer_keys()  # converted.layers is keyed by these (layer names may repeat)
     for index, layer in enumerate(net.layers):
-        record = converted.layers.get(layer.name)
+        record = converted.layers.get(keys[index])
         if layer.type == "Pooling" and record is not None and record.bottom_tensors:
             feature_tensor = record.bottom_tensors[0]  # the value the pooling read (in-place chains included)
             shape = converted.tensor_shapes.get(feature_tensor)
@@ -79,13 +80,14 @@ def _follow_classifier(net: CaffeNet, pool_index: int, converted: ConvertedNet) 
         if layer.type in _PASS_THROUGH:
             blob = layer.top[0]
             continue
+        params = _param_names(net, position, converted)
         if layer.type == "InnerProduct":
             return {
                 "kind": "gap_linear",
                 "fc_layer": layer.name,
                 "num_classes": int(layer.inner_product_param.num_output),
-                "weights": f"{layer.name}_W",
-                "bias": f"{layer.name}_B" if layer.inner_product_param.bias_term else None,
+                "weights": params[0],
+                "bias": params[1] if layer.inner_product_param.bias_term else None,
                 "prob_blob": _softmax_after(net, position, layer.top[0]),
             }
         if layer.type == "Convolution" and _is_pointwise(layer):
@@ -93,12 +95,19 @@ def _follow_classifier(net: CaffeNet, pool_index: int, converted: ConvertedNet) 
                 "kind": "gap_linear",
                 "fc_layer": layer.name,
                 "num_classes": int(layer.convolution_param.num_output),
-                "weights": f"{layer.name}_W",
-                "bias": f"{layer.name}_B" if layer.convolution_param.bias_term else None,
+                "weights": params[0],
+                "bias": params[1] if layer.convolution_param.bias_term else None,
                 "prob_blob": _softmax_after(net, position, layer.top[0]),
             }
         return None
     return None
+
+
+def _param_names(net: CaffeNet, position: int, converted: ConvertedNet) -> list[str | None]:
+    """The initializers of a layer (`<layer>_W`, `<layer>_B`; a repeated layer name gets `_W_1`...)."""
+    name = net.layers[position].name
+    record = converted.layers.get(net.layer_keys()[position])
+    return list(record.params) + [None, None] if record and record.params else [f"{name}_W", f"{name}_B"]
 
 
 def _is_pointwise(layer) -> bool:

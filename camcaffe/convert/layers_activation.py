@@ -1,5 +1,5 @@
 """Element-wise layers: ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log,
-Threshold, Dropout."""
+Threshold, Dropout, and the fork activations ReLU6, HardSwish, HardSigmoid, Clip, Swish, Mish."""
 
 from __future__ import annotations
 
@@ -145,4 +145,65 @@ def dropout(ctx: LayerContext) -> list[Shape]:
     else:
         # Without train-time scaling Caffe scales by the keep probability at test time.
         ctx.node("Mul", [ctx.inputs[0], _scalar(ctx, "keep", 1.0 - float(param.dropout_ratio))], ctx.outputs)
+    return [ctx.shape]
+
+
+# Fork activations (MobileNet/YOLO-era forks, BVLC master). Each is elementwise in Caffe, so in-place is
+# well defined (registry.IN_PLACE_TYPES).
+
+
+@converter("ReLU6")
+def relu6(ctx: LayerContext) -> list[Shape]:
+    # Forks compute min(max(x, 0) + negative_slope * min(x, 0), threshold); relu_param plays no part.
+    param = ctx.layer.relu6_param
+    slope, cap = float(param.negative_slope), float(param.threshold)
+    x = ctx.inputs[0]
+    if slope == 0.0 and cap >= 0.0:
+        ctx.node("Clip", [x, _scalar(ctx, "zero", 0.0), _scalar(ctx, "threshold", cap)], ctx.outputs)
+        return [ctx.shape]
+    rectified = ctx.node("LeakyRelu", [x], alpha=slope) if slope else ctx.node("Relu", [x])
+    ctx.node("Min", [rectified, _scalar(ctx, "threshold", cap)], ctx.outputs)
+    return [ctx.shape]
+
+
+@converter("HardSwish")
+def hard_swish(ctx: LayerContext) -> list[Shape]:
+    # x * clip(x / 6 + 1/2, 0, 1): ONNX HardSwish's definition.
+    ctx.node("HardSwish", ctx.inputs[:1], ctx.outputs)
+    return [ctx.shape]
+
+
+@converter("HardSigmoid")
+def hard_sigmoid(ctx: LayerContext) -> list[Shape]:
+    param = ctx.layer.hardsigmoid_param
+    ctx.node("HardSigmoid", ctx.inputs[:1], ctx.outputs, alpha=float(param.alpha), beta=float(param.beta))
+    return [ctx.shape]
+
+
+@converter("Clip")
+def clip(ctx: LayerContext) -> list[Shape]:
+    param = ctx.layer.clip_param
+    missing = [name for name in ("min", "max") if not param.HasField(name)]
+    if missing:
+        raise LayerRefused(f"clip_param.{' and '.join(missing)} not set (Caffe requires both min and max)")
+    # Caffe's max(min, min(x, max)); ONNX Clip differs when min > max (it gives max, Caffe gives min).
+    upper = ctx.node("Min", [ctx.inputs[0], _scalar(ctx, "max", float(param.max))])
+    ctx.node("Max", [upper, _scalar(ctx, "min", float(param.min))], ctx.outputs)
+    return [ctx.shape]
+
+
+@converter("Swish")
+def swish(ctx: LayerContext) -> list[Shape]:
+    beta = float(ctx.layer.swish_param.beta)
+    x = ctx.inputs[0]
+    gate_input = x if beta == 1.0 else ctx.node("Mul", [x, _scalar(ctx, "beta", beta)])
+    ctx.node("Mul", [x, ctx.node("Sigmoid", [gate_input])], ctx.outputs)
+    return [ctx.shape]
+
+
+@converter("Mish")
+def mish(ctx: LayerContext) -> list[Shape]:
+    # x * tanh(log(1 + exp(x))); ONNX has no Mish before opset 18.
+    x = ctx.inputs[0]
+    ctx.node("Mul", [x, ctx.node("Tanh", [ctx.node("Softplus", [x])])], ctx.outputs)
     return [ctx.shape]

@@ -154,16 +154,29 @@ def inner_product(ctx: LayerContext) -> list[Shape]:
     return [out_shape]
 
 
-def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """Caffe's pooling output size, including the rule that drops a window starting in the padding."""
+def pooled_size(
+    size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, any_pad: bool | None = None
+) -> int:
+    """Caffe's pooling output size, including the rule that drops a window starting in the padding.
+    Caffe applies that rule to BOTH axes as soon as either has padding (`any_pad`; default: this axis's)."""
     span = size + 2 * pad - kernel
     out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if (bool(pad) if any_pad is None else any_pad) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
-@converter("Pooling")
+def _ceil_mode(param) -> bool:
+    """BVLC's round_mode and the SSD-era forks' ceil_mode (both default to ceil)."""
+    from_round_mode = param.round_mode == param.CEIL
+    if param.HasField("ceil_mode"):
+        if param.HasField("round_mode") and param.ceil_mode != from_round_mode:
+            raise LayerRefused("ceil_mode and round_mode contradict each other; keep one of them")
+        return bool(param.ceil_mode)
+    return from_round_mode
+
+
+@converter("Pooling", arity=(1, 1, 1, 2))
 def pooling(ctx: LayerContext) -> list[Shape]:
     param = ctx.layer.pooling_param
     shape = ctx.shape
@@ -173,6 +186,9 @@ def pooling(ctx: LayerContext) -> list[Shape]:
         raise LayerRefused("STOCHASTIC pooling is not supported")
     height, width = shape[2], shape[3]
     op_max = param.pool == param.MAX
+    with_mask = len(ctx.outputs) == 2
+    if with_mask and not op_max:
+        raise LayerRefused("only MAX pooling has a second (mask) top; Caffe refuses it for AVE")
     if param.global_pooling:
         if param.HasField("kernel_size") or param.HasField("kernel_h") or param.HasField("kernel_w"):
             raise LayerRefused("global_pooling cannot be combined with a kernel size")
@@ -185,8 +201,11 @@ def pooling(ctx: LayerContext) -> list[Shape]:
             or param.stride_w > 1
         ):
             raise LayerRefused("global_pooling needs pad 0 and stride 1")
-        ctx.node("GlobalMaxPool" if op_max else "GlobalAveragePool", [ctx.inputs[0]], ctx.outputs)
-        return [[shape[0], shape[1], 1, 1]]
+        if with_mask:
+            _max_pool_with_mask(ctx, ctx.inputs[0], {"kernel_shape": [height, width]})
+        else:
+            ctx.node("GlobalMaxPool" if op_max else "GlobalAveragePool", [ctx.inputs[0]], ctx.outputs)
+        return [[shape[0], shape[1], 1, 1]] * len(ctx.outputs)
     if param.HasField("kernel_h") != param.HasField("kernel_w"):
         raise LayerRefused("kernel_h and kernel_w must be given together")
     if param.HasField("kernel_h"):
@@ -212,9 +231,9 @@ def pooling(ctx: LayerContext) -> list[Shape]:
         raise LayerRefused(f"kernel {kernel} and stride {stride} must be positive")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise LayerRefused(f"pad {pad} must be smaller than the kernel {kernel}")
-    ceil_mode = param.round_mode == param.CEIL
+    ceil_mode = _ceil_mode(param)
     out = [
-        pooled_size(s, k, st, p, ceil_mode)
+        pooled_size(s, k, st, p, ceil_mode, any_pad=any(pad))
         for s, k, st, p in zip((height, width), kernel, stride, pad, strict=True)
     ]
     if min(out) <= 0:
@@ -238,13 +257,31 @@ def pooling(ctx: LayerContext) -> list[Shape]:
         max(0, (o - 1) * s + k - size - b)
         for o, s, k, size, b in zip(out, stride, kernel, padded, begin, strict=True)
     ]
+    if end[0] >= kernel[0] or end[1] >= kernel[1]:
+        raise LayerRefused(
+            f"its last window lies wholly outside the {height}x{width} input (ceil rounding, stride {stride} > "
+            f"kernel {kernel}, no pad), where Caffe outputs -FLT_MAX (MAX) or 0/0 (AVE); set ceil_mode: false "
+            "(or round_mode: FLOOR) if the model was trained that way"
+        )
     for axis in range(2):
         onnx_out = (padded[axis] + begin[axis] + end[axis] - kernel[axis]) // stride[axis] + 1
         if onnx_out != out[axis]:
             raise LayerRefused(f"internal: pooled size {onnx_out} != Caffe's {out[axis]}")
     attrs = {"kernel_shape": kernel, "strides": stride, "pads": begin + end}
-    if op_max:
+    if with_mask:
+        _max_pool_with_mask(ctx, source, attrs)
+    elif op_max:
         ctx.node("MaxPool", [source], ctx.outputs, **attrs)
     else:
         ctx.node("AveragePool", [source], ctx.outputs, count_include_pad=0, **attrs)
-    return [[shape[0], shape[1], *out]]
+    return [[shape[0], shape[1], *out]] * len(ctx.outputs)
+
+
+def _max_pool_with_mask(ctx: LayerContext, source: str, attrs: dict) -> None:
+    """Caffe's top_mask: float(h*W+w) of the first maximum inside the bottom's (n, c) plane. ONNX MaxPool's
+    Indices count over the whole NCHW tensor (row-major, strict '>' as Caffe), so reduce them modulo H*W."""
+    height, width = ctx.shape[2], ctx.shape[3]
+    indices = ctx.graph.unique(f"{ctx.name}/MaxPool:indices")
+    ctx.node("MaxPool", [source], [ctx.outputs[0], indices], storage_order=0, **attrs)
+    plane = ctx.node("Mod", [indices, ctx.const("plane_size", [height * width])])
+    ctx.node("Cast", [plane], [ctx.outputs[1]], to=1)  # FLOAT

@@ -31,6 +31,8 @@ _ONE_TO_ONE: Arity = (1, 1, 1, 1)
 IN_PLACE_TYPES = frozenset({
     "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold",
     "BatchNorm", "Scale", "Bias", "Dropout", "Softmax", "Split",
+    # Fork layers: elementwise, and MVN and BN, which take their statistics before they write.
+    "ReLU6", "HardSwish", "HardSigmoid", "Clip", "Swish", "Mish", "MVN", "BN",
 })  # fmt: skip
 
 
@@ -67,7 +69,12 @@ def _load_converters() -> None:
     from camcaffe.convert import (  # noqa: F401
         layers_activation,
         layers_conv,
+        layers_fork,
+        layers_misc,
         layers_norm,
+        layers_rcnn,
+        layers_resample,
+        layers_ssd,
         layers_tensor,
     )
 
@@ -147,8 +154,23 @@ class LayerContext:
         return LayerRefused(reason)
 
 
+# Types known and deliberately not converted (family modules add the reason to show instead of
+# "unsupported type").
+_REFUSED_TYPES: dict[str, str] = {}
+
+
+def refused_type(type_name: str, reason: str) -> None:
+    _REFUSED_TYPES[type_name] = reason
+
+
 def refuse_all(unsupported: list[tuple[str, str, str]], source: str) -> UnsupportedLayerError:
     """One error listing every layer that cannot be converted: (name, type, reason)."""
+    if not _loaded:
+        _load_converters()
+    unsupported = [
+        (name, type_name, reason or _REFUSED_TYPES.get(type_name, ""))
+        for name, type_name, reason in unsupported
+    ]
     parts = [
         f"layer '{name}' ({type_name}{': ' + reason if reason else ''})"
         for name, type_name, reason in unsupported

@@ -110,8 +110,17 @@ class RandomWeights:
                     if index == 0 and layer.type == "Scale"
                     else rng.normal(0, 0.2, shape)
                 )
+            elif layer.type == "BN":  # scale/slope, shift/bias, mean, variance (or inverse std): > 0
+                values = [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0, 0.2, shape),
+                    rng.normal(0, 0.5, shape),
+                    rng.uniform(0.5, 2.0, shape),
+                ][index]
             elif layer.type == "PReLU":
                 values = rng.uniform(0.0, 0.5, shape)
+            elif layer.type == "Normalize":  # its scale blob may be 0-D (channel_shared)
+                values = rng.uniform(0.5, 3.0, shape)
             elif index == 0:
                 fan_in = max(1, math.prod(shape[1:]) if len(shape) > 1 else shape[0])
                 if layer.type == "Deconvolution":

@@ -82,8 +82,9 @@ def test_test_phase_rules(tmp_path):
             "reads blob 'image' that no earlier layer produces",
         ),
         (
+            # Repeated layer names are Caffe-legal; the second layer writing 'conv' again is not.
             'input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n' + CONV + "\n" + CONV,
-            "two layers are named 'conv'",
+            "layer 'conv' .*writes blob 'conv', which an earlier layer already produced",
         ),
         (
             'input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n' + CONV + "\n"

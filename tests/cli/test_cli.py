@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -101,9 +102,9 @@ def test_convert_bad_files(tiny, tmp_path, case):
     elif case == "unsupported":
         weird = tmp_path / "weird.prototxt"
         weird.write_text(
-            TINY.replace('type: "ReLU"', 'type: "Swish"').replace('type: "Softmax"', 'type: "Foo"')
+            TINY.replace('type: "ReLU"', 'type: "Bar"').replace('type: "Softmax"', 'type: "Foo"')
         )
-        args, needle = [weird, caffemodel], "unsupported type(s): Foo, Swish"
+        args, needle = [weird, caffemodel], "unsupported type(s): Bar, Foo"
     result = camcaffe("convert", *args, "-o", out)
     assert_one_line_error(result, needle)
     assert not out.exists()
@@ -431,3 +432,42 @@ def test_progress_lines_without_a_terminal(tmp_path, tiny):
     assert env_result.returncode == 0, env_result.stderr
     lines = [line for line in env_result.stderr.splitlines() if "/6 images" in line]
     assert len(lines) >= 3 and lines[0].startswith("camcaffe: 1/6 images"), env_result.stderr
+@pytest.mark.parametrize("external", [False, True])
+def test_verify_removes_the_onnx_file_when_opencv_disagrees(tiny, tmp_path, monkeypatch, capsys, external):
+    """A real disagreement: our runtime's value of blob 'conv' is nudged by 3e-4 of its maximum (over the
+    default 1e-4 tolerance); the real comparison finds it and the files written are removed. A nudge of
+    3e-5 stays inside the tolerance and the file is kept."""
+    from camcaffe.cli import main
+    from camcaffe.convert.verify import opencv_available
+    from camcaffe.runtime.session import ModelSession
+
+    if not opencv_available():
+        pytest.skip("cv2 without dnn.readNetFromCaffe: --verify has nothing to compare with")
+    prototxt, caffemodel = tiny
+    real_run = ModelSession.run
+    nudge = {"relative": 3e-4}
+
+    def nudged_run(self, feeds, outputs, *args, **kwargs):
+        values = real_run(self, feeds, outputs, *args, **kwargs)
+        if "conv" in values:
+            values["conv"] = values["conv"] + np.float32(
+                nudge["relative"] * max(1.0, np.abs(values["conv"]).max())
+            )
+        return values
+
+    monkeypatch.setattr(ModelSession, "run", nudged_run)
+    out = tmp_path / "tiny.onnx"
+    flags = ["--external-data"] if external else []
+    code = main(["convert", str(prototxt), str(caffemodel), "-o", str(out), "--verify", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3, err
+    assert err[-1].startswith("camcaffe: error: verify:") and "differ beyond tolerance: conv (" in err[-1]
+    assert f"{out} removed" in err[-1]
+    assert not out.exists() and not Path(f"{out}.data").exists() and not list(tmp_path.glob("*.onnx*"))
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+    nudge["relative"] = 3e-5
+    code = main(["convert", str(prototxt), str(caffemodel), "-o", str(out), "--verify", *flags])
+    err = capsys.readouterr().err
+    assert code == 0 and out.exists() and "worst 'conv'" in err, err
+    assert Path(f"{out}.data").exists() == external

@@ -6,10 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import numpy_helper
 
 from camcaffe.caffe.caffemodel import read_caffemodel
 from camcaffe.convert.api import convert_files
@@ -64,10 +66,13 @@ def test_mutated_prototxt_gives_only_camcaffe_errors(data):
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         prototxt = Path(tmp) / "d.prototxt"
         prototxt.write_bytes(text.encode("utf-8", errors="replace"))
+        out = Path(tmp) / "m.onnx"
         try:
-            convert_files(prototxt, WORK / "base.caffemodel", Path(tmp) / "m.onnx")
+            convert_files(prototxt, WORK / "base.caffemodel", out)
         except CamcaffeError:
-            assert not (Path(tmp) / "m.onnx").exists()
+            assert not out.exists()
+            return
+        assert_valid_model(out)
 
 
 @SETTINGS
@@ -88,11 +93,32 @@ def test_mutated_caffemodel_gives_only_camcaffe_errors(data):
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         path = Path(tmp) / "w.caffemodel"
         path.write_bytes(bytes(raw))
+        out = Path(tmp) / "m.onnx"
         try:
-            read_caffemodel(path)
-            convert_files(WORK / "base.prototxt", path, Path(tmp) / "m.onnx")
+            weights = read_caffemodel(path)
+            convert_files(WORK / "base.prototxt", path, out)
         except CamcaffeError:
-            pass
+            assert not out.exists()
+            return
+        # A mutated file that still converts: the model is valid and carries the weights the file holds now.
+        model = assert_valid_model(out)
+        stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for layer in ("conv", "fc"):
+            blobs = weights.get(layer).blobs
+            for blob, suffix in zip(blobs, ("W", "B"), strict=True):
+                expected = blob.values.reshape(stored[f"{layer}_{suffix}"].shape)
+                assert np.array_equal(stored[f"{layer}_{suffix}"], expected, equal_nan=True), (
+                    f"{layer}_{suffix}"
+                )
+
+
+def assert_valid_model(path: Path) -> onnx.ModelProto:
+    """The file a conversion wrote passes the ONNX checker and camcaffe's own loader."""
+    assert path.exists()
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    load_onnx_model(path)
+    return model
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):

@@ -6,6 +6,8 @@ column with the one-pixel image border cleared before findContours, as OpenCV <=
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from camcaffe.localize.dtbox import (
     merge_rects,
     std_sort,
 )
+from tests.dtbox_maps import load_cases, paraboloid_map
 from tests.helpers import shared_path
 
 
@@ -134,3 +137,85 @@ def test_many_contours_are_fast_and_ranked():
     rects = dt_rects(heatmap_to_gray(noise))
     areas = [w * h for _, _, w, h in rects]
     assert len(rects) > 100 and areas == sorted(areas, reverse=True)
+
+
+# Maps each of which changes output when one of the program's rules changes (found among the stored random
+# maps by planting each change in camcaffe.dtbox; every row is the compiled program's output, legacy border
+# then modern): (h, w, blobs as (cy, cx, ry, rx, peak)), legacy rects, modern rects.
+# fmt: off
+RULE_CASES = {
+    # distance cut: a rounded rescaled distance of exactly 10 is dropped (> 10); a cut of 9, >= 10 or none
+    # keeps the rim and the thin bridges here
+    "cut_keeps_above_10": (
+        (76, 54, [[53, 19, 35, 25, 200], [5, 52, 3, 10, 122]]),
+        [(1, 21, 41, 50), (3, 30, 33, 41), (44, 4, 5, 3), (48, 4, 1, 3), (49, 5, 0, 1)],
+        [(0, 21, 42, 50), (3, 30, 33, 41), (44, 4, 5, 3), (48, 4, 1, 3), (49, 5, 0, 1)],
+    ),
+    # ... and a cut of 11 removes pixels the program keeps
+    "cut_is_not_11": (
+        (60, 82, [[58, 21, 1, 50, 48], [31, 54, 2, 30, 44], [13, 74, 21, 29, 288], [14, 58, 1, 7, 263],
+                  [-4, 9, 22, 3, 208]]),
+        [(39, 1, 38, 32), (52, 1, 25, 29), (7, 1, 5, 11), (8, 1, 3, 11)],
+        [(39, 0, 38, 33), (52, 0, 25, 30), (7, 0, 5, 12), (8, 0, 3, 12)],
+    ),
+    # edge clipping x <= W-5, y <= H-5, w <= W-5-x, h <= H-5-y with the unclipped x, y: (0, 16, 1, -1) is
+    # a contour at y = 17 of this 21-row map: y -> 16, h -> 21 - 17 - 5 = -1
+    "edge_clipping": (
+        (21, 17, [[6, 1, 1, 14, 223], [17, 12, 6, 2, 67], [0, 15, 1, 1, 102], [19, -2, 3, 3, 344]]),
+        [(1, 6, 11, 1), (1, 6, 10, 1), (11, 13, 1, 3)],
+        [(0, 6, 12, 1), (0, 6, 11, 1), (11, 13, 1, 3), (0, 16, 1, -1), (0, 16, 1, -2), (12, 0, -3, 1)],
+    ),
+    # overlap rule: intersection > int(0.5 * the larger area) (not 0.6, not the smaller area)
+    "overlap_half_of_larger": (
+        (30, 13, [[13, 13, 2, 2, 245], [4, -4, 2, 9, 83], [24, 3, 11, 4, 215], [1, 11, 2, 6, 103]]),
+        [(1, 14, 6, 11), (1, 17, 5, 8), (1, 3, 3, 3), (6, 1, 2, 2), (8, 1, -3, 1)],
+        [(0, 14, 7, 11), (1, 17, 5, 8), (0, 3, 4, 3), (6, 0, 2, 3), (8, 1, -3, 1), (8, 12, -4, 3)],
+    ),
+    # the loop's step past the rectangle that moves into an erased one's place
+    "overlap_loop_quirk": (
+        (12, 17, [[2, 13, 3, 4, 212], [10, 6, 1, 7, 396], [3, 13, 1, 8, 298], [6, 10, 7, 2, 181]]),
+        [(1, 1, 11, 6), (1, 1, 11, 6)],
+        [(0, 0, 12, 7), (1, 0, 11, 7)],
+    ),
+    # tie order: six identical blobs give 18 rectangles in equal-area groups, which libstdc++'s std::sort
+    # (introsort, not stable past 16 elements) leaves in this order
+    "tie_order": (
+        (48, 42, [[10, 7, 4, 6, 224], [10, 21, 4, 6, 224], [10, 35, 4, 6, 224], [31, 7, 4, 6, 224],
+                  [31, 21, 4, 6, 224], [31, 35, 4, 6, 224]]),
+        [(16, 28, 11, 7), (2, 28, 11, 7), (16, 7, 11, 7), (2, 7, 11, 7), (30, 7, 7, 7), (30, 28, 7, 7),
+         (3, 8, 9, 5), (31, 8, 6, 5)],
+        [(16, 28, 11, 7), (2, 28, 11, 7), (16, 7, 11, 7), (2, 7, 11, 7), (30, 7, 7, 7), (30, 28, 7, 7),
+         (3, 8, 9, 5), (31, 8, 6, 5)],
+    ),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_CASES))
+def test_each_rule_of_the_program(rule):
+    (height, width, blobs), legacy, modern = RULE_CASES[rule]
+    gray = paraboloid_map(height, width, blobs)
+    assert dt_rects(gray, legacy_border=True) == legacy
+    assert dt_rects(gray, legacy_border=False) == modern
+
+
+def test_rule_cases_are_stored_program_outputs():
+    """The literals above are rows of the data file (the compiled program's output), not hand copies."""
+    stored = {(c["h"], c["w"], json.dumps(c["blobs"])): c for c in load_cases()}
+    for (height, width, blobs), legacy, modern in RULE_CASES.values():
+        case = stored[(height, width, json.dumps(blobs))]
+        assert [tuple(r) for r in case["legacy"]] == legacy and [tuple(r) for r in case["modern"]] == modern
+
+
+def test_hundreds_of_synthetic_maps_match_the_compiled_program():
+    """tests/data/dtbox_synthetic.json: 440 maps (random blobs over edges, thin bridges, plateaus, tiny
+    maps, grids of identical blobs) and the compiled program's rectangles for both border behaviours."""
+    cases = load_cases()
+    assert len(cases) >= 400
+    wrong = []
+    for index, case in enumerate(cases):
+        gray = paraboloid_map(case["h"], case["w"], case["blobs"])
+        for legacy, key in ((True, "legacy"), (False, "modern")):
+            if dt_rects(gray, legacy_border=legacy) != [tuple(r) for r in case[key]]:
+                wrong.append((index, key))
+    assert not wrong, f"{len(wrong)} differ from the program, first: {wrong[:5]}"

@@ -213,3 +213,53 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
     gt = folder / "gt.csv"
     gt.write_text("image,class,x0,y0,x1,y1\np1.png,0,0,0,49,39\np2.png,2,10,10,30,30\n")
     return out, model, gt
+
+
+class _ScriptedPipeline:
+    """A stand-in for CamPipeline whose net answers from a table: the probability of class 0 is looked up by
+    the input's mean pixel (0-255), so the plain photo and the photo times its map get known figures."""
+
+    views = type("OneView", (), {"count": 1, "inputs": staticmethod(lambda image: [image])})()
+    input_name = "data"
+
+    def __init__(self, table: dict[int, float], mask: float, shape: tuple[int, int]):
+        self.table, self.mask, self.input_hw = table, mask, shape
+        self.transformer = type(
+            "T", (), {"preprocess": staticmethod(lambda name, view: view.transpose(2, 0, 1))}
+        )()
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p0 = [self.table.get(round(float(x.mean()) * 255), 0.5) for x in batch]
+        return np.array([[p, 1 - p] for p in p0], np.float32), np.zeros((len(batch), 1, 2, 2), np.float32)
+
+    def maps(self, x, features, probabilities, classes) -> np.ndarray:
+        return np.zeros((len(x), classes.shape[1], 2, 2), np.float32)
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        return np.full((len(raw), height, width), self.mask, np.float32)
+
+
+def test_average_drop_and_increase_in_confidence_by_hand(tmp_path):
+    """Three grey photos; class 0 is predicted on each (Y), then seen again on the photo x its map of 0.5 (O).
+    drop = max(0, Y - O) / Y: 0.8 -> 0.6 gives 0.25; 0.5 -> 0.7 gives 0 (an increase); 0.9 -> 0.45 gives 0.5.
+    Average drop (0.25 + 0 + 0.5) / 3 = 25 %; increase in confidence 1 of 3 = 33.3 %."""
+    import cv2
+
+    from camcaffe.localize.evaluate import saliency_metrics
+
+    table = {}
+    groundtruth, paths = {}, {}
+    for name, grey, before, after in (("a", 200, 0.8, 0.6), ("b", 120, 0.5, 0.7), ("c", 40, 0.9, 0.45)):
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), np.full((6, 8, 3), grey, np.uint8))
+        table[grey], table[grey // 2] = before, after
+        groundtruth[name], paths[name] = [GtObject("0", (0, 0, 7, 5))], str(path)
+    pipeline = _ScriptedPipeline(table, 0.5, (6, 8))
+    figures = saliency_metrics(pipeline, groundtruth, {"0": frozenset({0})}, paths, steps=2)
+    assert figures["images"] == 3
+    assert figures["average_drop_percent"] == pytest.approx(25.0, abs=1e-4)
+    assert figures["increase_in_confidence_percent"] == pytest.approx(100 / 3, abs=1e-4)
+    # a photo whose map changes nothing: no drop, no increase
+    single = saliency_metrics(_ScriptedPipeline({200: 0.8}, 1.0, (6, 8)), {"a": groundtruth["a"]},
+                              {"0": frozenset({0})}, {"a": paths["a"]}, steps=2)  # fmt: skip
+    assert single["average_drop_percent"] == 0.0 and single["increase_in_confidence_percent"] == 0.0

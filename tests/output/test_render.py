@@ -96,14 +96,17 @@ def test_write_into_missing_folder(tmp_path: Path) -> None:
         write_image_atomic(tmp_path / "file" / "x.png", _image())
 
 
-def test_write_into_read_only_folder(tmp_path: Path) -> None:
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        pytest.skip("running as root: folder permissions do not stop writes")
+def test_write_into_read_only_folder(tmp_path: Path, monkeypatch) -> None:
+    from tests.as_non_root import install_with
+
+    install_with(monkeypatch)  # folder bits enforced as for an ordinary user, also under root
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(InputFileError, match="locked"):
+        with pytest.raises(InputFileError, match=f"output folder {locked} is not writable"):
             write_image_atomic(locked / "x.png", _image())
+        assert not list(locked.iterdir())
     finally:
         locked.chmod(0o700)
+    assert write_image_atomic(locked / "x.png", _image()).exists()

@@ -201,7 +201,14 @@ def test_report_cli_default_output_and_errors(cam_run, tmp_path, capsys):
 def test_report_in_headless_chromium(cam_run, tmp_path):
     evaluation = tmp_path / "evaluation.json"
     evaluation.write_text(json.dumps({"images": 5, "localisation_error": {"top1": 0.25, "top5": 0.125}}))
-    html_path = write_report(cam_run, cam_run / "browser.html", evaluation=evaluation, quiet=True)
+    # The random net never ranks "dog</script>" in a top 3: make it the first photo's top class in a copy.
+    run = tmp_path / "run" / "out"
+    shutil.copytree(cam_run.parent, run.parent)
+    with open(run / "results.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    next(row for row in rows if row["rank"] == "1")["label"] = "dog</script>"
+    write_csv(run / "results.csv", rows)
+    html_path = write_report(run, run / "browser.html", evaluation=evaluation, quiet=True)
     data = embedded_data(html_path.read_text(encoding="utf-8"))
 
     dom = dump(tmp_path, html_path)
@@ -213,7 +220,9 @@ def test_report_in_headless_chromium(cam_run, tmp_path):
     assert int(root_attribute(dom, "data-img-loaded") or 0) >= 2  # at least the first card's two pictures
     assert dom.count("<rect ") >= 1  # the box over the original
     assert "localisation_error › top1" in dom and "0.125" in dom
-    assert "dog&lt;/script&gt;" in dom or "dog</script>" not in dom
+    # labels are text, never markup: the DOM shows them escaped, and no element came out of them
+    assert "dog&lt;/script&gt;" in dom and "dog</script>" not in dom
+    assert "cat &lt;b&gt;" in dom and "cat <b>" not in dom
     assert "broken.jpg" in dom and "1 image(s) failed" in dom
     probabilities = sorted((item["c"][0]["p"] for item in data["items"]), reverse=True)
     first = re.search(r'<article class="card" data-index="(\d+)"', dom)

@@ -115,12 +115,10 @@ def test_check_label_count(tmp_path: Path) -> None:
     check_label_count(labels, 13, "labels.txt")
     with pytest.raises(LabelsError, match="labels.txt has 13 labels but the classifier has 14 classes"):
         check_label_count(labels, 14, "labels.txt")
-    message = ""
-    try:
+    with pytest.raises(LabelsError) as refused:
         check_label_count(labels, 14, tmp_path / "l.csv")
-    except LabelsError as exc:
-        message = str(exc)
-    assert "\n" not in message
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path / "l.csv") in message and "14 classes" in message
 
 
 WORDS = (
