@@ -167,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
         if report.unavailable:
             print(f"camcaffe: warning: --verify skipped: {report.unavailable}", file=sys.stderr)
             return 0
+        if report.not_judged:
+            print(
+                f"camcaffe: warning: --verify did not compare what {len(report.not_judged)} layer(s) compute, "
+                f"nor anything after them ({'; '.join(report.not_judged[:3])})",
+                file=sys.stderr,
+            )
         worst = report.worst()
         failures = report.failures(args.tolerance)
         summary = (

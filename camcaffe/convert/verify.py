@@ -27,12 +27,52 @@ class VerifyReport:
     compared: list[BlobComparison] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     unavailable: str | None = None
+    # Layers whose blobs (and everything computed from them) were not compared, with the reason.
+    not_judged: list[str] = field(default_factory=list)
 
     def worst(self) -> BlobComparison | None:
         return max(self.compared, key=lambda c: c.relative, default=None)
 
     def failures(self, tolerance: float) -> list[BlobComparison]:
         return [c for c in self.compared if not c.relative <= tolerance]
+
+
+def opencv_differs(layer) -> str | None:
+    """Why OpenCV 4's implementation of this layer computes something other than the Caffe fork that defines
+    it (so it cannot judge our value), or None. Found by reading both sources and checked in the tests."""
+    kind = layer.type
+    if kind == "Axpy":
+        return "OpenCV's Axpy swaps the x and y bottoms of hujie-frank/SENet's layer"
+    if kind == "Reorg" and (layer.reorg_param.stride not in (0, 2) or layer.reorg_param.reverse):
+        return "OpenCV's Reorg always uses stride 2 and has no reverse"
+    if kind == "ReLU6" and layer.HasField("relu6_param"):
+        return "OpenCV's ReLU6 ignores relu6_param (threshold, negative_slope)"
+    if kind == "Swish" and layer.HasField("swish_param") and layer.swish_param.beta != 1:
+        return "OpenCV's Swish ignores swish_param.beta"
+    if kind == "MVN" and layer.mvn_param.normalize_variance and layer.mvn_param.eps > 1e-6:
+        return "OpenCV's MVN adds eps under the square root (Caffe adds it to the standard deviation)"
+    if kind == "Interp" and (
+        layer.interp_param.pad_beg or layer.interp_param.pad_end
+        or (layer.interp_param.HasField("zoom_factor") and layer.interp_param.HasField("shrink_factor"))
+    ):  # fmt: skip
+        return "OpenCV's Interp ignores pad_beg/pad_end and shrink_factor next to zoom_factor"
+    if kind == "Proposal":
+        return "OpenCV's Proposal follows py-faster-rcnn, not the C++ Proposal layer (anchor sizes differ)"
+    return None
+
+
+def _not_judged(net: CaffeNet) -> tuple[set[str], list[str]]:
+    """Blobs computed by (or from) a layer OpenCV computes differently, and one note per such layer."""
+    tainted: set[str] = set()
+    notes: list[str] = []
+    for layer in net.layers:
+        reason = opencv_differs(layer)
+        if reason:
+            notes.append(f"layer '{layer.name}' ({layer.type}): {reason}")
+        if reason or any(bottom in tainted for bottom in layer.bottom):
+            tainted.update(layer.top)
+    return tainted, notes
+
 
 
 def opencv_available() -> bool:
@@ -81,8 +121,12 @@ def verify_with_opencv(
         if len(layer.top) == 1:
             single_top.add(layer.name)
     blobs = [b for b in last_writer if b in converted.blob_tensors] if all_blobs else list(net.outputs)
-    comparable = [b for b in blobs if last_writer[b] in single_top]
+    tainted, report.not_judged = _not_judged(net)
+    comparable = [b for b in blobs if last_writer[b] in single_top and b not in tainted]
     report.skipped = [b for b in blobs if b not in comparable]
+    if not comparable:
+        report.unavailable = "OpenCV computes every blob differently: " + "; ".join(report.not_judged[:3])
+        return report
     if len(feeds) == 1:
         cv_net.setInput(next(iter(feeds.values())))
     else:
