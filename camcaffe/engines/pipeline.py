@@ -116,6 +116,27 @@ def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tu
     ), assumed
 
 
+def _check_is_classifier(session: ModelSession) -> None:
+    """A model none of whose outputs is one score vector per image (a segmentation map, SSD's detection rows,
+    ...) is not an image classifier: say so in one line rather than failing on a missing head or, worse,
+    treating every pixel as a class."""
+    shapes = []
+    for output in session.lite.graph.output:
+        dims = output.type.tensor_type.shape.dim if output.type.HasField("tensor_type") else []
+        if not dims:
+            return  # undeclared shape: the head finder decides
+        values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if len(values) <= 2 or all(v == 1 for v in values[2:]):
+            return
+        shapes.append(f"{output.name} {'x'.join('?' if v is None else str(v) for v in values)}")
+    if shapes:
+        raise CamcaffeError(
+            f"{session.source}: not an image classifier - its outputs ({'; '.join(shapes)}) hold scores per "
+            "pixel or per box (a segmentation or detection net such as SegNet or SSD), and camcaffe cam maps "
+            "the classes of image classifiers (the converted model itself runs in any onnxruntime)"
+        )
+
+
 class CamPipeline:
     def __init__(
         self,
@@ -129,6 +150,7 @@ class CamPipeline:
     ):
         self.session = session
         self.settings = settings
+        _check_is_classifier(session)
         self.method = make_method(
             settings.method,
             session,

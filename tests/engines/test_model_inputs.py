@@ -101,3 +101,22 @@ def test_fixed_batch_of_three_pads_the_last_run(tmp_path, photos):
         assert result.returncode == 0, result.stderr
     a, b = (pd.read_csv(tmp_path / name / "results.csv") for name in "ab")
     np.testing.assert_allclose(a["probability"], b["probability"], rtol=1e-5)
+
+
+SEGMENTATION = """name: "seg"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 16 dim: 16 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "score" type: "Convolution" bottom: "conv" top: "score" convolution_param { num_output: 5 kernel_size: 1 } }
+layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+"""
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_a_net_without_a_classification_head_is_named_as_such(tmp_path, photos, method):
+    (tmp_path / "seg.prototxt").write_text(SEGMENTATION)
+    converted = camcaffe("convert", tmp_path / "seg.prototxt", "-o", tmp_path / "seg.onnx", "--random-weights", "1")
+    assert converted.returncode == 0, converted.stderr
+    result = camcaffe("cam", tmp_path / "seg.onnx", photos, "--out", tmp_path / "out", "--method", method)
+    assert_one_line_error(result, "not an image classifier", "prob ?x5x16x16", "segmentation or detection")
+    assert not (tmp_path / "out" / "results.csv").exists()
