@@ -56,6 +56,12 @@ def opencv_differs(layer) -> str | None:
         or (layer.interp_param.HasField("zoom_factor") and layer.interp_param.HasField("shrink_factor"))
     ):  # fmt: skip
         return "OpenCV's Interp ignores pad_beg/pad_end and shrink_factor next to zoom_factor"
+    if kind == "DetectionOutput":
+        return "OpenCV's DetectionOutput orders rows by score across classes and pads with zero rows"
+    if kind == "PriorBox" and any(
+        float(v) != int(v) for v in [*layer.prior_box_param.min_size, *layer.prior_box_param.max_size]
+    ):
+        return "OpenCV keeps PriorBox's fractional min/max sizes, which Caffe truncates to int"
     if kind == "Proposal":
         return "OpenCV's Proposal follows py-faster-rcnn, not the C++ Proposal layer (anchor sizes differ)"
     return None

@@ -817,7 +817,8 @@ def test_image_in_a_batch(model, tmp_path, case):
         assert row.error == ""
         overlay = cv2.imdecode(np.fromfile(row.overlay, np.uint8), cv2.IMREAD_UNCHANGED)
         decoded = cv2.imdecode(np.fromfile(subject, np.uint8), cv2.IMREAD_UNCHANGED)
-        assert overlay.shape == (*decoded.shape[:2], 3)
+        # the overlay is the photo with a label strip above it
+        assert overlay.shape[1:] == (decoded.shape[1], 3) and overlay.shape[0] > decoded.shape[0]
         assert 0 <= row.x0 <= row.x1 < decoded.shape[1] and 0 <= row.y0 <= row.y1 < decoded.shape[0]
     else:
         assert result.returncode == 1, result.stderr

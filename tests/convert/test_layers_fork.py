@@ -14,7 +14,7 @@ import pytest
 from camcaffe.errors import CamcaffeError
 from tests import caffe_reference as cr
 from tests import random_nets as rn
-from tests import test_fuzz_layers as fuzz
+from tests.convert import test_fuzz_layers as fuzz
 from tests.helpers import opencv_blobs, shared_path
 
 

@@ -18,8 +18,8 @@ from camcaffe.convert.converter import ConvertOptions
 from camcaffe.convert.verify import opencv_available
 from camcaffe.errors import UnsupportedLayerError
 from tests import caffe_reference as cr
+from tests.convert.test_fuzz_layers import Refused, check_net
 from tests.helpers import assert_close, blobs_of, convert_text, opencv_blobs, run_onnx, shared_path
-from tests.test_fuzz_layers import Refused, check_net
 
 GOLDEN_FOLDERS = [
     "act_relu6_hardswish_hardsigmoid",
