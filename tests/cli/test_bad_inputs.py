@@ -884,6 +884,7 @@ def test_only_bad_images_exit_1_with_a_table(model, tmp_path):
 IMAGES_TO_INTERRUPT = 400
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_consistent_results_table(tmp_path):
     prototxt, caffemodel = write_net(tmp_path)
     onnx_path = convert(prototxt, caffemodel, tmp_path / "net.onnx")

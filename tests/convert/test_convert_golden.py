@@ -73,6 +73,7 @@ def test_golden_every_blob(name, tmp_path):
     assert _check_folder(folder, tmp_path) > 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REGENERATED)
 def test_golden_regenerated_weights_every_blob(name, regenerated_golden, tmp_path):
     assert _check_folder(regenerated_golden / name, tmp_path) > 10
@@ -100,6 +101,7 @@ def test_googlenet_cam14_batch_of_two_with_deploy_batch_ten(tmp_path):
     assert blobs["CAM_conv"].min() >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,key", [("real_squeezenet_v1.0_dc", "pool_final"), ("real_open_nsfw", "prob")])
 def test_real_pretrained_models_match_real_caffe(model, key, tmp_path):
     folder = shared_path("golden", model)

@@ -18,6 +18,7 @@ DEPLOYS = sorted(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deploy", DEPLOYS or ["(none)"])
 def test_every_shared_deploy_matches_opencv_with_random_weights(deploy, tmp_path):
     prototxt = shared_path("data", "models", deploy)

@@ -179,6 +179,7 @@ def test_reference_is_deterministic_and_nets_are_valid():
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_random_nets_match_reference(tmp_path):
     seeds = range(FIRST_SEED, FIRST_SEED + N_SEEDS)
     matched, refused, failures = 0, [], []
@@ -605,6 +606,7 @@ def _golden_folders() -> list[str]:
     return names + ["squeezenet_v1.1", "googlenet_cam", "googlenet_cam14", "mobilenet_v1", "mobilenet_v2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", _golden_folders())
 def test_reference_matches_real_caffe(tmp_path, folder):
     if not GOLDEN.is_dir():

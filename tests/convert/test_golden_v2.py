@@ -19,6 +19,7 @@ from camcaffe.convert.converter import ConvertOptions
 from tests.helpers import SHARED, assert_close, blobs_of, shared_path
 
 GOLDEN_V2 = SHARED / "golden_v2"
+REAL_NETS = {"mobilenet_ssd", "opencv_face_res10_ssd", "ssd300_vgg16_voc"}  # whole real deploys: slow
 FOLDERS = [
     "act_relu6_hardswish_hardsigmoid",
     "embed_parameter_batchreindex",
@@ -80,12 +81,16 @@ def check_golden_v2(name: str, tmp_path: Path) -> int:
             checked += 1
         else:
             info = index["blobs"].get(blob, {})
-            assert info.get("alias_of") or "_split_" in blob, f"{name}: blob {blob} missing from the conversion"
+            assert info.get("alias_of") or "_split_" in blob, (
+                f"{name}: blob {blob} missing from the conversion"
+            )
     for output in index["outputs"]:
         assert output in blobs, f"{name}: output {output} missing"
     return checked
 
 
-@pytest.mark.parametrize("name", FOLDERS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in REAL_NETS else name for name in FOLDERS]
+)
 def test_golden_v2_every_blob(name, tmp_path):
     assert check_golden_v2(name, tmp_path) >= 1

@@ -31,7 +31,11 @@ from camcaffe.errors import CamcaffeError  # noqa: E402
 from tests.engines.test_pipeline import NET  # noqa: E402
 from tests.helpers import default_sigint  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+    pytest.mark.slow,
+    pytest.mark.xdist_group("ray"),  # one local Ray instance at a time (make test runs --dist loadgroup)
+]
 IMAGES = 300
 BAD = "broken.jpg"
 

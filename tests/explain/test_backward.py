@@ -307,6 +307,7 @@ REAL_HEADS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REAL_HEADS))
 def test_gradient_of_real_heads_with_random_weights(tmp_path, name):
     from camcaffe.convert.api import convert_files

@@ -198,6 +198,7 @@ def test_report_cli_default_output_and_errors(cam_run, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(cam_run, tmp_path):
     evaluation = tmp_path / "evaluation.json"
     evaluation.write_text(json.dumps({"images": 5, "localisation_error": {"top1": 0.25, "top5": 0.125}}))
@@ -250,6 +251,7 @@ def test_report_in_headless_chromium(cam_run, tmp_path):
 # Thousands of images: only a page's worth is in the DOM
 
 
+@pytest.mark.slow
 def test_three_thousand_images_render_one_page(tmp_path):
     chromium_binary()
     pixels = tmp_path / "pixels"

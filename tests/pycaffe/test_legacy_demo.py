@@ -20,6 +20,8 @@ from camcaffe.convert.random_model import write_random_caffemodel
 from tests import caffe_reference
 from tests.helpers import assert_close, shared_path
 
+pytestmark = pytest.mark.slow  # runs the whole legacy script on real models
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "legacy_cam_demo.py"
 
