@@ -125,9 +125,16 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[st
     layers = input_layers + strip.layers
     if not layers or all(layer.type == "Input" for layer in layers):
         raise CaffeFormatError(f"{source}: the net has no layers; is this a deploy prototxt?")
+    found = list(problems) if problems is not None else []
     for layer in layers:
         if layer.type == "Input" and layer.name not in strip.data_layers:
-            shapes = _input_layer_shapes(layer, source)
+            try:
+                shapes = _input_layer_shapes(layer, source)
+            except LimitError:
+                raise
+            except CaffeFormatError as exc:  # listed with the net's other problems
+                found.append(str(exc).removeprefix(f"{source}: "))
+                continue
             for top, shape in zip(layer.top, shapes, strict=True):
                 input_shapes[top] = shape
     for top, shape in strip.input_shapes.items():
@@ -143,7 +150,6 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[st
         dropped=strip.dropped,
         dropped_tops=strip.dropped_tops,
     )
-    found = list(problems) if problems is not None else []
     net.outputs = validate_connectivity(net, found)
     net.problems = found
     if problems is None:

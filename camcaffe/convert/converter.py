@@ -218,7 +218,8 @@ def _convert(
             for top, name in zip(layer.top, names, strict=True):
                 overrides = options.input_shapes or {}
                 if top not in overrides and top not in net.input_shapes:
-                    unsupported.append((layer.name, net.data_layers.get(layer.name, layer.type), _no_shape(top)))
+                    if layer.name in net.data_layers:  # (an Input layer's bad shape is in net.problems)
+                        unsupported.append((layer.name, net.data_layers[layer.name], _no_shape(top)))
                     continue
                 shape = list(overrides[top] if top in overrides else net.input_shapes[top])
                 if top in overrides:
