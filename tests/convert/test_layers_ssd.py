@@ -180,6 +180,22 @@ DETECTION_CASES = {
                            "keep_top_k: 7 confidence_threshold: 0.1", None),
     "ties_stable_order": (2, 30, 3, True, "nms_param { nms_threshold: 0.5 top_k: 6 } code_type: CORNER "
                           "keep_top_k: 5 confidence_threshold: 0.25", 4),
+    "ties_std_sort_past_16": (
+        2,
+        90,
+        4,
+        True,
+        "nms_param { nms_threshold: 0.95 } code_type: CENTER_SIZE keep_top_k: 40 confidence_threshold: 0.05",
+        4,
+    ),
+    "ties_std_sort_many_levels": (
+        1,
+        120,
+        5,
+        True,
+        "nms_param { nms_threshold: 0.6 } code_type: CORNER keep_top_k: 51 confidence_threshold: 0.05",
+        20,
+    ),
     "ties_without_keep_top_k": (2, 40, 4, True, "nms_param { nms_threshold: 0.7 } code_type: CENTER_SIZE "
                                 "confidence_threshold: 0.1", 5),
     "adaptive_eta": (2, 40, 3, True, "nms_param { nms_threshold: 0.9 eta: 0.7 top_k: 30 } "
