@@ -105,6 +105,16 @@ def test_train_val_equals_its_deploy(tmp_path):
         ),
         ('type: "Data" top: "a" transform_param { crop_size: 27 } data_param { batch_size: 8 }', [None]),
         ('type: "HDF5Data" top: "a" hdf5_data_param { batch_size: 8 }', [None]),
+        (
+            'type: "AnnotatedData" top: "a" top: "b" data_param { batch_size: 8 } transform_param { '
+            "resize_param { prob: 1 resize_mode: WARP height: 300 width: 320 interp_mode: LINEAR } }",
+            [[8, 3, 300, 320], None],
+        ),
+        (
+            'type: "AnnotatedData" top: "a" transform_param { resize_param { resize_mode: FIT_SMALL_SIZE '
+            "height: 300 width: 320 } }",
+            [None],
+        ),
     ],
 )
 def test_data_layer_shapes(layer, shapes):
