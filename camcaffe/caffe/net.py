@@ -19,7 +19,8 @@ _V1_PARAM_FIELDS = (
     "accuracy_param", "argmax_param", "concat_param", "convolution_param", "dropout_param",
     "eltwise_param", "exp_param", "inner_product_param", "lrn_param", "memory_data_param",
     "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param", "slice_param",
-    "tanh_param", "threshold_param", "transform_param", "loss_param",
+    "tanh_param", "threshold_param", "transform_param", "loss_param", "data_param", "dummy_data_param",
+    "hdf5_data_param", "image_data_param", "window_data_param",
 )  # fmt: skip
 
 
@@ -41,6 +42,7 @@ class CaffeNet:
     data_layers: dict[str, str] = field(default_factory=dict)  # train/val data layer -> its type
     dropped: list[tuple[str, str]] = field(default_factory=list)  # loss/accuracy/label layers dropped
     dropped_tops: list[str] = field(default_factory=list)  # label tops of data layers dropped
+    shape_hints: dict[str, str] = field(default_factory=dict)  # unshaped data top -> 'N,C,H,W' as known
 
     def layer(self, name: str) -> caffe_pb2.LayerParameter:
         for layer in self.layers:
@@ -149,6 +151,7 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[st
         data_layers=strip.data_layers,
         dropped=strip.dropped,
         dropped_tops=strip.dropped_tops,
+        shape_hints=strip.shape_hints,
     )
     net.outputs = validate_connectivity(net, found)
     net.problems = found

@@ -34,6 +34,7 @@ class TrainingStrip:
     data_layers: dict[str, str] = field(default_factory=dict)  # layer name -> original type
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (layer name, type)
     dropped_tops: list[str] = field(default_factory=list)
+    shape_hints: dict[str, str] = field(default_factory=dict)  # unshaped data top -> N,C,H,W as far as known
 
 
 def strip_training(layers: list[caffe_pb2.LayerParameter]) -> TrainingStrip:
@@ -102,7 +103,23 @@ def _as_input_layer(
         converted.top.append(top)
         if shapes[index] is not None:
             strip.input_shapes[top] = shapes[index]
+        elif index == 0:
+            strip.shape_hints[top] = _partial_shape(layer)
     return converted
+
+
+def _partial_shape(layer: caffe_pb2.LayerParameter) -> str:
+    """'N,C,H,W' with what the layer does fix (batch size, crop size) filled in."""
+    batch = next(
+        (
+            p.batch_size
+            for p in (layer.data_param, layer.hdf5_data_param, layer.image_data_param)
+            if p.HasField("batch_size")
+        ),
+        0,
+    )
+    crop = layer.transform_param.crop_size
+    return f"{batch or 'N'},C,{crop or 'H'},{crop or 'W'}"
 
 
 def data_top_shapes(layer: caffe_pb2.LayerParameter) -> list[list[int] | None]:

@@ -46,7 +46,7 @@ def _write(tmp_path, name: str, text: str):
 
 def test_lmdb_data_layer_needs_input_shape(tmp_path):
     prototxt = _write(tmp_path, "train_val.prototxt", LMDB + BODY + LOSSES)
-    with pytest.raises(UnsupportedLayerError, match=r"'mnist' \(Data: .*--input-shape data=N,C,H,W"):
+    with pytest.raises(UnsupportedLayerError, match=r"'mnist' \(Data: .*--input-shape data=100,C,H,W"):
         convert_files(prototxt, None, tmp_path / "m.onnx", random_seed=0)
 
 
@@ -207,6 +207,8 @@ layers{ name: "loss" type: SOFTMAX_LOSS bottom: "fc2" bottom: "label" loss_weigh
 def test_v1_train_test_file(tmp_path):
     """LightCNN's (DeepFace_set003_train_test) V1 form: DATA layers per phase, V1 loss/accuracy types."""
     prototxt = _write(tmp_path, "train_test.prototxt", LIGHTCNN_V1)
+    with pytest.raises(UnsupportedLayerError, match=r"--input-shape data=10,C,128,128\)"):
+        convert_files(prototxt, None, tmp_path / "m.onnx", random_seed=0)  # V1 data_param + crop_size
     shapes = {"data": [1, 1, 32, 32]}
     caffemodel = tmp_path / "w.caffemodel"
     write_random_caffemodel(prototxt, caffemodel, v1=True, input_shapes=shapes)
@@ -243,7 +245,7 @@ def test_cli_converts_a_train_val_file_and_says_what_it_dropped(tmp_path):
     write_random_caffemodel(prototxt, caffemodel, input_shapes={"data": [1, 1, 28, 28]})
     missing = _cli("convert", prototxt, caffemodel, "-o", tmp_path / "m.onnx")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert "--input-shape data=N,C,H,W" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert "--input-shape data=100,C,H,W" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     done = _cli("convert", prototxt, caffemodel, "-o", tmp_path / "m.onnx", "--input-shape", "data=1,1,28,28")
     assert done.returncode == 0, done.stderr
     dropped = [line for line in done.stderr.splitlines() if "dropped" in line]
