@@ -318,19 +318,25 @@ def _nms_body(
     picked = [
         node("Gather", [c, j1], f"cand_{i}", axis=2) for i, c in enumerate([x0, y0, x1, y1, area, valid])
     ]
-    inter_w = node(
-        "Sub", [node("Min", [picked[2], x1], "min_x1"), node("Max", [picked[0], x0], "max_x0")], "iw"
-    )
-    inter_h = node(
-        "Sub", [node("Min", [picked[3], y1], "min_y1"), node("Max", [picked[1], y0], "max_y0")], "ih"
-    )
+
+    # std::min(a, b) = b < a ? b : a and std::max(a, b) = a < b ? b : a, NaN included (a = the candidate).
+    def cpp_min(a: str, b: str, out: str) -> str:
+        return node("Where", [node("Less", [b, a], f"{out}_lt"), b, a], out)
+
+    def cpp_max(a: str, b: str, out: str) -> str:
+        return node("Where", [node("Less", [a, b], f"{out}_lt"), b, a], out)
+
+    inter_w = node("Sub", [cpp_min(picked[2], x1, "min_x1"), cpp_max(picked[0], x0, "max_x0")], "iw")
+    inter_h = node("Sub", [cpp_min(picked[3], y1, "min_y1"), cpp_max(picked[1], y0, "max_y0")], "ih")
     overlapping = node(
         "And", [node("Greater", [inter_w, zero], "iw_pos"), node("Greater", [inter_h, zero], "ih_pos")], "pos"
     )
     inter = node("Mul", [inter_w, inter_h], "inter")
     union = node("Sub", [node("Add", [picked[4], area], "area_sum"), inter], "union")
     overlap = node("Where", [overlapping, node("Div", [inter, union], "ratio"), zero], "overlap")
-    suppresses = node("And", [node("Greater", [overlap, threshold_in], "over"), keep_in], "suppresses")
+    # Caffe keeps a candidate while overlap <= threshold: a NaN overlap suppresses it.
+    within = node("LessOrEqual", [overlap, threshold_in], "within")
+    suppresses = node("And", [node("Not", [within], "over"), keep_in], "suppresses")
     as_float = node("Cast", [suppresses], "suppresses_f", to=TensorProto.FLOAT)
     suppressed = node("ReduceMax", [as_float], "suppressed", axes=[2], keepdims=1)
     free = node("Not", [node("Cast", [suppressed], "suppressed_b", to=TensorProto.BOOL)], "free")

@@ -423,3 +423,19 @@ def test_oracle_sorts_ties_as_libstdcxx():
     assert [i for _, i in cr._libstdcxx_sort(items[:16], greater)] == sorted(
         range(16), key=lambda i: -scores[i]
     )
+
+
+def test_detection_output_overflowing_boxes_follow_cpp_nan_rules(tmp_path):
+    """Huge offsets overflow exp() to inf, so boxes and overlaps hold inf and NaN: NMS must then compare as
+    Caffe's C++ does (std::min/std::max keep their first argument against NaN, a NaN overlap suppresses)."""
+    params = (
+        "nms_param { nms_threshold: 0.45 } code_type: CENTER_SIZE keep_top_k: 30 confidence_threshold: 0.1"
+    )
+    text = _detection_net(2, 40, 3, True, params)
+    feeds = _detection_inputs(5, 2, 40, 3, True)
+    feeds["loc"] = feeds["loc"] * np.float32(1e3)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ours, theirs = _run_detection(tmp_path, text, feeds)
+    assert ours.shape == theirs.shape
+    assert np.isinf(theirs).any(), "the case should overflow (inf boxes, NaN overlaps)"
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6, equal_nan=True)
