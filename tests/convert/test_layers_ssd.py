@@ -398,7 +398,6 @@ def test_synthetic_ssd_head_matches_oracle_and_opencv(tmp_path):
     assert_close(
         _by_label(ours["detection_out"]), _by_label(theirs["detection_out"]), "opencv rows", rel=1e-4
     )
-    assert not np.array_equal(ours["detection_out"][..., 1], theirs["detection_out"][..., 1])
 
 
 def _by_label(rows: np.ndarray) -> np.ndarray:
