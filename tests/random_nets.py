@@ -917,11 +917,9 @@ class _Builder:
         nms = f"nms_threshold: {self.pick([0.0, 0.3, 0.45, 0.7])} "
         if self.chance(0.3):
             nms = f"nms_threshold: 0.8 eta: {self.pick([0.5, 0.9])} "
-        keep_top_k = self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 "])
-        if keep_top_k:  # at most 16 candidates: std::sort is then an insertion sort (stable, as camcaffe)
-            nms += f"top_k: {16 // classes} "
-        elif self.chance(0.5):
+        if self.chance(0.5):
             nms += f"top_k: {self.pick([0, 3, 10])} "
+        keep_top_k = self.pick(["", "keep_top_k: 2 ", "keep_top_k: 6 ", "keep_top_k: 20 "])
         det = f"num_classes: {classes} nms_param {{ {nms}}} "
         det += f"code_type: {self.pick(['CORNER', 'CENTER_SIZE', 'CORNER_SIZE'])} "
         background = ["", f"background_label_id: {classes - 1} "] + ([] if share else ["background_label_id: -1 "])

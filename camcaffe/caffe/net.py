@@ -19,7 +19,8 @@ _V1_PARAM_FIELDS = (
     "accuracy_param", "argmax_param", "concat_param", "convolution_param", "dropout_param",
     "eltwise_param", "exp_param", "inner_product_param", "lrn_param", "memory_data_param",
     "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param", "slice_param",
-    "tanh_param", "threshold_param", "transform_param", "loss_param",
+    "tanh_param", "threshold_param", "transform_param", "loss_param", "data_param", "dummy_data_param",
+    "hdf5_data_param", "image_data_param", "window_data_param",
 )  # fmt: skip
 
 
@@ -41,6 +42,7 @@ class CaffeNet:
     data_layers: dict[str, str] = field(default_factory=dict)  # train/val data layer -> its type
     dropped: list[tuple[str, str]] = field(default_factory=list)  # loss/accuracy/label layers dropped
     dropped_tops: list[str] = field(default_factory=list)  # label tops of data layers dropped
+    shape_hints: dict[str, str] = field(default_factory=dict)  # unshaped data top -> 'N,C,H,W' as known
 
     def layer(self, name: str) -> caffe_pb2.LayerParameter:
         for layer in self.layers:
@@ -125,9 +127,16 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[st
     layers = input_layers + strip.layers
     if not layers or all(layer.type == "Input" for layer in layers):
         raise CaffeFormatError(f"{source}: the net has no layers; is this a deploy prototxt?")
+    found = list(problems) if problems is not None else []
     for layer in layers:
         if layer.type == "Input" and layer.name not in strip.data_layers:
-            shapes = _input_layer_shapes(layer, source)
+            try:
+                shapes = _input_layer_shapes(layer, source)
+            except LimitError:
+                raise
+            except CaffeFormatError as exc:  # listed with the net's other problems
+                found.append(str(exc).removeprefix(f"{source}: "))
+                continue
             for top, shape in zip(layer.top, shapes, strict=True):
                 input_shapes[top] = shape
     for top, shape in strip.input_shapes.items():
@@ -142,8 +151,8 @@ def net_from_param(param: caffe_pb2.NetParameter, source: str, problems: list[st
         data_layers=strip.data_layers,
         dropped=strip.dropped,
         dropped_tops=strip.dropped_tops,
+        shape_hints=strip.shape_hints,
     )
-    found = list(problems) if problems is not None else []
     net.outputs = validate_connectivity(net, found)
     net.problems = found
     if problems is None:

@@ -13,7 +13,7 @@ DATA_LAYER_TYPES = frozenset({
     "AnnotatedData", "ImageSegData", "VideoData", "MultiLabelData", "Python",
 })  # fmt: skip
 # Sinks that compute a training or evaluation value from the net and a label, or write files.
-SINK_TYPES = frozenset({"Accuracy", "HDF5Output"})
+SINK_TYPES = frozenset({"Accuracy", "HDF5Output", "DetectionEvaluate"})
 
 
 def is_data_layer(layer: caffe_pb2.LayerParameter) -> bool:
@@ -34,6 +34,7 @@ class TrainingStrip:
     data_layers: dict[str, str] = field(default_factory=dict)  # layer name -> original type
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (layer name, type)
     dropped_tops: list[str] = field(default_factory=list)
+    shape_hints: dict[str, str] = field(default_factory=dict)  # unshaped data top -> N,C,H,W as far as known
 
 
 def strip_training(layers: list[caffe_pb2.LayerParameter]) -> TrainingStrip:
@@ -68,7 +69,11 @@ def _label_branches(kept: list[caffe_pb2.LayerParameter]) -> tuple[set[str], set
         origins: dict[str, set[str]] = {top: {top} for top in candidates}
         label_only: set[int] = set()
         for index, layer in enumerate(kept):
-            if not is_data_layer(layer) and layer.bottom and all(bottom in origins for bottom in layer.bottom):
+            if (
+                not is_data_layer(layer)
+                and layer.bottom
+                and all(bottom in origins for bottom in layer.bottom)
+            ):
                 label_only.add(index)
                 sources = set().union(*(origins[bottom] for bottom in layer.bottom))
                 for top in layer.top:
@@ -98,7 +103,23 @@ def _as_input_layer(
         converted.top.append(top)
         if shapes[index] is not None:
             strip.input_shapes[top] = shapes[index]
+        elif index == 0:
+            strip.shape_hints[top] = _partial_shape(layer)
     return converted
+
+
+def _partial_shape(layer: caffe_pb2.LayerParameter) -> str:
+    """'N,C,H,W' with what the layer does fix (batch size, crop size) filled in."""
+    batch = next(
+        (
+            p.batch_size
+            for p in (layer.data_param, layer.hdf5_data_param, layer.image_data_param)
+            if p.HasField("batch_size")
+        ),
+        0,
+    )
+    crop = layer.transform_param.crop_size
+    return f"{batch or 'N'},C,{crop or 'H'},{crop or 'W'}"
 
 
 def data_top_shapes(layer: caffe_pb2.LayerParameter) -> list[list[int] | None]:
@@ -124,6 +145,18 @@ def data_top_shapes(layer: caffe_pb2.LayerParameter) -> list[list[int] | None]:
             shapes[0] = [batch, 3 if p.is_color else 1, height, width]
             if count > 1:
                 shapes[1] = [batch] if layer.type == "ImageData" else [batch, 1, height, width]
+    elif layer.type == "AnnotatedData":
+        # SSD: images resized (WARP to height x width), then cropped; labels vary in length.
+        resize = layer.transform_param.resize_param
+        warped = resize.resize_mode == resize.WARP and resize.height and resize.width
+        height, width = (crop, crop) if crop else (resize.height, resize.width) if warped else (0, 0)
+        if height and width:
+            shapes[0] = [
+                layer.data_param.batch_size or 1,
+                1 if layer.transform_param.force_gray else 3,
+                height,
+                width,
+            ]
     elif layer.type == "WindowData":
         p = layer.window_data_param
         crop = crop or p.crop_size

@@ -218,7 +218,9 @@ def _convert(
             for top, name in zip(layer.top, names, strict=True):
                 overrides = options.input_shapes or {}
                 if top not in overrides and top not in net.input_shapes:
-                    unsupported.append((layer.name, net.data_layers.get(layer.name, layer.type), _no_shape(top)))
+                    if layer.name in net.data_layers:  # (an Input layer's bad shape is in net.problems)
+                        hint = net.shape_hints.get(top, "N,C,H,W")
+                        unsupported.append((layer.name, net.data_layers[layer.name], _no_shape(top, hint)))
                     continue
                 shape = list(overrides[top] if top in overrides else net.input_shapes[top])
                 if top in overrides:
@@ -309,10 +311,10 @@ def _convert(
     )
 
 
-def _no_shape(top: str) -> str:
+def _no_shape(top: str, hint: str) -> str:
     return (
         f"data layer whose parameters do not determine the shape of its top '{top}'; "
-        f"give it with --input-shape {top}=N,C,H,W"
+        f"give it with --input-shape {top}={hint}"
     )
 
 

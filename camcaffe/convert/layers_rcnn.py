@@ -828,6 +828,15 @@ def proposal(ctx: LayerContext) -> list[Shape]:
         raise LayerRefused("pre_nms_topn and post_nms_topn must be at least 1")
     if param.base_size < 1 or param.feat_stride < 1:
         raise LayerRefused("base_size and feat_stride must be positive")
+    info = ctx.input_shapes[2]
+    if product(info[1:] if len(info) > 1 else info) > 3:
+        # Same type and parameter names, other arithmetic: PVANet-family Proposal layers read
+        # im_info[2:4] as min-size scales and size anchors as round(ratio_w) * scale.
+        raise LayerRefused(
+            f"im_info {tuple(info)} has more than 3 values per image, as the PVANet-family Proposal layers "
+            "read them (other anchors and min-size scaling); camcaffe reproduces brocolli-caffe's Proposal, "
+            "which reads (height, width) only"
+        )
     anchors = _caffe_anchors(int(param.base_size), ratios, scales)
     height, width = _check_rpn_bottoms(ctx, len(anchors))
     count = height * width * len(anchors)

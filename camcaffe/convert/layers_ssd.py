@@ -4,7 +4,8 @@ DetectionOutput.
 DetectionOutput is written with standard ONNX ops only: a stable descending sort per class (TopK plus a
 second TopK on an exact integer key, so ties go to the lower prior index on any provider), the greedy
 adaptive-eta NMS of Caffe's ApplyNMSFast as a Loop over the candidates of every (image, class) at once,
-keep_top_k across classes, and NonZero to emit the rows in Caffe's order (image, label, NMS order)."""
+keep_top_k across classes with libstdc++'s std::sort (introsort partition levels as a second Loop, which
+fixes the order of exactly equal scores), and NonZero to emit the rows in Caffe's order."""
 
 from __future__ import annotations
 
@@ -317,19 +318,25 @@ def _nms_body(
     picked = [
         node("Gather", [c, j1], f"cand_{i}", axis=2) for i, c in enumerate([x0, y0, x1, y1, area, valid])
     ]
-    inter_w = node(
-        "Sub", [node("Min", [picked[2], x1], "min_x1"), node("Max", [picked[0], x0], "max_x0")], "iw"
-    )
-    inter_h = node(
-        "Sub", [node("Min", [picked[3], y1], "min_y1"), node("Max", [picked[1], y0], "max_y0")], "ih"
-    )
+
+    # std::min(a, b) = b < a ? b : a and std::max(a, b) = a < b ? b : a, NaN included (a = the candidate).
+    def cpp_min(a: str, b: str, out: str) -> str:
+        return node("Where", [node("Less", [b, a], f"{out}_lt"), b, a], out)
+
+    def cpp_max(a: str, b: str, out: str) -> str:
+        return node("Where", [node("Less", [a, b], f"{out}_lt"), b, a], out)
+
+    inter_w = node("Sub", [cpp_min(picked[2], x1, "min_x1"), cpp_max(picked[0], x0, "max_x0")], "iw")
+    inter_h = node("Sub", [cpp_min(picked[3], y1, "min_y1"), cpp_max(picked[1], y0, "max_y0")], "ih")
     overlapping = node(
         "And", [node("Greater", [inter_w, zero], "iw_pos"), node("Greater", [inter_h, zero], "ih_pos")], "pos"
     )
     inter = node("Mul", [inter_w, inter_h], "inter")
     union = node("Sub", [node("Add", [picked[4], area], "area_sum"), inter], "union")
     overlap = node("Where", [overlapping, node("Div", [inter, union], "ratio"), zero], "overlap")
-    suppresses = node("And", [node("Greater", [overlap, threshold_in], "over"), keep_in], "suppresses")
+    # Caffe keeps a candidate while overlap <= threshold: a NaN overlap suppresses it.
+    within = node("LessOrEqual", [overlap, threshold_in], "within")
+    suppresses = node("And", [node("Not", [within], "over"), keep_in], "suppresses")
     as_float = node("Cast", [suppresses], "suppresses_f", to=TensorProto.FLOAT)
     suppressed = node("ReduceMax", [as_float], "suppressed", axes=[2], keepdims=1)
     free = node("Not", [node("Cast", [suppressed], "suppressed_b", to=TensorProto.BOOL)], "free")
@@ -493,9 +500,7 @@ def detection_output(ctx: LayerContext) -> list[Shape]:
     area = _box_area(ctx, *coords)
 
     keep = _greedy_nms(ctx, coords, area, valid, candidates, settings)
-    selected = _keep_top_k(ctx, keep, sorted_scores, len(classes) * candidates, settings["keep_top_k"])
-
-    hits = ctx.node("Transpose", [ctx.node("NonZero", [selected])], perm=[1, 0])  # [R, 3]: image, class, rank
+    hits = _kept_rows(ctx, keep, sorted_scores, len(classes), candidates, settings["keep_top_k"])
     column = ctx.const("col_shape", [-1, 1])
 
     def hit_part(index: int) -> str:
@@ -594,29 +599,300 @@ def _greedy_nms(
     return keep
 
 
-def _keep_top_k(ctx: LayerContext, keep: str, scores: str, per_image: int, keep_top_k: int) -> str:
-    """Kept detections limited to the keep_top_k best scores of each image. Caffe picks them with std::sort,
-    which is not stable: past 16 candidates its order among exactly equal scores is an artefact of the C++
-    library it was built with (libstdc++'s introsort for golden_v2); here ties go by class, then NMS order."""
+def _kept_rows(
+    ctx: LayerContext, keep: str, scores: str, classes: int, candidates: int, keep_top_k: int
+) -> str:
+    """[R, 3] (image, class, NMS rank) of the rows Caffe writes, in its order. Without truncation: by image,
+    label, NMS order. When an image has more than keep_top_k detections, Caffe keeps the first keep_top_k of
+    a std::sort by descending score over its detections (label, then NMS order) and writes them by label, in
+    that sort's order: the sort is modelled as libstdc++ runs it (see _introsort_ranks), which decides the
+    order among exactly equal scores (std::sort is not stable)."""
+    per_image = classes * candidates
     if keep_top_k < 0 or keep_top_k >= per_image:
-        return keep
+        return ctx.node("Transpose", [ctx.node("NonZero", [keep])], perm=[1, 0])
     flat_shape = ctx.const("per_image", [0, per_image])
     flat_keep = ctx.node("Reshape", [keep, flat_shape])
     masked = ctx.node(
         "Where", [flat_keep, ctx.node("Reshape", [scores, flat_shape]), _scalar(ctx, "neg_inf", -np.inf)]
     )
-    _, order = _stable_sort_descending(ctx, masked, per_image, "keep")
-    ranks = ctx.node(
+    ranks = _introsort_ranks(ctx, flat_keep, masked, per_image)
+    limit = ctx.const("keep_top_k", np.int64(keep_top_k))
+    selected = ctx.node("And", [flat_keep, ctx.node("Less", [ranks, limit])])
+    count = ctx.node(
+        "ReduceSum",
+        [ctx.node("Cast", [flat_keep], to=TensorProto.INT64), ctx.const("kr_axis", [1])],
+        keepdims=1,
+    )
+    truncated = ctx.node("Greater", [count, limit])
+    flat = ctx.const("kr_flat", np.arange(per_image, dtype=np.int64)[None])
+    width = ctx.const("kr_candidates", np.int64(candidates))
+    class_index = ctx.node("Div", [flat, width])
+    within_class = ctx.node("Where", [truncated, ranks, ctx.node("Mod", [flat, width])])
+    key = ctx.node(
+        "Add", [ctx.node("Mul", [class_index, ctx.const("kr_size", np.int64(per_image))]), within_class]
+    )
+    unused = ctx.const("kr_unused", np.int64(per_image * per_image + per_image))
+    masked_key = ctx.node("Where", [selected, key, unused])
+    sorted_keys = ctx.graph.unique(f"{ctx.name}/row_keys")
+    order = ctx.graph.unique(f"{ctx.name}/row_order")
+    ctx.graph.node(
+        "TopK",
+        [masked_key, ctx.const("kr_k", [per_image])],
+        [sorted_keys, order],
+        name=f"{ctx.name}/row_TopK",
+        axis=1,
+        largest=0,
+        sorted=1,
+    )
+    places = ctx.node(
+        "Transpose", [ctx.node("NonZero", [ctx.node("Less", [sorted_keys, unused])])], perm=[1, 0]
+    )
+    images = ctx.node("Gather", [places, ctx.const("kr_i0", np.int64(0))], axis=1)
+    detection = ctx.node("GatherND", [order, places])
+    parts = [images, ctx.node("Div", [detection, width]), ctx.node("Mod", [detection, width])]
+    column = ctx.const("kr_col", [-1, 1])
+    return ctx.node("Concat", [ctx.node("Reshape", [part, column]) for part in parts], axis=1)
+
+
+def _introsort_ranks(ctx: LayerContext, flat_keep: str, flat_scores: str, size: int) -> str:
+    """Each kept detection's place in the output of Caffe's std::sort (descending score) over the kept
+    detections in label-then-NMS order, as libstdc++ (GCC >= 4.9) sorts: introsort partitions (median of
+    three moved to the front, Hoare's unguarded partition) until segments hold at most 16 elements, then an
+    insertion sort, which keeps the partitioned order among equal scores. Every partition round runs on all
+    segments at once: the k-th left stop (score <= pivot) swaps with the k-th right stop (score >= pivot)
+    while they have not crossed. Not modelled: the heapsort fallback past 2*log2(n) levels."""
+    int64 = TensorProto.INT64
+    positions = ctx.const("is_pos", np.arange(size, dtype=np.int64)[None])
+    keep_int = ctx.node("Cast", [flat_keep], to=int64)
+    count = ctx.node("ReduceSum", [keep_int, ctx.const("is_axis", [1])], keepdims=1)  # n per image [B, 1]
+    # Kept detections first, in their label/NMS order, then the others (a segment that is never sorted).
+    kept_before = ctx.node(
+        "Sub", [ctx.node("CumSum", [keep_int, ctx.const("is_cum_axis", np.int64(1))]), keep_int]
+    )
+    others_before = ctx.node("Sub", [positions, kept_before])
+    slot = ctx.node("Where", [flat_keep, kept_before, ctx.node("Add", [count, others_before])])
+    zeros = ctx.node(
+        "Mul",
+        [ctx.node("Expand", [positions, ctx.node("Shape", [keep_int])]), ctx.const("is_zero", np.int64(0))],
+    )
+    flat_index = ctx.node("Add", [zeros, positions])
+    values = ctx.node(
+        "ScatterElements", [ctx.node("Cast", [zeros], to=TensorProto.FLOAT), slot, flat_scores], axis=1
+    )
+    origin = ctx.node("ScatterElements", [zeros, slot, flat_index], axis=1)
+    real = ctx.node("Less", [positions, count])
+    start = ctx.node("Where", [real, zeros, ctx.node("Add", [zeros, count])])
+    end = ctx.node("Where", [real, ctx.node("Add", [zeros, count]), ctx.const("is_size", np.int64(size))])
+    powers = ctx.const("is_powers", [2**k for k in range(1, 40)])
+    log2 = ctx.node(
+        "ReduceSum",
+        [
+            ctx.node("Cast", [ctx.node("GreaterOrEqual", [count, powers])], to=int64),
+            ctx.const("is_axis2", [1]),
+        ],
+        keepdims=1,
+    )
+    depth = ctx.node("Mul", [log2, ctx.const("is_two", np.int64(2))])
+    zero_column = ctx.node(
+        "Slice", [zeros, ctx.const("is_c0", [0]), ctx.const("is_c1", [1]), ctx.const("is_c_axis", [1])]
+    )
+
+    levels = 2 * max(1, size.bit_length() - 1)
+    body = _introsort_level_graph(ctx.name, size, positions, flat_index, real, depth, zero_column)
+    outputs = [ctx.graph.unique(f"{ctx.name}/is_{name}") for name in ("values", "origin", "start", "end")]
+    ctx.graph.node(
+        "Loop",
+        [ctx.const("is_levels", np.int64(levels)), "", values, origin, start, end],
+        outputs,
+        name=f"{ctx.name}/introsort",
+        body=body,
+    )
+    values, origin = outputs[:2]
+    # The final insertion sort is stable: descending score, ties in the partitioned order.
+    ordered_values = ctx.node("Where", [real, values, _scalar(ctx, "is_neg_inf", -np.inf)])
+    _, order = _stable_sort_descending(ctx, ordered_values, size, "is_final")
+    sorted_origin = ctx.node("GatherElements", [origin, order], axis=1)
+    return ctx.node("ScatterElements", [zeros, sorted_origin, flat_index], axis=1)
+
+
+class _Subgraph:
+    """Nodes of a Loop body, named under a prefix (subgraph names must not clash with the outer graph's)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.nodes: list = []
+        self._count = 0
+
+    def name(self, base: str) -> str:
+        self._count += 1
+        return f"{self.prefix}/{base}_{self._count}"
+
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attributes) -> str:
+        output = output or self.name(op_type)
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attributes))
+        return output
+
+    def const(self, base: str, values, dtype=np.int64) -> str:
+        array = np.asarray(values, dtype=dtype)
+        output = self.name(base)
+        tensor = helper.make_tensor(
+            output, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array.reshape(-1).tolist()
+        )
+        self.nodes.append(helper.make_node("Constant", [], [output], name=output, value=tensor))
+        return output
+
+
+def _introsort_level_graph(
+    name: str, size: int, positions: str, flat_index: str, real: str, depth: str, zero_column: str
+) -> helper.GraphProto:
+    """One introsort partition level over every segment longer than 16 (Loop body; see _introsort_ranks)."""
+    int64 = TensorProto.INT64
+    g = _Subgraph(f"{name}/introsort")
+    level, cond = g.name("level"), g.name("cond")
+    values, origin, start, end = (g.name(n) for n in ("values_in", "origin_in", "start_in", "end_in"))
+    inputs = [level, cond, values, origin, start, end]
+    last = g.const("last", np.int64(size - 1))
+
+    def gather(data: str, index: str) -> str:
+        return g.node("GatherElements", [data, index], axis=1)
+
+    def clamp(index: str) -> str:
+        return g.node("Min", [index, last])
+
+    seg = g.node("Sub", [end, start])
+    active = g.node(
+        "And",
+        [
+            g.node("And", [g.node("Greater", [seg, g.const("is_16", np.int64(16))]), real]),
+            g.node("Greater", [depth, level]),
+        ],
+    )
+    one = g.const("is_one", np.int64(1))
+    x = clamp(g.node("Add", [start, one]))
+    y = clamp(g.node("Add", [start, g.node("Div", [seg, g.const("is_2", np.int64(2))])]))
+    z = clamp(g.node("Max", [g.node("Sub", [end, one]), start]))
+    vx, vy, vz = gather(values, x), gather(values, y), gather(values, z)
+    x_gt_y, y_gt_z, x_gt_z = (g.node("Greater", pair) for pair in ([vx, vy], [vy, vz], [vx, vz]))
+    pick = g.node(
+        "Where",
+        [
+            x_gt_y,
+            g.node("Where", [y_gt_z, y, g.node("Where", [x_gt_z, z, x])]),
+            g.node("Where", [x_gt_z, x, g.node("Where", [y_gt_z, z, y])]),
+        ],
+    )
+    at_start = g.node("And", [active, g.node("Equal", [positions, start])])
+    at_pick = g.node("And", [active, g.node("Equal", [positions, pick])])
+    source = g.node("Where", [at_start, pick, g.node("Where", [at_pick, start, flat_index])])
+    values, origin = gather(values, source), gather(origin, source)
+    pivot = gather(values, start)
+    left = g.node(
+        "And",
+        [
+            g.node("And", [active, g.node("Greater", [positions, start])]),
+            g.node("Not", [g.node("Greater", [values, pivot])]),
+        ],
+    )
+    right = g.node("And", [active, g.node("Not", [g.node("Greater", [pivot, values])])])
+    left_int, right_int = g.node("Cast", [left], to=int64), g.node("Cast", [right], to=int64)
+    axis = g.const("is_ax", np.int64(1))
+    left_cum = g.node("CumSum", [left_int, axis])
+    left_before = g.node("Sub", [left_cum, left_int])
+    left_base = gather(left_before, start)
+    left_rank = g.node("Sub", [left_before, left_base])
+    left_count = g.node(
+        "Sub", [gather(left_cum, clamp(g.node("Max", [g.node("Sub", [end, one]), start]))), left_base]
+    )
+    right_cum = g.node("CumSum", [right_int, axis], reverse=1)  # stops at or after each position
+    right_padded = g.node("Concat", [right_cum, zero_column], axis=1)
+    right_base = gather(right_padded, end)  # stops from the segment's end on
+    right_rank = g.node("Sub", [g.node("Sub", [right_cum, right_int]), right_base])
+    right_count = g.node("Sub", [gather(right_cum, start), right_base])
+    beyond = g.node("Add", [positions, g.const("is_m", np.int64(size))])
+    no_index = g.node("Mul", [flat_index, g.const("zero", np.int64(0))])
+    table_shape = g.node("Concat", [no_index, no_index], axis=1)
+    left_table = g.node(
+        "ScatterElements",
+        [table_shape, g.node("Where", [left, g.node("Add", [start, left_rank]), beyond]), flat_index],
+        axis=1,
+    )
+    right_table = g.node(
         "ScatterElements",
         [
-            ctx.node("Mul", [order, ctx.const("rank_zero", np.int64(0))]),
-            order,
-            ctx.node(
-                "Expand",
-                [ctx.const("ranks", np.arange(per_image, dtype=np.int64)), ctx.node("Shape", [order])],
-            ),
+            table_shape,
+            g.node("Where", [right, g.node("Add", [start, right_rank]), beyond]),
+            flat_index,
         ],
         axis=1,
     )
-    within = ctx.node("Less", [ranks, ctx.const("keep_top_k", np.int64(keep_top_k))])
-    return ctx.node("Reshape", [ctx.node("And", [flat_keep, within]), ctx.node("Shape", [keep])])
+    offset = g.node("Sub", [positions, start])
+    left_at = gather(left_table, flat_index)
+    right_at = gather(right_table, flat_index)
+    crossing = g.node(
+        "And",
+        [
+            g.node("And", [active, g.node("Less", [offset, left_count])]),
+            g.node("And", [g.node("Less", [offset, right_count]), g.node("Less", [left_at, right_at])]),
+        ],
+    )
+    swaps_cum = g.node("CumSum", [g.node("Cast", [crossing], to=int64), axis])
+    swaps = g.node(
+        "Sub",
+        [
+            gather(swaps_cum, clamp(g.node("Max", [g.node("Sub", [end, one]), start]))),
+            g.node("Sub", [gather(swaps_cum, start), gather(g.node("Cast", [crossing], to=int64), start)]),
+        ],
+    )
+    # The left scan stops at the next left stop, or at the last swapped right stop (which now holds a
+    # score <= pivot), whichever comes first.
+    next_left = g.node(
+        "Where",
+        [
+            g.node("Less", [swaps, left_count]),
+            gather(left_table, clamp(g.node("Add", [start, swaps]))),
+            g.const("is_far", np.int64(2 * size)),
+        ],
+    )
+    previous = g.node("Max", [g.node("Sub", [swaps, one]), g.const("is_0", np.int64(0))])
+    last_right = gather(right_table, clamp(g.node("Add", [start, previous])))
+    cut = g.node(
+        "Where",
+        [
+            g.node("Greater", [swaps, g.const("is_00", np.int64(0))]),
+            g.node("Min", [next_left, last_right]),
+            next_left,
+        ],
+    )
+    from_right = g.node("And", [left, g.node("Less", [left_rank, swaps])])
+    from_left = g.node("And", [right, g.node("Less", [right_rank, swaps])])
+    source = g.node(
+        "Where",
+        [
+            from_right,
+            gather(right_table, clamp(g.node("Add", [start, left_rank]))),
+            g.node(
+                "Where",
+                [from_left, gather(left_table, clamp(g.node("Add", [start, right_rank]))), flat_index],
+            ),
+        ],
+    )
+    values, origin = gather(values, source), gather(origin, source)
+    below_cut = g.node("Less", [positions, cut])
+    start = g.node("Where", [active, g.node("Where", [below_cut, start, cut]), start])
+    end = g.node("Where", [active, g.node("Where", [below_cut, cut, end]), end])
+    outputs = [g.node("Identity", [cond]), *(g.node("Identity", [v]) for v in (values, origin, start, end))]
+    types = [TensorProto.BOOL, TensorProto.FLOAT, int64, int64, int64]
+    return helper.make_graph(
+        g.nodes,
+        g.name("level_graph"),
+        [
+            helper.make_tensor_value_info(n, t, [] if n in (level, cond) else None)
+            for n, t in zip(
+                inputs, [int64, TensorProto.BOOL, TensorProto.FLOAT, int64, int64, int64], strict=True
+            )
+        ],
+        [
+            helper.make_tensor_value_info(n, t, [] if t == TensorProto.BOOL else None)
+            for n, t in zip(outputs, types, strict=True)
+        ],
+    )

@@ -250,13 +250,17 @@ def test_python_proposal_agrees_with_opencv_proposal(tmp_path):
             "output_dim * group_size^2 = 8",
         ),
         (
+            'type: "Proposal" bottom: "a" bottom: "d" bottom: "i6" top: "b" proposal_param { ratio: 1 scale: 8 }',
+            "PVANet-family",
+        ),
+        (
             'type: "Proposal" bottom: "a" bottom: "a" bottom: "a" top: "b" proposal_param { scale: 8 }',
             "ratio",
         ),
     ],
 )
 def test_refusals_name_the_problem(tmp_path, layer, message):
-    text = _inputs(a=(1, 6, 4, 4), r=(3, 5)) + f'\nlayer {{ name: "x" {layer} }}'
+    text = _inputs(a=(1, 2, 4, 4), d=(1, 4, 4, 4), i6=(1, 6), r=(3, 5)) + f'\nlayer {{ name: "x" {layer} }}'
     with pytest.raises(UnsupportedLayerError, match=re.escape(message)):
         convert_text(tmp_path, text)
 

@@ -46,7 +46,7 @@ def _write(tmp_path, name: str, text: str):
 
 def test_lmdb_data_layer_needs_input_shape(tmp_path):
     prototxt = _write(tmp_path, "train_val.prototxt", LMDB + BODY + LOSSES)
-    with pytest.raises(UnsupportedLayerError, match=r"'mnist' \(Data: .*--input-shape data=N,C,H,W"):
+    with pytest.raises(UnsupportedLayerError, match=r"'mnist' \(Data: .*--input-shape data=100,C,H,W"):
         convert_files(prototxt, None, tmp_path / "m.onnx", random_seed=0)
 
 
@@ -105,6 +105,16 @@ def test_train_val_equals_its_deploy(tmp_path):
         ),
         ('type: "Data" top: "a" transform_param { crop_size: 27 } data_param { batch_size: 8 }', [None]),
         ('type: "HDF5Data" top: "a" hdf5_data_param { batch_size: 8 }', [None]),
+        (
+            'type: "AnnotatedData" top: "a" top: "b" data_param { batch_size: 8 } transform_param { '
+            "resize_param { prob: 1 resize_mode: WARP height: 300 width: 320 interp_mode: LINEAR } }",
+            [[8, 3, 300, 320], None],
+        ),
+        (
+            'type: "AnnotatedData" top: "a" transform_param { resize_param { resize_mode: FIT_SMALL_SIZE '
+            "height: 300 width: 320 } }",
+            [None],
+        ),
     ],
 )
 def test_data_layer_shapes(layer, shapes):
@@ -171,6 +181,46 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top
     assert net.outputs == ["score"]
 
 
+LIGHTCNN_V1 = """name: "DeepFace_set003_net"
+layers { name: "data" type:DATA top: "data" top: "label"
+  data_param{ source: "train_lmdb" backend: LMDB batch_size: 64 }
+  transform_param { scale: 0.00390625 crop_size: 128 mirror: true }
+  include: { phase: TRAIN } }
+layers { name: "data" type: DATA top: "data" top: "label"
+  data_param{ source: "val_lmdb" backend: LMDB batch_size: 10 }
+  transform_param { scale: 0.00390625 crop_size: 128 mirror: false }
+  include: { phase: TEST } }
+layers{ name: "conv1" type: CONVOLUTION convolution_param { num_output: 8 kernel_size: 9 stride: 1
+  weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } bottom: "data" top: "conv1" }
+layers{ name: "pool1" type: POOLING pooling_param { pool: MAX kernel_size: 2 stride: 2 } bottom: "conv1" top: "pool1" }
+layers{ name: "slice1" type:SLICE slice_param { slice_dim: 1 } bottom: "pool1" top: "slice1_1" top: "slice1_2" }
+layers{ name: "etlwise1" type: ELTWISE bottom: "slice1_1" bottom: "slice1_2" top: "eltwise1" eltwise_param { operation: MAX } }
+layers{ name: "fc1" type: INNER_PRODUCT inner_product_param{ num_output: 16 } bottom: "eltwise1" top: "fc1" }
+layers { name: "dropout1" type: DROPOUT bottom: "fc1" top: "dropout1" dropout_param { dropout_ratio: 0.7 } }
+layers{ name: "fc2" type: INNER_PRODUCT weight_decay: 10 weight_decay: 10 inner_product_param{ num_output: 10 } bottom: "dropout1" top: "fc2" }
+layers { name: "softmax" type: SOFTMAX bottom: "fc2" top: "prob" }
+layers { name: "accuracy" type: ACCURACY bottom: "prob" bottom: "label" top: "accuracy" }
+layers{ name: "loss" type: SOFTMAX_LOSS bottom: "fc2" bottom: "label" loss_weight: 1 }
+"""
+
+
+def test_v1_train_test_file(tmp_path):
+    """LightCNN's (DeepFace_set003_train_test) V1 form: DATA layers per phase, V1 loss/accuracy types."""
+    prototxt = _write(tmp_path, "train_test.prototxt", LIGHTCNN_V1)
+    with pytest.raises(UnsupportedLayerError, match=r"--input-shape data=10,C,128,128\)"):
+        convert_files(prototxt, None, tmp_path / "m.onnx", random_seed=0)  # V1 data_param + crop_size
+    shapes = {"data": [1, 1, 32, 32]}
+    caffemodel = tmp_path / "w.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, v1=True, input_shapes=shapes)
+    result = convert_files(prototxt, caffemodel, tmp_path / "m.onnx", ConvertOptions(input_shapes=shapes))
+    assert result.net.dropped == [("accuracy", "Accuracy"), ("loss", "SoftmaxWithLoss")]
+    assert result.converted.outputs == ["prob"]
+    x = np.random.default_rng(0).normal(size=(2, 1, 32, 32)).astype(np.float32)
+    prob = blobs_of(result, tmp_path / "m.onnx", {"data": x})["prob"]
+    assert prob.shape == (2, 10)
+    np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
+
+
 def test_unknown_input_shape_name_is_refused(tmp_path):
     prototxt = _write(tmp_path, "train_val.prototxt", LMDB + BODY + LOSSES)
     with pytest.raises(CaffeFormatError, match="--input-shape dat: the net has no input blob .* data"):
@@ -195,7 +245,7 @@ def test_cli_converts_a_train_val_file_and_says_what_it_dropped(tmp_path):
     write_random_caffemodel(prototxt, caffemodel, input_shapes={"data": [1, 1, 28, 28]})
     missing = _cli("convert", prototxt, caffemodel, "-o", tmp_path / "m.onnx")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert "--input-shape data=N,C,H,W" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert "--input-shape data=100,C,H,W" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     done = _cli("convert", prototxt, caffemodel, "-o", tmp_path / "m.onnx", "--input-shape", "data=1,1,28,28")
     assert done.returncode == 0, done.stderr
     dropped = [line for line in done.stderr.splitlines() if "dropped" in line]
