@@ -158,8 +158,8 @@ def test_argmax_ties_and_shapes(tmp_path):
             "takes 1 bottom(s), got 2",
         ),
         (
-            'layer { name: "r" type: "Pooling" bottom: "data" top: "p" top: "mask" pooling_param { kernel_size: 2 } }',
-            "takes 1 top(s), got 2",
+            'layer { name: "r" type: "Pooling" bottom: "data" top: "p" top: "mask" top: "x" pooling_param { kernel_size: 2 } }',
+            "takes 1 to 2 top(s), got 3",
         ),
         ('layer { name: "r" type: "Eltwise" bottom: "data" top: "e" }', "takes at least 2 bottom(s), got 1"),
         ('layer { name: "r" type: "Crop" bottom: "data" top: "c" }', "takes 2 bottom(s), got 1"),

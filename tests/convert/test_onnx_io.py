@@ -122,8 +122,8 @@ def test_all_unsupported_layers_are_listed_at_once(tmp_path):
         net_text(
             (1, 3, 8, 8),
             """
-layer { name: "norm" type: "Normalize" bottom: "data" top: "norm" }
-layer { name: "perm" type: "Permute" bottom: "norm" top: "perm" }
+layer { name: "norm" type: "FancyNorm" bottom: "data" top: "norm" }
+layer { name: "perm" type: "FancyPermute" bottom: "norm" top: "perm" }
 layer { name: "relu" type: "ReLU" bottom: "data" top: "r" }
 layer { name: "py" type: "Python" bottom: "r" top: "py" }
 """,
@@ -131,8 +131,8 @@ layer { name: "py" type: "Python" bottom: "r" top: "py" }
     )
     with pytest.raises(UnsupportedLayerError) as info:
         convert_files(prototxt, None, tmp_path / "m.onnx", random_seed=0)
-    assert info.value.layers == [("norm", "Normalize"), ("perm", "Permute"), ("py", "Python")]
-    assert "unsupported type(s): Normalize, Permute, Python" in str(info.value)
+    assert info.value.layers == [("norm", "FancyNorm"), ("perm", "FancyPermute"), ("py", "Python")]
+    assert "unsupported type(s): FancyNorm, FancyPermute" in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 
