@@ -37,7 +37,7 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 NET = net_text((1, 3, 16, 16), LAYERS)
 CONV_LINE = 1 + NET.splitlines().index(next(line for line in NET.splitlines() if '"conv"' in line))
 PREPROCESS = ["--mean", "104,117,123", "--raw-scale", "255", "--channel-swap", "2,1,0"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def camcaffe_non_root(*args) -> subprocess.CompletedProcess:
