@@ -1750,7 +1750,7 @@ def run_net(
         bottoms = [state[b] for b in layer.bottom]
         blobs = weight_source(layer, bottoms)
         # fresh float32 buffers: a layer function may return a view of its bottom (Slice, Crop)
-        tops = [np.array(t, dtype=np.float32, copy=True) for t in run_layer(layer, bottoms, blobs)]
+        tops = [np.array(t, dtype=np.float32, copy=True, order="C") for t in run_layer(layer, bottoms, blobs)]
         check(len(tops) == len(layer.top), f"layer {layer.name}: wrong number of tops")
         if observer is not None:
             observer(layer, bottoms, tops)
@@ -1761,7 +1761,10 @@ def run_net(
             if sharing:
                 check(not (in_place and layer.type == "Split"), "Split does not allow in-place computation")
                 view = bottoms[0].reshape(value.shape)
-                check(np.shares_memory(view, bottoms[0]), "internal: a data-sharing top must be a view")
+                check(
+                    view.size == 0 or np.shares_memory(view, bottoms[0]),  # an empty blob shares no bytes
+                    "internal: a data-sharing top must be a view",
+                )
                 state[name] = view
             elif in_place:
                 check(layer.type in INPLACE_SAFE_TYPES, f"in-place {layer.type} is ill-defined in Caffe")
