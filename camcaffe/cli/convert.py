@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from camcaffe.cli.export_cam import add_cam_flags
 from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
 
@@ -91,6 +92,13 @@ def add_parser(subparsers) -> None:
         default=1e-4,
         help="--verify tolerance on max|diff| / max(1, max|reference|) (default 1e-4)",
     )
+    parser.add_argument(
+        "--with-cam",
+        type=int,
+        metavar="K",
+        help="add in-graph CAM outputs for the top K classes (as 'camcaffe export-cam --top-k K')",
+    )
+    add_cam_flags(parser, "--with-cam")
     parser.set_defaults(run=run)
 
 
@@ -102,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         raise CamcaffeError("convert: give either a caffemodel or --random-weights, not both")
     if args.batch is not None and args.batch <= 0:
         raise CamcaffeError(f"convert: --batch must be a positive integer, got {args.batch}")
+    if (args.cam_class or args.no_cam_resize) and args.with_cam is None:
+        raise CamcaffeError("convert: --cam-class and --no-cam-resize go with --with-cam K")
+    if args.with_cam is not None and args.with_cam < 1:
+        raise CamcaffeError(
+            f"convert: --with-cam takes the number of classes to map (1 or more), got {args.with_cam}"
+        )
     if args.verify and args.weights is None:
         raise CamcaffeError("convert: --verify needs a caffemodel (OpenCV reads the same files)")
     preprocessing = None
@@ -192,7 +206,29 @@ def run(args: argparse.Namespace) -> int:
                 f"({args.output} removed; rerun without --verify to keep it)"
             )
         print(summary, file=sys.stderr)
+    if args.with_cam is not None:
+        add_cam_in_place(args, result.paths[0])
     return 0
+
+
+def add_cam_in_place(args: argparse.Namespace, path: Path) -> None:
+    """`--with-cam K`: the converted file gets its CAM outputs (export-cam's code path); a model without a
+    CAM head is refused and removed, as --verify removes a model that disagrees."""
+    from camcaffe.cli.export_cam import describe_record
+    from camcaffe.explain.cam_export import export_cam_file
+
+    try:
+        record = export_cam_file(
+            path, path, args.with_cam, class_input=args.cam_class, resize=not args.no_cam_resize
+        )
+    except CamcaffeError as exc:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        raise type(exc)(
+            f"--with-cam: {exc} ({path} removed; convert without --with-cam to keep it)"
+        ) from None
+    if not getattr(args, "quiet", False):
+        print(describe_record(path, record), file=sys.stderr)
 
 
 def dropped_summary(net) -> str:
@@ -201,9 +237,13 @@ def dropped_summary(net) -> str:
         return ""
     parts = []
     if net.data_layers:
-        parts.append("data layer(s) made inputs: " + ", ".join(f"{n} ({t})" for n, t in net.data_layers.items()))
+        parts.append(
+            "data layer(s) made inputs: " + ", ".join(f"{n} ({t})" for n, t in net.data_layers.items())
+        )
     if net.dropped:
-        parts.append(f"dropped {len(net.dropped)} layer(s): " + ", ".join(f"{n} ({t})" for n, t in net.dropped))
+        parts.append(
+            f"dropped {len(net.dropped)} layer(s): " + ", ".join(f"{n} ({t})" for n, t in net.dropped)
+        )
     if net.dropped_tops:
         parts.append("dropped label top(s): " + ", ".join(net.dropped_tops))
     return "train/val net: " + "; ".join(parts)
