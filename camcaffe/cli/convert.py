@@ -7,10 +7,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camcaffe.cli.export_cam import add_cam_flags
 from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
+
+if TYPE_CHECKING:
+    from camcaffe.explain.cam_export import CamOutputs
 
 
 def _input_shape(text: str) -> tuple[str, list[int]]:
@@ -155,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         random_seed=args.random_weights,
     )
     elapsed = time.perf_counter() - started
+    record = add_cam_in_place(args, result.paths[0]) if args.with_cam is not None else None
     for warning in result.warnings:
         print(f"camcaffe: warning: {warning}", file=sys.stderr)
     dropped = dropped_summary(result.net)
@@ -174,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
             f"({elapsed:.2f} s)",
             file=sys.stderr,
         )
+        if record is not None:
+            from camcaffe.cli.export_cam import describe_record
+
+            print(describe_record(result.paths[0], record), file=sys.stderr)
     if args.verify:
         from camcaffe.convert.verify import verify_with_opencv
 
@@ -206,15 +215,12 @@ def run(args: argparse.Namespace) -> int:
                 f"({args.output} removed; rerun without --verify to keep it)"
             )
         print(summary, file=sys.stderr)
-    if args.with_cam is not None:
-        add_cam_in_place(args, result.paths[0])
     return 0
 
 
-def add_cam_in_place(args: argparse.Namespace, path: Path) -> None:
+def add_cam_in_place(args: argparse.Namespace, path: Path) -> CamOutputs:
     """`--with-cam K`: the converted file gets its CAM outputs (export-cam's code path); a model without a
     CAM head is refused and removed, as --verify removes a model that disagrees."""
-    from camcaffe.cli.export_cam import describe_record
     from camcaffe.explain.cam_export import export_cam_file
 
     try:
@@ -227,8 +233,7 @@ def add_cam_in_place(args: argparse.Namespace, path: Path) -> None:
         raise type(exc)(
             f"--with-cam: {exc} ({path} removed; convert without --with-cam to keep it)"
         ) from None
-    if not getattr(args, "quiet", False):
-        print(describe_record(path, record), file=sys.stderr)
+    return record
 
 
 def dropped_summary(net) -> str:
