@@ -46,6 +46,7 @@ CLASS_MAPS = "cam_class_maps"
 CLASS_MAPS_RESIZED = "cam_class_maps_resized"
 _INT64 = 7
 _FLOAT = 1
+_SMALL_BYTES = 4096  # initializers up to this size stay inline in a model with external data
 _EXTERNAL_ABOVE = 1_900_000_000  # protobuf messages stop at 2 GiB: weights go to OUT.onnx.data above this
 
 
@@ -328,6 +329,19 @@ def head_of(session, feature_layer: str | None = None, fc_layer: str | None = No
     return head
 
 
+def _to_external(model: onnx.ModelProto, location: str, names: set[str]) -> None:
+    """Mark the weights for `location`: those that were external, and any large one (not the small shape
+    constants, which shape inference must read inline)."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    for tensor in model.graph.initializer:
+        if tensor.name in names or tensor.ByteSize() > _SMALL_BYTES:
+            if not tensor.HasField("raw_data"):
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+            set_external_data(tensor, location)
+
+
 def export_cam_file(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -354,8 +368,9 @@ def export_cam_file(
             f"{source}: already has CAM outputs (camcaffe.cam_outputs); export from the plain model"
         )
     head = head_of(session, feature_layer, fc_layer)
+    external_names = {t.name for t in session.lite.graph.initializer if t.data_location == 1}
+    external = bool(external_names)  # weights in MODEL.onnx.data stay in OUT.onnx.data
     model = add_cam_outputs(session.model, head, top_k, class_input=class_input, resize=resize)
-    external = any(t.data_location == 1 for t in model.graph.initializer)
     try:
         if external or model.ByteSize() > _EXTERNAL_ABOVE:
             import onnx
@@ -364,13 +379,11 @@ def export_cam_file(
             (folder / data_name).unlink(missing_ok=True)  # onnx appends to an existing data file
             tmp = folder / f".{output.name}.tmp{os.getpid()}"
             try:
-                onnx.save_model(
-                    model,
-                    str(tmp),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                )
+                _to_external(model, data_name, external_names)
+                onnx.save_model(model, str(tmp))
+                for written in (tmp, folder / data_name):
+                    if written.exists():
+                        os.chmod(written, 0o644)
                 os.replace(tmp, output)
             finally:
                 tmp.unlink(missing_ok=True)

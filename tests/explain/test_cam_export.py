@@ -69,8 +69,7 @@ def _run(path: Path, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str
 def _check(plain: Path, exported: Path, x: np.ndarray, k: int, rel: float = 1e-5) -> dict[str, np.ndarray]:
     """The exported outputs against explain.cam on the plain model's feature map and probabilities."""
     session = ModelSession(plain, "cpu")
-    head = head_from_metadata(session)
-    assert head is not None
+    head = head_from_metadata(session) or find_cam_head(session.model)  # external weights: from the graph
     record = cam_export.record_of(
         ModelSession(exported, "cpu").info.metadata,
         {o.name for o in onnx.load(exported).graph.output},
@@ -204,6 +203,23 @@ def test_no_resize_and_a_foreign_model_without_metadata(tmp_path):
     np.testing.assert_allclose(
         got["cam_maps"], compute_cams(values[head.feature_blob], head.weights, classes), rtol=1e-5, atol=1e-5
     )
+
+
+def test_a_model_with_external_data_keeps_its_weights_in_a_data_file(tmp_path):
+    (tmp_path / "d.prototxt").write_text(GAP_NET)
+    write_random_caffemodel(tmp_path / "d.prototxt", tmp_path / "w.caffemodel", seed=3)
+    plain = tmp_path / "m.onnx"
+    convert_files(tmp_path / "d.prototxt", tmp_path / "w.caffemodel", plain, external_data=True)
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2)
+    assert (tmp_path / "cam.onnx.data").stat().st_size > 0
+    assert any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.load(exported, load_external_data=False).graph.initializer
+    )
+    _check(plain, exported, RNG.uniform(-100, 100, (2, 3, 20, 24)).astype(np.float32), 2)
+    cam_export.export_cam_file(plain, plain, 2)  # in place, as convert --with-cam does
+    _check(exported, plain, RNG.uniform(-100, 100, (1, 3, 20, 24)).astype(np.float32), 2)
 
 
 def test_refusals_are_typed_one_line_errors(tmp_path):
