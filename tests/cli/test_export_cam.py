@@ -54,6 +54,13 @@ def test_export_cam_and_convert_with_cam_write_the_same_outputs(tmp_path):
     assert [o.name for o in onnx.load(exported).graph.output] == [
         o.name for o in onnx.load(converted).graph.output
     ]
+    shown = camcaffe("inspect", converted).stdout
+    assert "in-graph CAM (top 2): cam_top_classes [batch, 2]" in shown and "class input cam_class" in shown
+    described = json.loads(camcaffe("inspect", converted, "--json").stdout)["cam_outputs"]
+    assert (
+        described["outputs"]["cam_maps"] == ["batch", 2, 16, 16] and described["class_input"] == "cam_class"
+    )
+    assert "in-graph CAM" not in camcaffe("inspect", plain).stdout
     result = camcaffe(
         "export-cam", plain, "-o", tmp_path / "small.onnx", "--top-k", "1", "--no-cam-resize", "-q"
     )
