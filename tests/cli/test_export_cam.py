@@ -93,13 +93,21 @@ def test_refusals_are_one_line(tmp_path):
 
 
 def _same_results(
-    tmp_path: Path, prototxt: Path, weights: Path, labels: Path, images: Path, *cam_args: str
+    tmp_path: Path,
+    prototxt: Path,
+    weights: Path,
+    labels: Path,
+    images: Path,
+    *cam_args: str,
+    convert_args: tuple[str, ...] | list[str] = (),
 ) -> None:
     """`cam` on the plain model and on its --with-cam twin: the same results.csv, byte for byte (paths aside)."""
     tables = []
     for name, extra in (("plain", []), ("with_cam", ["--with-cam", "5", "--cam-class"])):
         model = tmp_path / f"{name}.onnx"
-        result = camcaffe("convert", prototxt, weights, "-o", model, *PREPROCESS, "--labels", labels, *extra)
+        result = camcaffe(
+            "convert", prototxt, weights, "-o", model, *PREPROCESS, "--labels", labels, *convert_args, *extra
+        )
         assert result.returncode == 0, result.stderr
         out = tmp_path / f"out_{name}"
         result = camcaffe("cam", model, images, "--out", out, "--provider", "cpu", *cam_args)
@@ -133,4 +141,21 @@ def test_cam_on_a_with_cam_model_gives_the_same_results_csv_real_squeezenet(tmp_
         DEMO / "images",
         "--top-k",
         "5",
+    )
+
+
+def test_cam_on_a_with_cam_model_gives_the_same_results_csv_googlenet_cam_fixed_batch(tmp_path):
+    """A gap_linear head (the maps are a MatMul in the graph, a BLAS product in numpy) and a fixed batch of 1."""
+    folder = shared_path("golden", "googlenet_cam")
+    _same_results(
+        tmp_path,
+        folder / "deploy.prototxt",
+        folder / "weights.caffemodel",
+        DEMO / "synset_words.txt",
+        DEMO / "images",
+        "--top-k",
+        "5",
+        "--class",
+        "281",
+        convert_args=["--batch", "1"],
     )
