@@ -7,9 +7,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from camcaffe.cli.export_cam import add_cam_flags
 from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
+
+if TYPE_CHECKING:
+    from camcaffe.explain.cam_export import CamOutputs
 
 
 def _input_shape(text: str) -> tuple[str, list[int]]:
@@ -91,6 +96,13 @@ def add_parser(subparsers) -> None:
         default=1e-4,
         help="--verify tolerance on max|diff| / max(1, max|reference|) (default 1e-4)",
     )
+    parser.add_argument(
+        "--with-cam",
+        type=int,
+        metavar="K",
+        help="add in-graph CAM outputs for the top K classes (as 'camcaffe export-cam --top-k K')",
+    )
+    add_cam_flags(parser, "--with-cam")
     parser.set_defaults(run=run)
 
 
@@ -102,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
         raise CamcaffeError("convert: give either a caffemodel or --random-weights, not both")
     if args.batch is not None and args.batch <= 0:
         raise CamcaffeError(f"convert: --batch must be a positive integer, got {args.batch}")
+    if (args.cam_class or args.no_cam_resize) and args.with_cam is None:
+        raise CamcaffeError("convert: --cam-class and --no-cam-resize go with --with-cam K")
+    if args.with_cam is not None and args.with_cam < 1:
+        raise CamcaffeError(
+            f"convert: --with-cam takes the number of classes to map (1 or more), got {args.with_cam}"
+        )
     if args.verify and args.weights is None:
         raise CamcaffeError("convert: --verify needs a caffemodel (OpenCV reads the same files)")
     preprocessing = None
@@ -141,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         random_seed=args.random_weights,
     )
     elapsed = time.perf_counter() - started
+    record = add_cam_in_place(args, result.paths[0]) if args.with_cam is not None else None
     for warning in result.warnings:
         print(f"camcaffe: warning: {warning}", file=sys.stderr)
     dropped = dropped_summary(result.net)
@@ -160,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
             f"({elapsed:.2f} s)",
             file=sys.stderr,
         )
+        if record is not None:
+            from camcaffe.cli.export_cam import describe_record
+
+            print(describe_record(result.paths[0], record), file=sys.stderr)
     if args.verify:
         from camcaffe.convert.verify import verify_with_opencv
 
@@ -195,15 +218,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cam_in_place(args: argparse.Namespace, path: Path) -> CamOutputs:
+    """`--with-cam K`: the converted file gets its CAM outputs (export-cam's code path); a model without a
+    CAM head is refused and removed, as --verify removes a model that disagrees."""
+    from camcaffe.explain.cam_export import export_cam_file
+
+    try:
+        record = export_cam_file(
+            path, path, args.with_cam, class_input=args.cam_class, resize=not args.no_cam_resize
+        )
+    except CamcaffeError as exc:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        raise type(exc)(
+            f"--with-cam: {exc} ({path} removed; convert without --with-cam to keep it)"
+        ) from None
+    return record
+
+
 def dropped_summary(net) -> str:
     """One line naming what a train/val net lost on the way to a deploy graph ('' for a deploy net)."""
     if not net.dropped and not net.dropped_tops and not net.data_layers:
         return ""
     parts = []
     if net.data_layers:
-        parts.append("data layer(s) made inputs: " + ", ".join(f"{n} ({t})" for n, t in net.data_layers.items()))
+        parts.append(
+            "data layer(s) made inputs: " + ", ".join(f"{n} ({t})" for n, t in net.data_layers.items())
+        )
     if net.dropped:
-        parts.append(f"dropped {len(net.dropped)} layer(s): " + ", ".join(f"{n} ({t})" for n, t in net.dropped))
+        parts.append(
+            f"dropped {len(net.dropped)} layer(s): " + ", ".join(f"{n} ({t})" for n, t in net.dropped)
+        )
     if net.dropped_tops:
         parts.append("dropped label top(s): " + ", ".join(net.dropped_tops))
     return "train/val net: " + "; ".join(parts)

@@ -14,6 +14,7 @@ import numpy as np
 
 from camcaffe.errors import CamcaffeError, LabelsError
 from camcaffe.explain.cam import softmax
+from camcaffe.explain.cam_export import CamOutputs, record_of
 from camcaffe.explain.cam_head import CamHead
 from camcaffe.explain.methods import MethodBatch, make_method
 from camcaffe.explain.views import ImageViews, make_views
@@ -192,6 +193,33 @@ class CamPipeline:
         self.class_indices = [self._class_index(c) for c in settings.classes]
         if settings.top_k < 0 or settings.top_k > self.head.num_classes:
             raise CamcaffeError(f"--top-k {settings.top_k} must lie between 0 and {self.head.num_classes}")
+        overridden = feature_layer is not None or fc_layer is not None
+        self.in_graph: CamOutputs | None = None if overridden else self._in_graph_outputs()
+
+    def _in_graph_outputs(self) -> CamOutputs | None:
+        """The model's in-graph CAM outputs (`camcaffe export-cam`, `convert --with-cam`) when they can stand in
+        for the feature map: method cam on the same head, one view per image, at most as many top classes as
+        the model maps, and named classes only when the model has the class input."""
+        graph = self.session.lite.graph
+        record = record_of(
+            self.session.info.metadata, set(self.session.output_names), {v.name for v in graph.input}
+        )
+        settings, head = self.settings, self.head
+        if record is None or settings.method != "cam" or self.views.count != 1:
+            return None
+        if record.kind != head.kind or record.num_classes != head.num_classes:
+            return None
+        if record.feature_tensor != head.feature_blob or settings.top_k > record.top_k:
+            return None
+        if head.prob_output is not None and record.probabilities != head.prob_output:
+            return None
+        if head.prob_output is None and (head.logits is None or record.logits != head.logits):
+            return None
+        if self.class_indices and record.class_input is None:
+            return None
+        if not self.class_indices and settings.top_k == 0:
+            return None
+        return record
 
     def _input_shape(self) -> list[int]:
         """(N, C, H, W) the images are fed at: the declared dims, with --input-size for a variable H, W."""
@@ -224,6 +252,8 @@ class CamPipeline:
     def extra_cost(self) -> tuple[int, float] | None:
         """For methods that run extra passes per image (Score-CAM, Ablation-CAM): (passes per image, estimated
         seconds per image), measured on one blank input; None for the others."""
+        if self.in_graph is not None:  # plain CAM: one forward pass, nothing to measure
+            return None
         probe = np.zeros((1, *self.input_shape[1:]), np.float32)
         _, features = self.infer(probe)
         cost = self.method.extra_passes(features.shape, probe)
@@ -266,7 +296,12 @@ class CamPipeline:
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities N×K, feature maps N×C×h×w) for a preprocessed batch."""
         # Targets of the non-CAM methods name their class scores; without a Softmax those give the probabilities.
-        scores = None if self.head.prob_output else getattr(self.head, "score_tensor", None)
+        # A CAM head without a Softmax: the probabilities are the softmax of the model's own class scores.
+        scores = (
+            None
+            if self.head.prob_output
+            else (getattr(self.head, "score_tensor", None) or getattr(self.head, "logits", None))
+        )
         wanted = [self.head.feature_blob] + ([self.head.prob_output] if self.head.prob_output else [])
         values = self.session.run({self.input_name: batch}, wanted + ([scores] if scores else []))
         features = values[self.head.feature_blob]
@@ -284,15 +319,62 @@ class CamPipeline:
 
     def select_classes(self, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per image: the classes to map (top-k then named ones) and their ranks (1 = best)."""
-        order = np.argsort(-probabilities, axis=1, kind="stable")
-        ranks = np.empty_like(order)
-        np.put_along_axis(
-            ranks, order, np.arange(1, order.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1
-        )
+        order, ranks = _ranking(probabilities)
         named = np.asarray(self.class_indices, dtype=np.int64)[None, :].repeat(len(order), 0)
         # A named class that is also in the top-k appears twice here; _finish writes it once.
         classes = np.concatenate([order[:, : self.settings.top_k], named], axis=1).astype(np.int64)
         return classes, np.take_along_axis(ranks, classes, axis=1)
+
+    def infer_in_graph(
+        self, batch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """With in-graph CAM outputs: (probabilities N×K, classes, ranks, raw maps N×k×h×w) as `infer`,
+        `select_classes` and `maps` give them, fetching the maps and the top classes and probabilities instead
+        of the feature map; the probability vector too (N×K) when classes are named (for their ranks) or when
+        the model has no Softmax (the pipeline's probabilities are then a float64 softmax of the model's class
+        scores, and the graph's float32 ranking is checked against it). None when that check fails (scores
+        equal in float32 only): the batch then takes the feature-map path. Probabilities of classes neither
+        in the top-k nor named are NaN: nothing reads them."""
+        record, k, n = self.in_graph, self.settings.top_k, len(batch)
+        assert record is not None
+        feeds = {self.input_name: batch}
+        fetch = [record.top_classes, record.top_probabilities, record.maps] if k else []
+        scores = record.logits if self.head.prob_output is None else None
+        if scores is not None:
+            fetch.append(scores)
+        elif self.class_indices:
+            fetch.append(record.probabilities)
+        if self.class_indices:
+            assert record.class_input is not None and record.class_maps is not None
+            feeds[record.class_input] = np.tile(np.asarray(self.class_indices, np.int64), (n, 1))
+            fetch.append(record.class_maps)
+        values = self.session.run(feeds, fetch)
+        classes, ranks, maps = [], [], []
+        probabilities = np.full((n, self.head.num_classes), np.nan, np.float32)
+        if scores is not None:
+            probabilities = softmax(values[scores].reshape(n, -1), axis=1)
+        elif self.class_indices:
+            probabilities = values[record.probabilities].reshape(n, -1)
+        if k:
+            top = values[record.top_classes][:, :k].astype(np.int64)
+            if scores is not None and not np.array_equal(top, _ranking(probabilities)[0][:, :k]):
+                return None
+            classes.append(top)
+            ranks.append(np.tile(np.arange(1, k + 1), (n, 1)))
+            maps.append(values[record.maps][:, :k])
+            if scores is None and not self.class_indices:
+                np.put_along_axis(probabilities, top, values[record.top_probabilities][:, :k], axis=1)
+        if self.class_indices:
+            named = feeds[record.class_input]
+            classes.append(named)
+            ranks.append(np.take_along_axis(_ranking(probabilities)[1], named, axis=1))
+            maps.append(values[record.class_maps])
+        return (
+            probabilities,
+            np.concatenate(classes, axis=1),
+            np.concatenate(ranks, axis=1),
+            np.concatenate(maps, axis=1).astype(np.float32, copy=False),
+        )
 
     def maps(
         self, inputs: np.ndarray, features: np.ndarray, probabilities: np.ndarray, classes: np.ndarray
@@ -331,7 +413,12 @@ class CamPipeline:
             images.append(image)
             inputs.append(data)
             positions.append(position)
-        if inputs:
+        in_graph = (
+            self.infer_in_graph(np.concatenate(inputs)) if inputs and self.in_graph is not None else None
+        )
+        if in_graph is not None:
+            probabilities, classes, ranks, raw = in_graph
+        elif inputs:
             views = self.views.count
             batch = np.concatenate(inputs)
             view_probabilities, features = self.infer(batch)
@@ -342,6 +429,7 @@ class CamPipeline:
             raw = raw.reshape(len(inputs), views, *raw.shape[1:])
             if views == 1:
                 raw = raw[:, 0]
+        if inputs:
             for i, position in enumerate(positions):
                 outcomes[position] = self._finish(
                     paths[position],
@@ -415,6 +503,14 @@ class CamPipeline:
 
             save_npy_atomic(out_dir / f"{stem}_cam.npy", raw.astype(np.float32))
         return ImageOutcome(path, stem, rows, cams=raw)
+
+
+def _ranking(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(classes best first, rank of every class (1 = best)) per row; equal scores: the lower index first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, order.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1)
+    return order, ranks
 
 
 def error_row(outcome: ImageOutcome) -> dict:

@@ -61,6 +61,9 @@ class CamHead:
     num_classes: int
     prob_output: str | None  # the Softmax output fed by the classifier, if any
     pool_node: str | None = None
+    # The class scores the probabilities are the softmax of: the classifier's output ('gap_linear') or the
+    # pooled class maps ('class_conv'), (N, K) or (N, K, 1, 1); None when not known.
+    logits: str | None = None
 
 
 def producers_and_consumers(nodes) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -199,7 +202,11 @@ def tensor_array(tensor) -> np.ndarray:
         return numpy_helper.to_array(tensor)
     shape = tuple(int(d) for d in tensor.dims)
     if tensor.raw_data:
-        return np.frombuffer(tensor.raw_data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+        return (
+            np.frombuffer(tensor.raw_data, dtype=np.dtype(dtype).newbyteorder("<"))
+            .astype(dtype)
+            .reshape(shape)
+        )
     if int(tensor.data_type) == 10:  # float16 values travel in int32_data as bit patterns
         return np.asarray(tensor.int32_data, np.uint16).view(np.float16).reshape(shape)
     return np.asarray(getattr(tensor, _TYPED_FIELDS[int(tensor.data_type)]), dtype).reshape(shape)
@@ -231,7 +238,18 @@ def head_from_metadata(session) -> CamHead | None:
     if kind == "class_conv":  # the map of class k is channel k of the class convolution's (final) output
         if nodes[fc_name].op_type != "Conv":
             return None
-        return CamHead(feature, np.eye(classes, dtype=np.float32), None, "class_conv", fc_name, classes, prob)
+        pool = nodes.get(record.get("pool_layer"))
+        pooled = pool.output[0] if pool is not None and pool.op_type in _POOL_OPS and pool.output else None
+        return CamHead(
+            feature,
+            np.eye(classes, dtype=np.float32),
+            None,
+            "class_conv",
+            fc_name,
+            classes,
+            prob,
+            logits=pooled,
+        )
     inits = {t.name: t for t in graph.initializer}
     weight_name, bias_name = record.get("weights"), record.get("bias")
     if weight_name not in inits or (bias_name is not None and bias_name not in inits):
@@ -258,7 +276,8 @@ def head_from_metadata(session) -> CamHead | None:
     bias = tensor_array(inits[bias_name]).astype(np.float32).reshape(-1) if bias_name else None
     if bias is not None and bias.shape != (classes,):
         return None
-    return CamHead(feature, weights, bias, "gap_linear", fc_name, classes, prob)
+    logits = node.output[0] if node.op_type in ("Gemm", "Conv") and node.output else None
+    return CamHead(feature, weights, bias, "gap_linear", fc_name, classes, prob, logits=logits)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -517,6 +536,7 @@ def _linear_heads_after_pool(g: _Graph, pool_index: int) -> tuple[list[tuple[Cam
                 num_classes=int(linear.weights.shape[0]),
                 prob_output=prob,
                 pool_node=g.node_label(pool_index),
+                logits=linear.output,
             )
             heads.append((head, reaches))
     return heads, reasons
@@ -538,6 +558,7 @@ def _class_conv_head(g: _Graph, pool_index: int) -> tuple[CamHead, bool] | None:
         num_classes=num_classes,
         prob_output=prob,
         pool_node=g.node_label(pool_index),
+        logits=pool.output[0],
     )
     return head, reaches
 

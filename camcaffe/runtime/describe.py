@@ -76,11 +76,39 @@ def describe_onnx(path: Path) -> dict:
         "params": params,
         "outputs": outputs,
         "cam_head": _json(meta, "cam_head"),
+        "cam_outputs": _cam_outputs(_json(meta, "cam_outputs"), shapes),
         "metadata": {
-            k: v for k, v in meta.items() if k not in (META + "layers", META + "blobs", META + "preprocess.mean_image")
+            k: v
+            for k, v in meta.items()
+            if k not in (META + "layers", META + "blobs", META + "preprocess.mean_image")
         },
         "preprocessing": preprocessing_summary(meta),
         "labels": _labels_summary(embedded_labels(meta)),
+    }
+
+
+_CAM_OUTPUT_FIELDS = (
+    "top_classes",
+    "top_probabilities",
+    "maps",
+    "maps_resized",
+    "class_probabilities",
+    "class_maps",
+    "class_maps_resized",
+)
+
+
+def _cam_outputs(record, shapes: dict) -> dict | None:
+    """The in-graph CAM outputs (`export-cam`, `convert --with-cam`) with their declared shapes."""
+    if not isinstance(record, dict):
+        return None
+    names = [record.get(field) for field in _CAM_OUTPUT_FIELDS]
+    if record.get("logits") is not None:
+        names.append("cam_probabilities")
+    return {
+        "top_k": record.get("top_k"),
+        "class_input": record.get("class_input"),
+        "outputs": {name: shapes.get(name) for name in names if isinstance(name, str)},
     }
 
 
@@ -117,16 +145,29 @@ def describe_lines(info: dict) -> list[str]:
             f"CAM head: {head['kind']}: feature '{head['feature_blob']}' -> '{head['fc_layer']}' "
             f"({head['num_classes']} classes)"
         )
+    cam = info.get("cam_outputs")
+    if cam:
+        shown = ", ".join(f"{name} {_dims_text(dims)}" for name, dims in cam["outputs"].items())
+        extra = f"; class input {cam['class_input']}" if cam.get("class_input") else ""
+        lines.append(f"in-graph CAM (top {cam['top_k']}): {shown}{extra}")
     if "preprocessing" in info:  # an ONNX file: what convert embedded
         lines.append(f"preprocessing: {_preprocessing_text(info['preprocessing'])}")
         lines.extend(_labels_text(info.get("labels")))
     return lines
 
 
+def _dims_text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]" if dims is not None else "[?]"
+
+
 def _preprocessing_text(pre: dict) -> str:
     if not pre:
-        return "none embedded (cam then assumes Caffe's ImageNet settings unless given --mean/--raw-scale/...)"
-    parts = [f"{key.replace('_', '-')} {_value_text(value)}" for key, value in pre.items() if value is not None]
+        return (
+            "none embedded (cam then assumes Caffe's ImageNet settings unless given --mean/--raw-scale/...)"
+        )
+    parts = [
+        f"{key.replace('_', '-')} {_value_text(value)}" for key, value in pre.items() if value is not None
+    ]
     return ", ".join(parts) if parts else "none embedded"
 
 

@@ -150,7 +150,10 @@ class BoundRunner:
     def run(self, feeds: dict[str, np.ndarray], fetch: list[str]) -> list[np.ndarray]:
         ort = _ort()
         for name, array in feeds.items():
-            array = np.ascontiguousarray(array, dtype=np.float32)
+            # Images go in as float32; integer inputs (the class indices of an in-graph CAM) keep their type.
+            array = np.ascontiguousarray(
+                array, dtype=None if np.issubdtype(array.dtype, np.integer) else np.float32
+            )
             value = self._inputs.get(name)
             if value is None or list(value.shape()) != list(array.shape):
                 # On the CPU an OrtValue wraps the numpy memory it is made from: give it a private copy,

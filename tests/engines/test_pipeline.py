@@ -129,3 +129,132 @@ def test_pipeline_pool_keeps_order_and_results(session, tmp_path):
     assert pooled[4].error and "missing.png" in pooled[4].error
     assert default_workers("CUDAExecutionProvider")[0] == 1
     assert default_workers("CPUExecutionProvider")[0] >= 1
+
+
+# --- in-graph CAM outputs (camcaffe export-cam / convert --with-cam) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_cam(session, tmp_path_factory):
+    from camcaffe.explain.cam_export import export_cam_file
+
+    out = tmp_path_factory.mktemp("with_cam") / "m_cam.onnx"
+    export_cam_file(session.source, out, 3, class_input=True)
+    return ModelSession(out, "cpu")
+
+
+def _images(folder, count: int = 3) -> list:
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (30 + 7 * i, 50, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "settings", [{"top_k": 2}, {"top_k": 3, "classes": ["dog", "0"]}, {"top_k": 0, "classes": ["bee"]}]
+)
+def test_in_graph_outputs_give_the_rows_and_maps_of_the_feature_map_path(
+    session, with_cam, tmp_path, settings
+):
+    paths = _images(tmp_path)
+    stems = [p.stem for p in paths]
+    plain = _pipeline(session, **settings, write_overlays=False)
+    fast = _pipeline(with_cam, **settings, write_overlays=False)
+    assert plain.in_graph is None and fast.in_graph is not None
+    fetched: list[list[str]] = []
+    original = with_cam.run
+
+    def recording(feeds, outputs=None):
+        fetched.append(list(outputs or []))
+        return original(feeds, outputs)
+
+    with_cam.run = recording  # type: ignore[method-assign]
+    try:
+        got = fast.process(paths, stems, None)
+    finally:
+        del with_cam.run
+    want = plain.process(paths, stems, None)
+    assert fetched and all(
+        "feat" not in names for names in fetched
+    )  # the feature map never leaves the session
+    for a, b in zip(got, want, strict=True):
+        assert a.rows == b.rows
+        np.testing.assert_allclose(a.cams, b.cams, rtol=1e-5, atol=1e-5 * np.abs(b.cams).max())
+
+
+def test_in_graph_outputs_are_left_aside_when_they_cannot_stand_in(with_cam):
+    assert _pipeline(with_cam, top_k=3).in_graph is not None
+    assert _pipeline(with_cam, top_k=4).in_graph is None  # the model maps its top 3 only
+    assert _pipeline(with_cam, resize="crop", crop_base=40).in_graph is not None
+    preprocess, _ = preprocess_from_metadata(with_cam, Preprocess())
+    overridden = CamPipeline(with_cam, preprocess, CamSettings(), feature_layer="feat")
+    assert overridden.in_graph is None
+    assert _pipeline(with_cam, resize="tencrop", crop_base=40).in_graph is None  # 10 views merged per image
+    assert _pipeline(session_without_class_input(with_cam), classes=["dog"]).in_graph is None
+
+
+def session_without_class_input(with_cam):
+    """The same in-graph outputs, but the record says the model has no class input."""
+    import json
+
+    from camcaffe.explain.cam_export import METADATA_KEY
+
+    other = with_cam.sibling()
+    record = json.loads(with_cam.info.metadata[METADATA_KEY])
+    record.update(class_input=None, class_probabilities=None, class_maps=None, class_maps_resized=None)
+    other.info = type(with_cam.info)({**with_cam.info.metadata, METADATA_KEY: json.dumps(record)})
+    return other
+
+
+NO_SOFTMAX = net_text(
+    (1, 3, 32, 32),
+    """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "feat" convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "feat" top: "feat" }
+layer { name: "classes" type: "Convolution" bottom: "feat" top: "classes" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "gap" type: "Pooling" bottom: "classes" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+""",
+)
+
+
+def test_without_a_softmax_the_graph_ranking_is_checked_and_a_disagreeing_batch_takes_the_feature_path(
+    tmp_path,
+):
+    """SqueezeNet-style: the pipeline's probabilities are a float64 softmax of the model's pooled class maps; the
+    in-graph float32 ranking stands in only where it agrees (here it is made to disagree)."""
+    from camcaffe.explain.cam_export import export_cam_file
+
+    (tmp_path / "d.prototxt").write_text(NO_SOFTMAX)
+    write_random_caffemodel(tmp_path / "d.prototxt", tmp_path / "w.caffemodel", seed=6)
+    convert_files(
+        tmp_path / "d.prototxt",
+        tmp_path / "w.caffemodel",
+        tmp_path / "m.onnx",
+        preprocessing=Preprocessing(mean=[104, 117, 123], raw_scale=255, channel_swap=[2, 1, 0]),
+    )
+    export_cam_file(tmp_path / "m.onnx", tmp_path / "c.onnx", 2)
+    plain, with_cam = ModelSession(tmp_path / "m.onnx", "cpu"), ModelSession(tmp_path / "c.onnx", "cpu")
+    paths = _images(tmp_path)
+    stems = [p.stem for p in paths]
+    settings = {"top_k": 2, "write_overlays": False}
+    want = _pipeline(plain, **settings).process(paths, stems, None)
+    fast = _pipeline(with_cam, **settings)
+    assert fast.in_graph is not None and fast.in_graph.logits == "gap"
+    assert [o.rows for o in fast.process(paths, stems, None)] == [o.rows for o in want]
+    original = with_cam.run
+
+    def swapped(feeds, outputs=None):
+        values = original(feeds, outputs)
+        if "cam_top_classes" in values:
+            values["cam_top_classes"] = values["cam_top_classes"][:, ::-1].copy()
+        return values
+
+    with_cam.run = swapped  # type: ignore[method-assign]
+    try:
+        assert fast.infer_in_graph(np.concatenate([fast.load(p)[1] for p in paths])) is None
+        assert [o.rows for o in fast.process(paths, stems, None)] == [o.rows for o in want]
+    finally:
+        del with_cam.run

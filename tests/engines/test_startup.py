@@ -67,6 +67,7 @@ def test_head_from_metadata_equals_graph_analysis(name, tmp_path):
         full.prob_output,
     )
     np.testing.assert_array_equal(fast.weights, full.weights)
+    assert fast.logits is not None and fast.logits == full.logits  # the class scores the softmax reads
     assert (fast.bias is None) == (full.bias is None)
     if fast.bias is not None:
         np.testing.assert_array_equal(fast.bias, full.bias)
@@ -80,8 +81,13 @@ def test_metadata_that_does_not_match_the_graph_is_not_trusted(tmp_path):
     assert head_from_metadata(session) is None
 
 
-def test_plain_cam_run_imports_neither_onnx_nor_pandas(tmp_path):
+@pytest.mark.parametrize("with_cam", [False, True], ids=["plain", "with_cam"])
+def test_plain_cam_run_imports_neither_onnx_nor_pandas(tmp_path, with_cam):
     model = _converted(tmp_path, HEADS["inner_product"])
+    if with_cam:  # in-graph CAM outputs (export-cam): read from the lite model too
+        from camcaffe.explain.cam_export import export_cam_file
+
+        export_cam_file(model, model, 2)
     import cv2
 
     photo = tmp_path / "p.png"
