@@ -48,7 +48,11 @@ _LAZY = {
     },
 }
 
+# pycaffe's submodules: caffe.io, caffe.proto (caffe.proto.caffe_pb2)
+_SUBMODULES = {"io": "camcaffe.pycaffe.io", "proto": "camcaffe.proto"}
+
 if TYPE_CHECKING:
+    from camcaffe import proto
     from camcaffe.convert.api import Preprocessing, convert_files
     from camcaffe.convert.converter import ConvertOptions
     from camcaffe.engines.cam_run import CamOptions, run_cam
@@ -75,8 +79,8 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name == "io":
-        return importlib.import_module("camcaffe.pycaffe.io")
+    if name in _SUBMODULES:
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'camcaffe' has no attribute '{name}'")
 
 
@@ -101,6 +105,7 @@ __all__ = [
     "__version__",
     "convert_files",
     "io",
+    "proto",
     "run_cam",
     "run_evaluate",
     "set_device",
