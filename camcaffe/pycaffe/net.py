@@ -14,8 +14,9 @@ Where it deliberately differs from pycaffe:
 * `Net(deploy)` without weights uses seeded random parameters (`set_random_seed`), not the prototxt's fillers.
 * Parameters: `net.params[layer][i].data` is a writable copy of Caffe's array (made on first access); a
   changed value takes effect from the next `forward()`, which converts again (net surgery works).
-* The Split blobs Caffe inserts for blobs read by several layers are not listed in `net.blobs` (they are
-  bit-identical aliases of their source blob); `forward(start=...)` from a middle layer is refused.
+* The Split layers Caffe inserts for blobs read by several layers are listed in `net.layers` /
+  `net._layer_names` and their tops in `net.blobs` exactly as Caffe names and places them (see splits.py);
+  a Split top reads (and writes) its source blob's memory, as in Caffe.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from camcaffe.caffe.net import CaffeNet, load_net, net_from_param
 from camcaffe.caffe.prototxt import parse_prototxt, read_prototxt_text
 from camcaffe.convert.converter import ConvertedNet, ConvertOptions, ParamSource, convert_net
 from camcaffe.convert.onnx_io import build_model
-from camcaffe.convert.registry import is_supported
+from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
+from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
+from camcaffe.pycaffe.subnet import SubnetPlan, plan_range, subnet_param
 
 TRAIN = 0
 """pycaffe's `caffe.TRAIN`; refused, since camcaffe runs deploy nets for inference."""
@@ -99,8 +102,24 @@ def set_device(device_id: int) -> None:
 
 
 def set_random_seed(seed: int) -> None:
-    """Seed of the random parameters given to Nets created without weights."""
+    """Seed of the random parameters given to Nets created without weights (Caffe's fillers are not run,
+    so otherwise harmless: a deploy net in TEST phase draws no random numbers)."""
     _STATE.seed = int(seed)
+
+
+def init_log(level: int = 0, stderr: bool = False) -> None:
+    """pycaffe's init_log (glog set-up): a no-op, camcaffe writes only warnings, on stderr."""
+
+
+def log(message: str) -> None:
+    """pycaffe's log: the message on stderr."""
+    print(message, file=sys.stderr)
+
+
+def layer_type_list() -> list[str]:
+    """pycaffe's layer_type_list: the layer types a Net can run here (those camcaffe converts, with Input and
+    the Split layers Caffe inserts), sorted as Caffe's registry lists them."""
+    return sorted({*supported_types(), "Input", "Split"})
 
 
 def _mode_key() -> tuple[bool, int]:
@@ -201,6 +220,35 @@ class Blob:
 
     def __repr__(self) -> str:
         return f"<Blob '{self.name}' {self.shape}>"
+
+
+class SplitBlob(Blob):
+    """A top of an inserted Split layer: Caffe shares its bottom's memory, so it reads and writes the source
+    blob's array."""
+
+    def __init__(self, name: str, source: Blob):
+        self.name = name
+        self.source = source
+
+    @property
+    def data(self) -> np.ndarray:
+        return self.source.data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.source.data[...] = value
+
+    def reshape(self, *shape: int) -> None:
+        self.source.reshape(*shape)
+
+    def _set(self, array: np.ndarray) -> None:
+        self.source._set(array)
+
+    def _store(self, value: np.ndarray) -> None:
+        self.source._store(value)
+
+    def __repr__(self) -> str:
+        return f"<SplitBlob '{self.name}' of '{self.source.name}' {self.shape}>"
 
 
 class ParamBlob(Blob):
@@ -363,27 +411,40 @@ class Net:
         self.outputs = list(self._caffe_net.outputs)
         self._conversions = 0
         self._stale = False
+        # forward(start=/end=) ranges: (first, last, fed shapes) -> the converted part of the net
+        self._subnets: dict[tuple, tuple[SubnetPlan, _Compiled]] = {}
         self._compiled = self._initial_conversion(weights)
         batch = self._compiled.converted.inputs[0][1][0] if self._compiled.converted.inputs else 1
-        self.blobs: OrderedDict[str, Blob] = OrderedDict(
-            (name, Blob(name, self._compiled.blob_shape(name, batch))) for name in self._blob_order()
-        )
+        aliases = split_sources(self._table)
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        for name in blob_order(self._table):
+            source = aliases.get(name)
+            self.blobs[name] = (
+                SplitBlob(name, self.blobs[source])
+                if source is not None
+                else Blob(name, self._compiled.blob_shape(name, batch))
+            )
 
-    # -- structure
+    # -- structure (Caffe's runtime tables, inserted Split layers included)
 
-    def _blob_order(self) -> list[str]:
-        """Caffe's blob table: each top in order of first appearance (input blobs first)."""
-        return list(dict.fromkeys(top for layer in self._caffe_net.layers for top in layer.top))
+    @property
+    def _table(self) -> list[LayerEntry]:
+        table = getattr(self, "_table_cache", None)
+        if table is None:
+            table = self._table_cache = insert_splits(self._caffe_net.layers)
+        return table
 
     @property
     def _layer_names(self) -> list[str]:
-        return [layer.name for layer in self._caffe_net.layers]
+        return [entry.name for entry in self._table]
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
 
     @property
     def layers(self) -> list[Layer]:
-        return [
-            Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in self._caffe_net.layers
-        ]
+        return [Layer(entry.name, entry.type, self.params.get(entry.name, [])) for entry in self._table]
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
@@ -391,11 +452,11 @@ class Net:
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict((layer.name, list(layer.top)) for layer in self._caffe_net.layers)
+        return OrderedDict((entry.name, list(entry.tops)) for entry in self._table)
 
     @property
     def bottom_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict((layer.name, list(layer.bottom)) for layer in self._caffe_net.layers)
+        return OrderedDict((entry.name, list(entry.bottoms)) for entry in self._table)
 
     # -- conversion
 
@@ -452,23 +513,50 @@ class Net:
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: self.blobs[name].shape for name in self.inputs}
 
+    def _sync_params(self) -> None:
+        """Parameters edited since the last conversion make every converted model stale."""
+        changed = [blob for blobs in self.params.values() for blob in blobs if blob.changed()]
+        for blob in changed:
+            blob.commit()
+        if changed:
+            self._stale = True
+            self._subnets.clear()
+
     def _prepare(self) -> _Compiled:
         """Convert again when an input's non-batch shape (or a fixed batch) or a parameter changed."""
-        changed = [blob for blobs in self.params.values() for blob in blobs if blob.changed()]
+        self._sync_params()
         shapes = self._input_shapes()
-        if changed or self._stale or not self._compiled.fits(shapes):
+        if self._stale or not self._compiled.fits(shapes):
             self._compiled = self._convert(self._current_params, shapes)
-            for blob in changed:
-                blob.commit()
             self._stale = False
         return self._compiled
+
+    def _prepare_range(self, first: int, last: int) -> tuple[SubnetPlan, _Compiled]:
+        """The converted part of the net for table entries first..last, fed with the blobs' current shapes."""
+        self._sync_params()
+        plan = plan_range(self._table, first, last)
+        key = (first, last, tuple(self.blobs[name].shape for name in plan.feeds))
+        held = self._subnets.get(key)
+        if held is None:
+            param = subnet_param(plan, lambda blob: self.blobs[blob].shape, self._caffe_net.name)
+            sub = net_from_param(param, self._source)
+            converted = convert_net(sub, self._current_params, ConvertOptions(expose_all=True))
+            self._conversions += 1
+            for message in converted.warnings:
+                if "keeps the deploy batch" not in message:
+                    _warn(message)
+            metadata = {"camcaffe.version": __version__, "camcaffe.blobs": json.dumps(converted.blob_tensors)}
+            model = build_model(converted, metadata, with_initializers=True)
+            compiled = _Compiled(converted, model, {n: tuple(s) for n, s in converted.inputs})
+            held = self._subnets[key] = (plan, compiled)
+        return held
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes to every other blob (converting again if needed)."""
         compiled = self._prepare()
         batch = self.blobs[self.inputs[0]].num if self.inputs else 1
         for name, blob in self.blobs.items():
-            if name not in self.inputs:
+            if name not in self.inputs and not isinstance(blob, SplitBlob):
                 blob.reshape(*compiled.blob_shape(name, batch))
 
     # -- running
@@ -489,9 +577,9 @@ class Net:
         """The ONNX Runtime execution provider the next forward() runs on."""
         return self._session(self._prepare()).provider_used
 
-    def _run(self, compiled: _Compiled) -> dict[str, np.ndarray]:
+    def _run(self, compiled: _Compiled, fed: Sequence[str]) -> dict[str, np.ndarray]:
         session = self._session(compiled)
-        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in self.inputs}
+        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in fed}
         tensors = list(dict.fromkeys(compiled.converted.blob_tensors.values()))
         try:
             return session.run(feeds, tensors)
@@ -522,18 +610,15 @@ class Net:
                     f"call net.blobs['{name}'].reshape(*x.shape) first"
                 ) from None
 
-    def _layers_through(self, start: str | None, end: str | None) -> list[caffe_pb2.LayerParameter]:
+    def _layer_index(self, what: str, name: str | None, default: int) -> int:
+        if name is None:
+            return default
         names = self._layer_names
-        for what, name in (("start", start), ("end", end)):
-            if name is not None and name not in names:
-                raise PycaffeError(f"forward({what}='{name}'): the net has no layer of that name")
-        first = next((i for i, layer in enumerate(self._caffe_net.layers) if layer.type != "Input"), 0)
-        if start is not None and names.index(start) > first:
+        if name not in names:
             raise PycaffeError(
-                f"forward(start='{start}'): running from a middle layer is not supported; forward the whole net"
+                f"forward({what}='{name}'): the net has no layer of that name; see net._layer_names"
             )
-        stop = names.index(end) + 1 if end is not None else len(names)
-        return self._caffe_net.layers[:stop]
+        return names.index(name)
 
     def forward(
         self,
@@ -542,22 +627,40 @@ class Net:
         end: str | None = None,
         **kwargs: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """Run the net; every blob written by the layers run (all, or up to `end`) is updated.
+        """Run layers `start`..`end` (default: all) as Caffe's ForwardFromTo: layers before `start` do not
+        run and the blobs they write keep their current values (which the range then reads); layers after
+        `end` do not run. Keyword arguments fill input blobs first.
 
-        Keyword arguments fill input blobs first. Returns {blob: net.blobs[blob].data} for the net's outputs
-        (the tops of `end` when given) and any extra `blobs`."""
+        Returns {blob: net.blobs[blob].data} for the net's outputs (the tops of `end` when given) and any
+        extra `blobs`."""
         for name in blobs or []:
             if name not in self.blobs:
                 raise PycaffeError(f"forward(blobs=[...'{name}']): the net has no blob of that name")
-        layers = self._layers_through(start, end)
+        table = self._table
+        first = self._layer_index("start", start, 0)
+        last = self._layer_index("end", end, len(table) - 1)
+        if first > last:
+            raise PycaffeError(
+                f"forward(start='{start}', end='{end}'): start comes after end in net._layer_names"
+            )
         self._set_inputs(kwargs)
-        compiled = self._prepare()
-        values = self._run(compiled)
-        written = dict.fromkeys(top for layer in layers if layer.type != "Input" for top in layer.top)
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if real and first <= real[0] and last >= real[-1]:
+            compiled = self._prepare()
+            values = self._run(compiled, self.inputs)
+            written: Sequence[str] = [
+                top for layer in self._caffe_net.layers if layer.type != "Input" for top in layer.top
+            ]
+        elif any(first <= i <= last for i in real):
+            plan, compiled = self._prepare_range(first, last)
+            values = self._run(compiled, plan.feeds)
+            written = plan.written
+        else:
+            compiled, values, written = self._compiled, {}, []
         tensors = compiled.converted.blob_tensors
-        for name in written:
+        for name in dict.fromkeys(written):
             self.blobs[name]._store(values[tensors[name]])
-        outputs = list(layers[-1].top) if end is not None else self.outputs
+        outputs = table[last].tops if end is not None else self.outputs
         return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
 
     def _batches(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -574,7 +677,9 @@ class Net:
             yield batch
 
     def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        """pycaffe's forward_all: run the inputs through in batches of the input blob's size."""
+        """pycaffe's forward_all: run the inputs through in batches of the input blob's batch size (the last
+        batch padded with zeros, the padding's outputs dropped); returns copies of the outputs (and `blobs`),
+        concatenated."""
         if not kwargs:
             return {name: value.copy() for name, value in self.forward(blobs).items()}
         collected: dict[str, list[np.ndarray]] = {}
@@ -602,6 +707,7 @@ class Net:
         if not source.used:
             raise WeightsError(f"{weights}: has weights for none of the layers of {self._source}")
         self._stale = True
+        self._subnets.clear()
 
     def save(self, filename: str | os.PathLike) -> None:
         """Write the current parameters as a caffemodel."""
@@ -623,6 +729,10 @@ __all__ = [
     "Net",
     "ParamBlob",
     "PycaffeError",
+    "SplitBlob",
+    "init_log",
+    "layer_type_list",
+    "log",
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",
