@@ -30,6 +30,8 @@ _LAZY = {
     "EvaluateOptions": "camcaffe.engines.evaluate_run",
     "run_evaluate": "camcaffe.engines.evaluate_run",
     "write_report": "camcaffe.output.report",
+    "Classifier": "camcaffe.pycaffe.classifier",
+    "Detector": "camcaffe.pycaffe.detector",
     **{
         name: "camcaffe.pycaffe.net"
         for name in (
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from camcaffe.engines.job import CamJob
     from camcaffe.output.report import write_report
     from camcaffe.pycaffe import io
+    from camcaffe.pycaffe.classifier import Classifier
+    from camcaffe.pycaffe.detector import Detector
     from camcaffe.pycaffe.net import (
         TEST,
         TRAIN,
@@ -102,7 +106,9 @@ __all__ = [
     "Blob",
     "CamJob",
     "CamOptions",
+    "Classifier",
     "ConvertOptions",
+    "Detector",
     "EvaluateOptions",
     "Layer",
     "ModelSession",
