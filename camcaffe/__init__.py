@@ -32,6 +32,10 @@ _LAZY = {
     "write_report": "camcaffe.output.report",
     "Classifier": "camcaffe.pycaffe.classifier",
     "Detector": "camcaffe.pycaffe.detector",
+    "NetSpec": "camcaffe.pycaffe.net_spec",
+    "layers": "camcaffe.pycaffe.net_spec",
+    "params": "camcaffe.pycaffe.net_spec",
+    "to_proto": "camcaffe.pycaffe.net_spec",
     **{
         name: "camcaffe.pycaffe.net"
         for name in (
@@ -85,6 +89,7 @@ if TYPE_CHECKING:
         set_mode_gpu,
         set_random_seed,
     )
+    from camcaffe.pycaffe.net_spec import NetSpec, layers, params, to_proto
     from camcaffe.runtime.session import ModelSession
 
 
@@ -113,6 +118,7 @@ __all__ = [
     "Layer",
     "ModelSession",
     "Net",
+    "NetSpec",
     "ParamBlob",
     "Preprocessing",
     "PycaffeError",
@@ -122,7 +128,9 @@ __all__ = [
     "init_log",
     "io",
     "layer_type_list",
+    "layers",
     "log",
+    "params",
     "proto",
     "run_cam",
     "run_evaluate",
@@ -130,5 +138,6 @@ __all__ = [
     "set_mode_cpu",
     "set_mode_gpu",
     "set_random_seed",
+    "to_proto",
     "write_report",
 ]
