@@ -58,8 +58,8 @@ _LAZY = {
     },
 }
 
-# pycaffe's submodules: caffe.io, caffe.proto (caffe.proto.caffe_pb2)
-_SUBMODULES = {"io": "camcaffe.pycaffe.io", "proto": "camcaffe.proto"}
+# pycaffe's submodules: caffe.io, caffe.proto (caffe.proto.caffe_pb2), caffe.draw
+_SUBMODULES = {"io": "camcaffe.pycaffe.io", "proto": "camcaffe.proto", "draw": "camcaffe.pycaffe.draw"}
 
 if TYPE_CHECKING:
     from camcaffe import proto
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from camcaffe.engines.evaluate_run import EvaluateOptions, run_evaluate
     from camcaffe.engines.job import CamJob
     from camcaffe.output.report import write_report
-    from camcaffe.pycaffe import io
+    from camcaffe.pycaffe import draw, io
     from camcaffe.pycaffe.classifier import Classifier
     from camcaffe.pycaffe.detector import Detector
     from camcaffe.pycaffe.net import (
@@ -125,6 +125,7 @@ __all__ = [
     "SplitBlob",
     "__version__",
     "convert_files",
+    "draw",
     "init_log",
     "io",
     "layer_type_list",
