@@ -17,6 +17,8 @@ Where it deliberately differs from pycaffe:
 * The Split layers Caffe inserts for blobs read by several layers are listed in `net.layers` /
   `net._layer_names` and their tops in `net.blobs` exactly as Caffe names and places them (see splits.py);
   a Split top reads (and writes) its source blob's memory, as in Caffe.
+* `forward(start=, end=)` runs the layers of the range as a sub-net of their own (converted once per range
+  and input shapes, then cached), fed with the current values of the blobs it reads from outside.
 """
 
 from __future__ import annotations
