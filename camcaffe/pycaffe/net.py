@@ -42,6 +42,7 @@ from camcaffe.convert.onnx_io import build_model
 from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
+from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
 from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
 from camcaffe.pycaffe.subnet import SubnetPlan, plan_range, subnet_param
 
@@ -156,14 +157,29 @@ class Blob:
     def __init__(self, name: str, shape: Sequence[int]):
         self.name = name
         self._data = np.zeros(tuple(shape), dtype=np.float32)
+        self._pending: DeferredValues | None = None  # a forward's value not fetched yet (lazy.py)
 
     @property
     def data(self) -> np.ndarray:
+        if self._pending is not None:
+            self._pending.resolve(self.name)
         return self._data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self.data[...] = value
+
+    def _peek(self) -> np.ndarray:
+        """The array, without fetching a pending value (for its shape)."""
+        return self._data
+
+    def _defer(self, deferred: DeferredValues, shape: tuple[int, ...]) -> None:
+        self._pending = deferred
+        if self._data.shape != shape:
+            self._data = np.zeros(shape, dtype=np.float32)
+
+    def _held_elsewhere(self) -> bool:
+        return held_elsewhere(self._data)
 
     @property
     def diff(self) -> np.ndarray:
@@ -173,11 +189,11 @@ class Blob:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
+        return tuple(self._peek().shape)
 
     @property
     def count(self) -> int:
-        return int(self.data.size)
+        return int(self._peek().size)
 
     def _legacy_dim(self, axis: int) -> int:
         shape = self.shape
@@ -215,6 +231,7 @@ class Blob:
 
     def _store(self, value: np.ndarray) -> None:
         """Write a forward result, in place when the shape is unchanged (held references stay live)."""
+        self._pending = None
         if value.shape == self._data.shape:
             np.copyto(self._data, value, casting="unsafe")
         else:
@@ -242,6 +259,9 @@ class SplitBlob(Blob):
 
     def reshape(self, *shape: int) -> None:
         self.source.reshape(*shape)
+
+    def _peek(self) -> np.ndarray:
+        return self.source._peek()
 
     def _set(self, array: np.ndarray) -> None:
         self.source._set(array)
@@ -415,6 +435,8 @@ class Net:
         self._stale = False
         # forward(start=/end=) ranges: (first, last, fed shapes) -> the converted part of the net
         self._subnets: dict[tuple, tuple[SubnetPlan, _Compiled]] = {}
+        # blobs a script read after a forward: fetched with the outputs from then on (lazy.py)
+        self._read_lazily: set[str] = set()
         self._compiled = self._initial_conversion(weights)
         batch = self._compiled.converted.inputs[0][1][0] if self._compiled.converted.inputs else 1
         aliases = split_sources(self._table)
@@ -579,10 +601,10 @@ class Net:
         """The ONNX Runtime execution provider the next forward() runs on."""
         return self._session(self._prepare()).provider_used
 
-    def _run(self, compiled: _Compiled, fed: Sequence[str]) -> dict[str, np.ndarray]:
+    def _run(
+        self, compiled: _Compiled, feeds: dict[str, np.ndarray], tensors: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         session = self._session(compiled)
-        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in fed}
-        tensors = list(dict.fromkeys(compiled.converted.blob_tensors.values()))
         try:
             return session.run(feeds, tensors)
         except CamcaffeError:
@@ -646,24 +668,52 @@ class Net:
                 f"forward(start='{start}', end='{end}'): start comes after end in net._layer_names"
             )
         self._set_inputs(kwargs)
+        outputs = list(table[last].tops if end is not None else self.outputs)
         real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
         if real and first <= real[0] and last >= real[-1]:
-            compiled = self._prepare()
-            values = self._run(compiled, self.inputs)
-            written: Sequence[str] = [
+            compiled, fed = self._prepare(), list(self.inputs)
+            written: list[str] = [
                 top for layer in self._caffe_net.layers if layer.type != "Input" for top in layer.top
             ]
         elif any(first <= i <= last for i in real):
             plan, compiled = self._prepare_range(first, last)
-            values = self._run(compiled, plan.feeds)
-            written = plan.written
+            fed, written = list(plan.feeds), list(plan.written)
         else:
-            compiled, values, written = self._compiled, {}, []
-        tensors = compiled.converted.blob_tensors
-        for name in dict.fromkeys(written):
-            self.blobs[name]._store(values[tensors[name]])
-        outputs = table[last].tops if end is not None else self.outputs
+            fed, written = [], []
+        if written:
+            self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
         return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
+
+    def _fill(self, compiled: _Compiled, fed: list[str], written: list[str], returned: list[str]) -> None:
+        """Store the blobs a forward wrote: fetch those surely read now, leave the others pending (lazy.py)."""
+        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in fed}
+        tensors = compiled.converted.blob_tensors
+        sources = {name: getattr(self.blobs[name], "source", self.blobs[name]).name for name in returned}
+        wanted = {*sources.values(), *self._read_lazily}
+        eager = [n for n in written if n in wanted or self.blobs[n]._held_elsewhere()]
+        deferred = [n for n in written if n not in set(eager)]
+        wanted_tensors = list(dict.fromkeys(tensors[n] for n in eager))
+        values = self._run(compiled, feeds, wanted_tensors) if wanted_tensors else {}
+        # the inputs as this forward saw them (a range may write a blob it was fed, in place)
+        snapshot = {name: np.array(array, copy=True) for name, array in feeds.items()} if deferred else {}
+        for name in eager:
+            self.blobs[name]._store(values[tensors[name]])
+        if not deferred:
+            return
+        pending = DeferredValues(
+            lambda names: self._run(compiled, snapshot, names),
+            {name: tensors[name] for name in deferred},
+            {name: self.blobs[name] for name in deferred},
+            self._read_lazily.add,
+        )
+        batch_shapes = {name: values[tensors[name]].shape for name in eager}
+        for name in deferred:
+            shape = batch_shapes.get(name) or self._written_shape(compiled, name, feeds)
+            self.blobs[name]._defer(pending, shape)
+
+    def _written_shape(self, compiled: _Compiled, name: str, feeds: dict[str, np.ndarray]) -> tuple[int, ...]:
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        return compiled.blob_shape(name, batch)
 
     def _batches(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         arrays = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
