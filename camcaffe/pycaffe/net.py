@@ -1,8 +1,8 @@
 """A pycaffe-compatible surface: a legacy script runs with only `import camcaffe as caffe` changed.
 
-`Net(deploy, weights, TEST)` converts the deploy net once to ONNX with every blob exposed and runs it with
-ONNX Runtime; after `forward()` every blob in `net.blobs` reads as Caffe's would (in-place layers included:
-a blob holds its last writer's value). Reshaping an input blob's batch keeps the converted model; changing
+`Net(deploy, weights, TEST)` converts the deploy net once to ONNX and runs it with ONNX Runtime; after
+`forward()` every blob in `net.blobs` reads as Caffe's would (in-place layers included: a blob holds its last
+writer's value), fetched from ONNX Runtime only when read (lazy.py). Reshaping an input blob's batch keeps the converted model; changing
 its other dimensions converts again on the next `forward()` / `reshape()`.
 
 Where it deliberately differs from pycaffe:
@@ -364,6 +364,19 @@ class _Compiled:
     input_shapes: dict[str, tuple[int, ...]]
     session: object = None
     session_key: tuple[bool, int] | None = None
+    # the sets of tensors fetched so far: ONNX Runtime keeps one session per set (see fetch_list)
+    fetch_sets: set[frozenset[str]] = field(default_factory=set)
+
+    def all_tensors(self) -> list[str]:
+        return list(dict.fromkeys(self.converted.blob_tensors.values()))
+
+    def fetch_list(self, tensors: list[str]) -> list[str]:
+        """The tensors to ask for: these, or every blob once three other sets have sessions (bounded)."""
+        key = frozenset(tensors)
+        if key not in self.fetch_sets and len(self.fetch_sets) >= 3:
+            return self.all_tensors()
+        self.fetch_sets.add(key)
+        return tensors
 
     def fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
         if self.converted.symbolic_batch:
@@ -522,7 +535,7 @@ class Net:
         fixed = overrides is not None and not self._compiled.converted.symbolic_batch
         batch = next(iter(overrides.values()))[0] if fixed and overrides else None
         converted = convert_net(
-            self._caffe_net, source, ConvertOptions(batch=batch, expose_all=True, input_shapes=overrides)
+            self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides)
         )
         # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
         converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
@@ -564,7 +577,7 @@ class Net:
         if held is None:
             param = subnet_param(plan, lambda blob: self.blobs[blob].shape, self._caffe_net.name)
             sub = net_from_param(param, self._source)
-            converted = convert_net(sub, self._current_params, ConvertOptions(expose_all=True))
+            converted = convert_net(sub, self._current_params, ConvertOptions())
             self._conversions += 1
             for message in converted.warnings:
                 if "keeps the deploy batch" not in message:
@@ -693,7 +706,7 @@ class Net:
         eager = [n for n in written if n in wanted or self.blobs[n]._held_elsewhere()]
         deferred = [n for n in written if n not in set(eager)]
         wanted_tensors = list(dict.fromkeys(tensors[n] for n in eager))
-        values = self._run(compiled, feeds, wanted_tensors) if wanted_tensors else {}
+        values = self._run(compiled, feeds, compiled.fetch_list(wanted_tensors)) if wanted_tensors else {}
         # the inputs as this forward saw them (a range may write a blob it was fed, in place)
         snapshot = {name: np.array(array, copy=True) for name, array in feeds.items()} if deferred else {}
         for name in eager:
@@ -701,7 +714,7 @@ class Net:
         if not deferred:
             return
         pending = DeferredValues(
-            lambda names: self._run(compiled, snapshot, names),
+            lambda names: self._run(compiled, snapshot, compiled.fetch_list(compiled.all_tensors())),
             {name: tensors[name] for name in deferred},
             {name: self.blobs[name] for name in deferred},
             self._read_lazily.add,

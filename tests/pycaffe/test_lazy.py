@@ -45,7 +45,7 @@ def test_only_outputs_are_fetched_until_a_blob_is_read(tiny) -> None:
     assert net.blobs["fc"].shape == (2, 5) and len(runs) == 1  # shapes need no fetch
     reference = caffe_reference.forward(TINY_NET, weights, {"data": x})
     assert_close(net.blobs["fc"].data, reference["fc"], "fc")
-    assert len(runs) == 2 and _tensor_blobs(net, runs[1]) == {"conv1", "pool1", "fc"}
+    assert len(runs) == 2 and {"conv1", "pool1", "fc"} <= _tensor_blobs(net, runs[1])
     assert_close(net.blobs["conv1"].data, reference["conv1"], "conv1")
     assert len(runs) == 2  # every pending blob came with the first read
     net.forward(data=x)
