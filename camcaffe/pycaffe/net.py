@@ -7,7 +7,10 @@ its other dimensions converts again on the next `forward()` / `reshape()`.
 
 Where it deliberately differs from pycaffe:
 
-* Inference only. `TRAIN`, `backward()` and `.diff` raise `PycaffeError`: a deploy net runs in TEST phase.
+* Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` computes the
+  diffs of the input blobs (from the outputs' diffs, or from a layer's tops with `start=`) when the
+  prototxt has `force_backward: true`, as Caffe does; other blobs' diffs are not computed (their `.diff` holds
+  what the script wrote), parameters have no `.diff` (see backward.py).
 * `set_mode_gpu()` where CUDA is not usable (no GPU, or onnxruntime without CUDA) prints one warning on
   stderr and keeps running on the CPU, where a CPU-only pycaffe build would abort. The mode (and device)
   in force at each `forward()` chooses the execution provider, as Caffe's global mode does.
@@ -42,6 +45,7 @@ from camcaffe.convert.onnx_io import build_model
 from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
+from camcaffe.pycaffe.backward import GradientCache
 from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
 from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
 from camcaffe.pycaffe.subnet import SubnetPlan, plan_range, subnet_param
@@ -183,9 +187,16 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        raise PycaffeError(
-            f"blob '{self.name}': camcaffe runs inference only, there are no gradients (.diff)"
-        )
+        """The blob's gradient: written by scripts (top diffs), computed by backward() for input blobs."""
+        shape = self.shape
+        held = getattr(self, "_diff", None)
+        if held is None or held.shape != shape:
+            held = self._diff = np.zeros(shape, dtype=np.float32)
+        return held
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.diff[...] = value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -263,6 +274,14 @@ class SplitBlob(Blob):
     def _peek(self) -> np.ndarray:
         return self.source._peek()
 
+    @property
+    def diff(self) -> np.ndarray:
+        return self.source.diff
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.source.diff[...] = value
+
     def _set(self, array: np.ndarray) -> None:
         self.source._set(array)
 
@@ -296,6 +315,13 @@ class ParamBlob(Blob):
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.current().shape)
+
+    @property
+    def diff(self) -> np.ndarray:
+        raise PycaffeError(
+            f"parameter '{self.name}': camcaffe computes no parameter gradients (.diff); backward() gives the "
+            "input blobs' diffs only"
+        )
 
     @property
     def count(self) -> int:
@@ -366,6 +392,7 @@ class _Compiled:
     session_key: tuple[bool, int] | None = None
     # the sets of tensors fetched so far: ONNX Runtime keeps one session per set (see fetch_list)
     fetch_sets: set[frozenset[str]] = field(default_factory=set)
+    gradients: GradientCache | None = None
 
     def all_tensors(self) -> list[str]:
         return list(dict.fromkeys(self.converted.blob_tensors.values()))
@@ -442,6 +469,10 @@ class Net:
             raise PycaffeError(f"Net(level={level!r}): only level 0 is supported")
         self._source = str(network_file)
         self._caffe_net = _load_caffe_net(network_file, stages)
+        self._force_backward = parse_prototxt(
+            read_prototxt_text(network_file), str(network_file), is_supported
+        ).force_backward
+        self._forward_inputs: dict[str, np.ndarray] = {}  # the inputs of the last full forward (backward)
         self.inputs = [t for lay in self._caffe_net.layers if lay.type == "Input" for t in lay.top]
         self.outputs = list(self._caffe_net.outputs)
         self._conversions = 0
@@ -534,9 +565,7 @@ class Net:
         overrides = {n: list(s) for n, s in shapes.items()} if shapes else None
         fixed = overrides is not None and not self._compiled.converted.symbolic_batch
         batch = next(iter(overrides.values()))[0] if fixed and overrides else None
-        converted = convert_net(
-            self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides)
-        )
+        converted = convert_net(self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides))
         # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
         converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
         for message in converted.warnings:
@@ -695,6 +724,8 @@ class Net:
             fed, written = [], []
         if written:
             self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
+        if self._force_backward:
+            self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
         return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
 
     def _fill(self, compiled: _Compiled, fed: list[str], written: list[str], returned: list[str]) -> None:
@@ -754,8 +785,93 @@ class Net:
         total = len(next(iter(kwargs.values())))
         return {name: np.concatenate(parts)[:total] for name, parts in collected.items()}
 
-    def backward(self, *args, **kwargs) -> None:
-        raise PycaffeError("Net.backward(): camcaffe runs inference only; there is no backward pass")
+    def backward(
+        self,
+        diffs: Sequence[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Caffe's backward from the outputs (or from the tops of layer `start`) down to the input blobs: the
+        seed is the current `.diff` of those tops (keyword arguments set the outputs' diffs first). The input
+        blobs' diffs are computed with the model of the last forward, when the prototxt has
+        `force_backward: true` (else, as in Caffe for a net without loss, nothing is computed).
+
+        Returns {blob: diff} for the input blobs and `diffs`."""
+        table = self._table
+        names = self._layer_names
+        for what, name in (("start", start), ("end", end)):
+            if name is not None and name not in names:
+                raise PycaffeError(f"backward({what}='{name}'): the net has no layer of that name")
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if end is not None and names.index(end) > real[0]:
+            raise PycaffeError(
+                f"backward(end='{end}'): only backward down to the input blobs is supported (end=None or "
+                f"end='{table[real[0]].name}')"
+            )
+        for name in diffs or []:
+            if name not in self.inputs:
+                raise PycaffeError(
+                    f"backward(diffs=['{name}']): only the input blobs' diffs are computed; inputs: {self.inputs}"
+                )
+        for name, value in kwargs.items():
+            if name not in self.outputs:
+                raise PycaffeError(
+                    f"backward({name}=...): '{name}' is not an output blob; outputs: {self.outputs}"
+                )
+            if np.shape(value)[:1] != self.blobs[name].shape[:1]:
+                raise PycaffeError(
+                    f"backward({name}=...): diff of shape {np.shape(value)} is not batch sized ({self.blobs[name].num})"
+                )
+            self.blobs[name].diff[...] = value
+        returned = list(
+            dict.fromkeys(
+                [*(self.inputs if end is None else table[names.index(end)].bottoms), *(diffs or [])]
+            )
+        )
+        if self._force_backward:
+            self._input_diffs(self._seeds(start))
+        return {name: self.blobs[name].diff for name in returned}
+
+    def _seeds(self, start: str | None) -> list[str]:
+        """The blobs whose diffs seed the backward: the outputs, or the tops of layer `start`."""
+        if start is None:
+            return list(self.outputs)
+        entry = self._table[self._layer_names.index(start)]
+        if entry.param is None or entry.type == "Input":
+            raise PycaffeError(f"backward(start='{start}'): start at a layer that computes something")
+        writers = self._caffe_net.writers()
+        for top in entry.tops:
+            if writers[top][-1] != entry.name:
+                raise PycaffeError(
+                    f"backward(start='{start}'): its top '{top}' is rewritten in place by '{writers[top][-1]}'; "
+                    f"start at '{writers[top][-1]}' instead"
+                )
+        return list(entry.tops)
+
+    def _input_diffs(self, seeds: list[str]) -> None:
+        compiled = self._prepare()  # the net for the current input shapes and parameters
+        if compiled.gradients is None:
+            compiled.gradients = GradientCache(compiled.model, self._source)
+        tensors = compiled.converted.blob_tensors
+        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
+        feeds = {tensors[name]: value for name, value in inputs.items()}
+        provider = "cuda" if _mode_key()[0] else "cpu"
+        for name in self.inputs:
+            total = np.zeros(self.blobs[name].shape, dtype=np.float32)
+            for seed in seeds:
+                diff = self.blobs[seed].diff
+                if not diff.any():
+                    continue
+                total += compiled.gradients.gradient(
+                    tensors[name], tensors[seed], feeds, diff, provider, f"from '{seed}' to '{name}'"
+                )
+            self.blobs[name].diff[...] = total
+
+    def forward_backward_all(self, *args, **kwargs) -> None:
+        raise PycaffeError(
+            "Net.forward_backward_all(): not supported; call forward_all(), then backward() per batch"
+        )
 
     # -- weights
 
