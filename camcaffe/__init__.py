@@ -30,6 +30,12 @@ _LAZY = {
     "EvaluateOptions": "camcaffe.engines.evaluate_run",
     "run_evaluate": "camcaffe.engines.evaluate_run",
     "write_report": "camcaffe.output.report",
+    "Classifier": "camcaffe.pycaffe.classifier",
+    "Detector": "camcaffe.pycaffe.detector",
+    "NetSpec": "camcaffe.pycaffe.net_spec",
+    "layers": "camcaffe.pycaffe.net_spec",
+    "params": "camcaffe.pycaffe.net_spec",
+    "to_proto": "camcaffe.pycaffe.net_spec",
     **{
         name: "camcaffe.pycaffe.net"
         for name in (
@@ -40,6 +46,10 @@ _LAZY = {
             "Net",
             "ParamBlob",
             "PycaffeError",
+            "SplitBlob",
+            "init_log",
+            "layer_type_list",
+            "log",
             "set_device",
             "set_mode_cpu",
             "set_mode_gpu",
@@ -48,14 +58,20 @@ _LAZY = {
     },
 }
 
+# pycaffe's submodules: caffe.io, caffe.proto (caffe.proto.caffe_pb2), caffe.draw
+_SUBMODULES = {"io": "camcaffe.pycaffe.io", "proto": "camcaffe.proto", "draw": "camcaffe.pycaffe.draw"}
+
 if TYPE_CHECKING:
+    from camcaffe import proto
     from camcaffe.convert.api import Preprocessing, convert_files
     from camcaffe.convert.converter import ConvertOptions
     from camcaffe.engines.cam_run import CamOptions, run_cam
     from camcaffe.engines.evaluate_run import EvaluateOptions, run_evaluate
     from camcaffe.engines.job import CamJob
     from camcaffe.output.report import write_report
-    from camcaffe.pycaffe import io
+    from camcaffe.pycaffe import draw, io
+    from camcaffe.pycaffe.classifier import Classifier
+    from camcaffe.pycaffe.detector import Detector
     from camcaffe.pycaffe.net import (
         TEST,
         TRAIN,
@@ -64,19 +80,24 @@ if TYPE_CHECKING:
         Net,
         ParamBlob,
         PycaffeError,
+        SplitBlob,
+        init_log,
+        layer_type_list,
+        log,
         set_device,
         set_mode_cpu,
         set_mode_gpu,
         set_random_seed,
     )
+    from camcaffe.pycaffe.net_spec import NetSpec, layers, params, to_proto
     from camcaffe.runtime.session import ModelSession
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name == "io":
-        return importlib.import_module("camcaffe.pycaffe.io")
+    if name in _SUBMODULES:
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'camcaffe' has no attribute '{name}'")
 
 
@@ -90,22 +111,34 @@ __all__ = [
     "Blob",
     "CamJob",
     "CamOptions",
+    "Classifier",
     "ConvertOptions",
+    "Detector",
     "EvaluateOptions",
     "Layer",
     "ModelSession",
     "Net",
+    "NetSpec",
     "ParamBlob",
     "Preprocessing",
     "PycaffeError",
+    "SplitBlob",
     "__version__",
     "convert_files",
+    "draw",
+    "init_log",
     "io",
+    "layer_type_list",
+    "layers",
+    "log",
+    "params",
+    "proto",
     "run_cam",
     "run_evaluate",
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",
     "set_random_seed",
+    "to_proto",
     "write_report",
 ]

@@ -10,7 +10,7 @@ import camcaffe
 
 PACKAGE = Path(camcaffe.__file__).parent
 # Lowest first: a package may import the root basics and the packages listed before it.
-STAGES = ["caffe", "runtime", "convert", "explain", "localize", "output", "engines", "pycaffe", "cli"]
+STAGES = ["caffe", "runtime", "convert", "explain", "localize", "output", "engines", "pycaffe", "proto", "cli"]
 ROOT_MODULES = {"__init__", "errors", "limits", "atomic", "fetch"}
 
 

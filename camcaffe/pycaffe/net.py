@@ -1,21 +1,27 @@
 """A pycaffe-compatible surface: a legacy script runs with only `import camcaffe as caffe` changed.
 
-`Net(deploy, weights, TEST)` converts the deploy net once to ONNX with every blob exposed and runs it with
-ONNX Runtime; after `forward()` every blob in `net.blobs` reads as Caffe's would (in-place layers included:
-a blob holds its last writer's value). Reshaping an input blob's batch keeps the converted model; changing
+`Net(deploy, weights, TEST)` converts the deploy net once to ONNX and runs it with ONNX Runtime; after
+`forward()` every blob in `net.blobs` reads as Caffe's would (in-place layers included: a blob holds its last
+writer's value), fetched from ONNX Runtime only when read (lazy.py). Reshaping an input blob's batch keeps the converted model; changing
 its other dimensions converts again on the next `forward()` / `reshape()`.
 
 Where it deliberately differs from pycaffe:
 
-* Inference only. `TRAIN`, `backward()` and `.diff` raise `PycaffeError`: a deploy net runs in TEST phase.
+* Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` computes the
+  diffs of the input blobs (from the outputs' diffs, or from a layer's tops with `start=`) when the
+  prototxt has `force_backward: true`, as Caffe does; other blobs' diffs are not computed (their `.diff` holds
+  what the script wrote), parameters have no `.diff` (see backward.py).
 * `set_mode_gpu()` where CUDA is not usable (no GPU, or onnxruntime without CUDA) prints one warning on
   stderr and keeps running on the CPU, where a CPU-only pycaffe build would abort. The mode (and device)
   in force at each `forward()` chooses the execution provider, as Caffe's global mode does.
 * `Net(deploy)` without weights uses seeded random parameters (`set_random_seed`), not the prototxt's fillers.
 * Parameters: `net.params[layer][i].data` is a writable copy of Caffe's array (made on first access); a
   changed value takes effect from the next `forward()`, which converts again (net surgery works).
-* The Split blobs Caffe inserts for blobs read by several layers are not listed in `net.blobs` (they are
-  bit-identical aliases of their source blob); `forward(start=...)` from a middle layer is refused.
+* The Split layers Caffe inserts for blobs read by several layers are listed in `net.layers` /
+  `net._layer_names` and their tops in `net.blobs` exactly as Caffe names and places them (see splits.py);
+  a Split top reads (and writes) its source blob's memory, as in Caffe.
+* `forward(start=, end=)` runs the layers of the range as a sub-net of their own (converted once per range
+  and input shapes, then cached), fed with the current values of the blobs it reads from outside.
 """
 
 from __future__ import annotations
@@ -36,9 +42,13 @@ from camcaffe.caffe.net import CaffeNet, load_net, net_from_param
 from camcaffe.caffe.prototxt import parse_prototxt, read_prototxt_text
 from camcaffe.convert.converter import ConvertedNet, ConvertOptions, ParamSource, convert_net
 from camcaffe.convert.onnx_io import build_model
-from camcaffe.convert.registry import is_supported
+from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
+from camcaffe.pycaffe.backward import GradientCache
+from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
+from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
+from camcaffe.pycaffe.subnet import SubnetPlan, plan_range, subnet_param
 
 TRAIN = 0
 """pycaffe's `caffe.TRAIN`; refused, since camcaffe runs deploy nets for inference."""
@@ -99,8 +109,24 @@ def set_device(device_id: int) -> None:
 
 
 def set_random_seed(seed: int) -> None:
-    """Seed of the random parameters given to Nets created without weights."""
+    """Seed of the random parameters given to Nets created without weights (Caffe's fillers are not run,
+    so otherwise harmless: a deploy net in TEST phase draws no random numbers)."""
     _STATE.seed = int(seed)
+
+
+def init_log(level: int = 0, stderr: bool = False) -> None:
+    """pycaffe's init_log (glog set-up): a no-op, camcaffe writes only warnings, on stderr."""
+
+
+def log(message: str) -> None:
+    """pycaffe's log: the message on stderr."""
+    print(message, file=sys.stderr)
+
+
+def layer_type_list() -> list[str]:
+    """pycaffe's layer_type_list: the layer types a Net can run here (those camcaffe converts, with Input and
+    the Split layers Caffe inserts), sorted as Caffe's registry lists them."""
+    return sorted({*supported_types(), "Input", "Split"})
 
 
 def _mode_key() -> tuple[bool, int]:
@@ -135,28 +161,50 @@ class Blob:
     def __init__(self, name: str, shape: Sequence[int]):
         self.name = name
         self._data = np.zeros(tuple(shape), dtype=np.float32)
+        self._pending: DeferredValues | None = None  # a forward's value not fetched yet (lazy.py)
 
     @property
     def data(self) -> np.ndarray:
+        if self._pending is not None:
+            self._pending.resolve(self.name)
         return self._data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self.data[...] = value
 
+    def _peek(self) -> np.ndarray:
+        """The array, without fetching a pending value (for its shape)."""
+        return self._data
+
+    def _defer(self, deferred: DeferredValues, shape: tuple[int, ...]) -> None:
+        self._pending = deferred
+        if self._data.shape != shape:
+            self._data = np.zeros(shape, dtype=np.float32)
+
+    def _held_elsewhere(self) -> bool:
+        return held_elsewhere(self._data)
+
     @property
     def diff(self) -> np.ndarray:
-        raise PycaffeError(
-            f"blob '{self.name}': camcaffe runs inference only, there are no gradients (.diff)"
-        )
+        """The blob's gradient: written by scripts (top diffs), computed by backward() for input blobs."""
+        shape = self.shape
+        held = getattr(self, "_diff", None)
+        if held is None or held.shape != shape:
+            held = self._diff = np.zeros(shape, dtype=np.float32)
+        return held
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.diff[...] = value
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
+        return tuple(self._peek().shape)
 
     @property
     def count(self) -> int:
-        return int(self.data.size)
+        return int(self._peek().size)
 
     def _legacy_dim(self, axis: int) -> int:
         shape = self.shape
@@ -194,6 +242,7 @@ class Blob:
 
     def _store(self, value: np.ndarray) -> None:
         """Write a forward result, in place when the shape is unchanged (held references stay live)."""
+        self._pending = None
         if value.shape == self._data.shape:
             np.copyto(self._data, value, casting="unsafe")
         else:
@@ -201,6 +250,46 @@ class Blob:
 
     def __repr__(self) -> str:
         return f"<Blob '{self.name}' {self.shape}>"
+
+
+class SplitBlob(Blob):
+    """A top of an inserted Split layer: Caffe shares its bottom's memory, so it reads and writes the source
+    blob's array."""
+
+    def __init__(self, name: str, source: Blob):
+        self.name = name
+        self.source = source
+
+    @property
+    def data(self) -> np.ndarray:
+        return self.source.data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.source.data[...] = value
+
+    def reshape(self, *shape: int) -> None:
+        self.source.reshape(*shape)
+
+    def _peek(self) -> np.ndarray:
+        return self.source._peek()
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self.source.diff
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.source.diff[...] = value
+
+    def _set(self, array: np.ndarray) -> None:
+        self.source._set(array)
+
+    def _store(self, value: np.ndarray) -> None:
+        self.source._store(value)
+
+    def __repr__(self) -> str:
+        return f"<SplitBlob '{self.name}' of '{self.source.name}' {self.shape}>"
 
 
 class ParamBlob(Blob):
@@ -226,6 +315,13 @@ class ParamBlob(Blob):
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.current().shape)
+
+    @property
+    def diff(self) -> np.ndarray:
+        raise PycaffeError(
+            f"parameter '{self.name}': camcaffe computes no parameter gradients (.diff); backward() gives the "
+            "input blobs' diffs only"
+        )
 
     @property
     def count(self) -> int:
@@ -294,6 +390,20 @@ class _Compiled:
     input_shapes: dict[str, tuple[int, ...]]
     session: object = None
     session_key: tuple[bool, int] | None = None
+    # the sets of tensors fetched so far: ONNX Runtime keeps one session per set (see fetch_list)
+    fetch_sets: set[frozenset[str]] = field(default_factory=set)
+    gradients: GradientCache | None = None
+
+    def all_tensors(self) -> list[str]:
+        return list(dict.fromkeys(self.converted.blob_tensors.values()))
+
+    def fetch_list(self, tensors: list[str]) -> list[str]:
+        """The tensors to ask for: these, or every blob once three other sets have sessions (bounded)."""
+        key = frozenset(tensors)
+        if key not in self.fetch_sets and len(self.fetch_sets) >= 3:
+            return self.all_tensors()
+        self.fetch_sets.add(key)
+        return tensors
 
     def fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
         if self.converted.symbolic_batch:
@@ -359,31 +469,50 @@ class Net:
             raise PycaffeError(f"Net(level={level!r}): only level 0 is supported")
         self._source = str(network_file)
         self._caffe_net = _load_caffe_net(network_file, stages)
+        self._force_backward = parse_prototxt(
+            read_prototxt_text(network_file), str(network_file), is_supported
+        ).force_backward
+        self._forward_inputs: dict[str, np.ndarray] = {}  # the inputs of the last full forward (backward)
         self.inputs = [t for lay in self._caffe_net.layers if lay.type == "Input" for t in lay.top]
         self.outputs = list(self._caffe_net.outputs)
         self._conversions = 0
         self._stale = False
+        # forward(start=/end=) ranges: (first, last, fed shapes) -> the converted part of the net
+        self._subnets: dict[tuple, tuple[SubnetPlan, _Compiled]] = {}
+        # blobs a script read after a forward: fetched with the outputs from then on (lazy.py)
+        self._read_lazily: set[str] = set()
         self._compiled = self._initial_conversion(weights)
         batch = self._compiled.converted.inputs[0][1][0] if self._compiled.converted.inputs else 1
-        self.blobs: OrderedDict[str, Blob] = OrderedDict(
-            (name, Blob(name, self._compiled.blob_shape(name, batch))) for name in self._blob_order()
-        )
+        aliases = split_sources(self._table)
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        for name in blob_order(self._table):
+            source = aliases.get(name)
+            self.blobs[name] = (
+                SplitBlob(name, self.blobs[source])
+                if source is not None
+                else Blob(name, self._compiled.blob_shape(name, batch))
+            )
 
-    # -- structure
+    # -- structure (Caffe's runtime tables, inserted Split layers included)
 
-    def _blob_order(self) -> list[str]:
-        """Caffe's blob table: each top in order of first appearance (input blobs first)."""
-        return list(dict.fromkeys(top for layer in self._caffe_net.layers for top in layer.top))
+    @property
+    def _table(self) -> list[LayerEntry]:
+        table = getattr(self, "_table_cache", None)
+        if table is None:
+            table = self._table_cache = insert_splits(self._caffe_net.layers)
+        return table
 
     @property
     def _layer_names(self) -> list[str]:
-        return [layer.name for layer in self._caffe_net.layers]
+        return [entry.name for entry in self._table]
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
 
     @property
     def layers(self) -> list[Layer]:
-        return [
-            Layer(layer.name, layer.type, self.params.get(layer.name, [])) for layer in self._caffe_net.layers
-        ]
+        return [Layer(entry.name, entry.type, self.params.get(entry.name, [])) for entry in self._table]
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
@@ -391,11 +520,11 @@ class Net:
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict((layer.name, list(layer.top)) for layer in self._caffe_net.layers)
+        return OrderedDict((entry.name, list(entry.tops)) for entry in self._table)
 
     @property
     def bottom_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict((layer.name, list(layer.bottom)) for layer in self._caffe_net.layers)
+        return OrderedDict((entry.name, list(entry.bottoms)) for entry in self._table)
 
     # -- conversion
 
@@ -436,9 +565,7 @@ class Net:
         overrides = {n: list(s) for n, s in shapes.items()} if shapes else None
         fixed = overrides is not None and not self._compiled.converted.symbolic_batch
         batch = next(iter(overrides.values()))[0] if fixed and overrides else None
-        converted = convert_net(
-            self._caffe_net, source, ConvertOptions(batch=batch, expose_all=True, input_shapes=overrides)
-        )
+        converted = convert_net(self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides))
         # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
         converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
         for message in converted.warnings:
@@ -452,23 +579,50 @@ class Net:
     def _input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: self.blobs[name].shape for name in self.inputs}
 
+    def _sync_params(self) -> None:
+        """Parameters edited since the last conversion make every converted model stale."""
+        changed = [blob for blobs in self.params.values() for blob in blobs if blob.changed()]
+        for blob in changed:
+            blob.commit()
+        if changed:
+            self._stale = True
+            self._subnets.clear()
+
     def _prepare(self) -> _Compiled:
         """Convert again when an input's non-batch shape (or a fixed batch) or a parameter changed."""
-        changed = [blob for blobs in self.params.values() for blob in blobs if blob.changed()]
+        self._sync_params()
         shapes = self._input_shapes()
-        if changed or self._stale or not self._compiled.fits(shapes):
+        if self._stale or not self._compiled.fits(shapes):
             self._compiled = self._convert(self._current_params, shapes)
-            for blob in changed:
-                blob.commit()
             self._stale = False
         return self._compiled
+
+    def _prepare_range(self, first: int, last: int) -> tuple[SubnetPlan, _Compiled]:
+        """The converted part of the net for table entries first..last, fed with the blobs' current shapes."""
+        self._sync_params()
+        plan = plan_range(self._table, first, last)
+        key = (first, last, tuple(self.blobs[name].shape for name in plan.feeds))
+        held = self._subnets.get(key)
+        if held is None:
+            param = subnet_param(plan, lambda blob: self.blobs[blob].shape, self._caffe_net.name)
+            sub = net_from_param(param, self._source)
+            converted = convert_net(sub, self._current_params, ConvertOptions())
+            self._conversions += 1
+            for message in converted.warnings:
+                if "keeps the deploy batch" not in message:
+                    _warn(message)
+            metadata = {"camcaffe.version": __version__, "camcaffe.blobs": json.dumps(converted.blob_tensors)}
+            model = build_model(converted, metadata, with_initializers=True)
+            compiled = _Compiled(converted, model, {n: tuple(s) for n, s in converted.inputs})
+            held = self._subnets[key] = (plan, compiled)
+        return held
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes to every other blob (converting again if needed)."""
         compiled = self._prepare()
         batch = self.blobs[self.inputs[0]].num if self.inputs else 1
         for name, blob in self.blobs.items():
-            if name not in self.inputs:
+            if name not in self.inputs and not isinstance(blob, SplitBlob):
                 blob.reshape(*compiled.blob_shape(name, batch))
 
     # -- running
@@ -489,10 +643,10 @@ class Net:
         """The ONNX Runtime execution provider the next forward() runs on."""
         return self._session(self._prepare()).provider_used
 
-    def _run(self, compiled: _Compiled) -> dict[str, np.ndarray]:
+    def _run(
+        self, compiled: _Compiled, feeds: dict[str, np.ndarray], tensors: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         session = self._session(compiled)
-        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in self.inputs}
-        tensors = list(dict.fromkeys(compiled.converted.blob_tensors.values()))
         try:
             return session.run(feeds, tensors)
         except CamcaffeError:
@@ -522,18 +676,15 @@ class Net:
                     f"call net.blobs['{name}'].reshape(*x.shape) first"
                 ) from None
 
-    def _layers_through(self, start: str | None, end: str | None) -> list[caffe_pb2.LayerParameter]:
+    def _layer_index(self, what: str, name: str | None, default: int) -> int:
+        if name is None:
+            return default
         names = self._layer_names
-        for what, name in (("start", start), ("end", end)):
-            if name is not None and name not in names:
-                raise PycaffeError(f"forward({what}='{name}'): the net has no layer of that name")
-        first = next((i for i, layer in enumerate(self._caffe_net.layers) if layer.type != "Input"), 0)
-        if start is not None and names.index(start) > first:
+        if name not in names:
             raise PycaffeError(
-                f"forward(start='{start}'): running from a middle layer is not supported; forward the whole net"
+                f"forward({what}='{name}'): the net has no layer of that name; see net._layer_names"
             )
-        stop = names.index(end) + 1 if end is not None else len(names)
-        return self._caffe_net.layers[:stop]
+        return names.index(name)
 
     def forward(
         self,
@@ -542,23 +693,71 @@ class Net:
         end: str | None = None,
         **kwargs: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """Run the net; every blob written by the layers run (all, or up to `end`) is updated.
+        """Run layers `start`..`end` (default: all) as Caffe's ForwardFromTo: layers before `start` do not
+        run and the blobs they write keep their current values (which the range then reads); layers after
+        `end` do not run. Keyword arguments fill input blobs first.
 
-        Keyword arguments fill input blobs first. Returns {blob: net.blobs[blob].data} for the net's outputs
-        (the tops of `end` when given) and any extra `blobs`."""
+        Returns {blob: net.blobs[blob].data} for the net's outputs (the tops of `end` when given) and any
+        extra `blobs`."""
         for name in blobs or []:
             if name not in self.blobs:
                 raise PycaffeError(f"forward(blobs=[...'{name}']): the net has no blob of that name")
-        layers = self._layers_through(start, end)
+        table = self._table
+        first = self._layer_index("start", start, 0)
+        last = self._layer_index("end", end, len(table) - 1)
+        if first > last:
+            raise PycaffeError(
+                f"forward(start='{start}', end='{end}'): start comes after end in net._layer_names"
+            )
         self._set_inputs(kwargs)
-        compiled = self._prepare()
-        values = self._run(compiled)
-        written = dict.fromkeys(top for layer in layers if layer.type != "Input" for top in layer.top)
-        tensors = compiled.converted.blob_tensors
-        for name in written:
-            self.blobs[name]._store(values[tensors[name]])
-        outputs = list(layers[-1].top) if end is not None else self.outputs
+        outputs = list(table[last].tops if end is not None else self.outputs)
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if real and first <= real[0] and last >= real[-1]:
+            compiled, fed = self._prepare(), list(self.inputs)
+            written: list[str] = [
+                top for layer in self._caffe_net.layers if layer.type != "Input" for top in layer.top
+            ]
+        elif any(first <= i <= last for i in real):
+            plan, compiled = self._prepare_range(first, last)
+            fed, written = list(plan.feeds), list(plan.written)
+        else:
+            fed, written = [], []
+        if written:
+            self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
+        if self._force_backward:
+            self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
         return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
+
+    def _fill(self, compiled: _Compiled, fed: list[str], written: list[str], returned: list[str]) -> None:
+        """Store the blobs a forward wrote: fetch those surely read now, leave the others pending (lazy.py)."""
+        feeds = {name: np.ascontiguousarray(self.blobs[name].data, dtype=np.float32) for name in fed}
+        tensors = compiled.converted.blob_tensors
+        sources = {name: getattr(self.blobs[name], "source", self.blobs[name]).name for name in returned}
+        wanted = {*sources.values(), *self._read_lazily}
+        eager = [n for n in written if n in wanted or self.blobs[n]._held_elsewhere()]
+        deferred = [n for n in written if n not in set(eager)]
+        wanted_tensors = list(dict.fromkeys(tensors[n] for n in eager))
+        values = self._run(compiled, feeds, compiled.fetch_list(wanted_tensors)) if wanted_tensors else {}
+        # the inputs as this forward saw them (a range may write a blob it was fed, in place)
+        snapshot = {name: np.array(array, copy=True) for name, array in feeds.items()} if deferred else {}
+        for name in eager:
+            self.blobs[name]._store(values[tensors[name]])
+        if not deferred:
+            return
+        pending = DeferredValues(
+            lambda names: self._run(compiled, snapshot, compiled.fetch_list(compiled.all_tensors())),
+            {name: tensors[name] for name in deferred},
+            {name: self.blobs[name] for name in deferred},
+            self._read_lazily.add,
+        )
+        batch_shapes = {name: values[tensors[name]].shape for name in eager}
+        for name in deferred:
+            shape = batch_shapes.get(name) or self._written_shape(compiled, name, feeds)
+            self.blobs[name]._defer(pending, shape)
+
+    def _written_shape(self, compiled: _Compiled, name: str, feeds: dict[str, np.ndarray]) -> tuple[int, ...]:
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        return compiled.blob_shape(name, batch)
 
     def _batches(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         arrays = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
@@ -574,7 +773,9 @@ class Net:
             yield batch
 
     def forward_all(self, blobs: Sequence[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        """pycaffe's forward_all: run the inputs through in batches of the input blob's size."""
+        """pycaffe's forward_all: run the inputs through in batches of the input blob's batch size (the last
+        batch padded with zeros, the padding's outputs dropped); returns copies of the outputs (and `blobs`),
+        concatenated."""
         if not kwargs:
             return {name: value.copy() for name, value in self.forward(blobs).items()}
         collected: dict[str, list[np.ndarray]] = {}
@@ -584,8 +785,93 @@ class Net:
         total = len(next(iter(kwargs.values())))
         return {name: np.concatenate(parts)[:total] for name, parts in collected.items()}
 
-    def backward(self, *args, **kwargs) -> None:
-        raise PycaffeError("Net.backward(): camcaffe runs inference only; there is no backward pass")
+    def backward(
+        self,
+        diffs: Sequence[str] | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        **kwargs: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Caffe's backward from the outputs (or from the tops of layer `start`) down to the input blobs: the
+        seed is the current `.diff` of those tops (keyword arguments set the outputs' diffs first). The input
+        blobs' diffs are computed with the model of the last forward, when the prototxt has
+        `force_backward: true` (else, as in Caffe for a net without loss, nothing is computed).
+
+        Returns {blob: diff} for the input blobs and `diffs`."""
+        table = self._table
+        names = self._layer_names
+        for what, name in (("start", start), ("end", end)):
+            if name is not None and name not in names:
+                raise PycaffeError(f"backward({what}='{name}'): the net has no layer of that name")
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if end is not None and names.index(end) > real[0]:
+            raise PycaffeError(
+                f"backward(end='{end}'): only backward down to the input blobs is supported (end=None or "
+                f"end='{table[real[0]].name}')"
+            )
+        for name in diffs or []:
+            if name not in self.inputs:
+                raise PycaffeError(
+                    f"backward(diffs=['{name}']): only the input blobs' diffs are computed; inputs: {self.inputs}"
+                )
+        for name, value in kwargs.items():
+            if name not in self.outputs:
+                raise PycaffeError(
+                    f"backward({name}=...): '{name}' is not an output blob; outputs: {self.outputs}"
+                )
+            if np.shape(value)[:1] != self.blobs[name].shape[:1]:
+                raise PycaffeError(
+                    f"backward({name}=...): diff of shape {np.shape(value)} is not batch sized ({self.blobs[name].num})"
+                )
+            self.blobs[name].diff[...] = value
+        returned = list(
+            dict.fromkeys(
+                [*(self.inputs if end is None else table[names.index(end)].bottoms), *(diffs or [])]
+            )
+        )
+        if self._force_backward:
+            self._input_diffs(self._seeds(start))
+        return {name: self.blobs[name].diff for name in returned}
+
+    def _seeds(self, start: str | None) -> list[str]:
+        """The blobs whose diffs seed the backward: the outputs, or the tops of layer `start`."""
+        if start is None:
+            return list(self.outputs)
+        entry = self._table[self._layer_names.index(start)]
+        if entry.param is None or entry.type == "Input":
+            raise PycaffeError(f"backward(start='{start}'): start at a layer that computes something")
+        writers = self._caffe_net.writers()
+        for top in entry.tops:
+            if writers[top][-1] != entry.name:
+                raise PycaffeError(
+                    f"backward(start='{start}'): its top '{top}' is rewritten in place by '{writers[top][-1]}'; "
+                    f"start at '{writers[top][-1]}' instead"
+                )
+        return list(entry.tops)
+
+    def _input_diffs(self, seeds: list[str]) -> None:
+        compiled = self._prepare()  # the net for the current input shapes and parameters
+        if compiled.gradients is None:
+            compiled.gradients = GradientCache(compiled.model, self._source)
+        tensors = compiled.converted.blob_tensors
+        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
+        feeds = {tensors[name]: value for name, value in inputs.items()}
+        provider = "cuda" if _mode_key()[0] else "cpu"
+        for name in self.inputs:
+            total = np.zeros(self.blobs[name].shape, dtype=np.float32)
+            for seed in seeds:
+                diff = self.blobs[seed].diff
+                if not diff.any():
+                    continue
+                total += compiled.gradients.gradient(
+                    tensors[name], tensors[seed], feeds, diff, provider, f"from '{seed}' to '{name}'"
+                )
+            self.blobs[name].diff[...] = total
+
+    def forward_backward_all(self, *args, **kwargs) -> None:
+        raise PycaffeError(
+            "Net.forward_backward_all(): not supported; call forward_all(), then backward() per batch"
+        )
 
     # -- weights
 
@@ -602,6 +888,7 @@ class Net:
         if not source.used:
             raise WeightsError(f"{weights}: has weights for none of the layers of {self._source}")
         self._stale = True
+        self._subnets.clear()
 
     def save(self, filename: str | os.PathLike) -> None:
         """Write the current parameters as a caffemodel."""
@@ -623,6 +910,10 @@ __all__ = [
     "Net",
     "ParamBlob",
     "PycaffeError",
+    "SplitBlob",
+    "init_log",
+    "layer_type_list",
+    "log",
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",

@@ -173,7 +173,13 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
 
     Refuses zero-byte, undecodable and oversized files with ImageError; the header size is checked before
     the pixels are decoded for the common formats."""
-    data = _read_bytes(path)
+    return decode_image_bytes(_read_bytes(path), path)
+
+
+def decode_image_bytes(data: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """decode_image on the bytes of a file already read (uint8 array); `path` names it in errors."""
+    if data.size == 0:
+        raise ImageError(f"{path}: is empty (zero bytes); give a valid image")
     size = image_size_from_header(data[:65536].tobytes())
     if size is not None:
         _check_pixels(path, *size)

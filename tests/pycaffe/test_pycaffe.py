@@ -272,15 +272,13 @@ def test_forward_end_blobs_and_forward_all(tiny) -> None:
         assert_close(everything["prob"][i : i + 1], single["prob"], f"forward_all prob {i}")
 
 
-def test_inference_only_and_misfit_inputs_are_refused(tiny) -> None:
+def test_misfit_inputs_are_refused(tiny) -> None:
     prototxt, caffemodel = tiny
     net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
     with pytest.raises(pycaffe.PycaffeError, match="gradients"):
-        _ = net.blobs["prob"].diff
-    with pytest.raises(pycaffe.PycaffeError, match="inference only"):
-        net.backward()
-    with pytest.raises(pycaffe.PycaffeError, match="middle layer"):
-        net.forward(start="pool1")
+        _ = net.params["fc"][0].diff
+    with pytest.raises(pycaffe.PycaffeError, match="start comes after end"):
+        net.forward(start="fc", end="pool1")
     with pytest.raises(pycaffe.PycaffeError, match="not an input"):
         net.forward(image=np.zeros((2, 3, 8, 8), np.float32))
     with pytest.raises(pycaffe.PycaffeError, match="batch sized"):
@@ -406,10 +404,6 @@ def test_blobproto_round_trip() -> None:
 # ------------------------------------------------------------------------- REAL Caffe (../shared)
 
 
-def _split_alias(name: str) -> bool:
-    return "_split_" in name
-
-
 @pytest.mark.parametrize("folder", ["googlenet_cam14", "googlenet_cam"])
 def test_blobs_equal_real_caffe(folder: str) -> None:
     root = shared_path("golden", folder)
@@ -421,11 +415,15 @@ def test_blobs_equal_real_caffe(folder: str) -> None:
     reference = np.load(root / "blobs.npz")
     checked = 0
     for name in reference.files:
-        if _split_alias(name):
-            continue
         assert_close(net.blobs[name].data, reference[name], f"{folder}:{name}")
         checked += 1
     assert checked >= 50
+    splits = [name for name, layer in zip(net._layer_names, net.layers, strict=True) if layer.type == "Split"]
+    assert len(splits) >= 7
+    for name in splits:  # Caffe shares the source's memory: bit-identical
+        (source,) = net.bottom_names[name]
+        for top in net.top_names[name]:
+            assert net.blobs[top].data is net.blobs[source].data, top
     np.testing.assert_array_equal(out["prob"], net.blobs["prob"].data)
     cam_conv = net.blobs["CAM_conv"].data
     assert cam_conv.min() >= 0.0 and (cam_conv == 0).any()  # post-ReLU, as Caffe's blob table holds it
@@ -440,10 +438,11 @@ def test_blob_and_layer_tables_match_pycaffe() -> None:
     root = shared_path("golden", "googlenet_cam")
     index = json.loads((root / "blobs_index.json").read_text())
     net = caffe.Net(str(root / "deploy.prototxt"), str(root / "weights.caffemodel"), caffe.TEST)
-    caffe_blobs = [name for name in index["blobs"] if not _split_alias(name)]
-    assert list(net.blobs) == caffe_blobs
-    for name in caffe_blobs:
+    assert list(net.blobs) == list(index["blobs"]) == net._blob_names  # Split tops included, in place
+    for name in index["blobs"]:
         assert list(net.blobs[name].shape) == index["blobs"][name]["shape"], name
-    caffe_layers = [layer["name"] for layer in index["layers"] if layer["type"] != "Split"]
-    assert net._layer_names == caffe_layers
+    assert net._layer_names == [layer["name"] for layer in index["layers"]]
+    assert [layer.type for layer in net.layers] == [layer["type"] for layer in index["layers"]]
+    assert list(net.bottom_names.values()) == [layer["bottoms"] for layer in index["layers"]]
+    assert list(net.top_names.values()) == [layer["tops"] for layer in index["layers"]]
     assert net.outputs == index["outputs"]

@@ -1,0 +1,134 @@
+"""net.backward(): input blob diffs from the outputs' (or a layer's tops') diffs, checked against finite
+differences of a numpy Caffe oracle in float64; force_backward honoured as Caffe does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import camcaffe as caffe
+from camcaffe.convert.random_model import write_random_caffemodel
+from tests import caffe_reference
+from tests.pycaffe.test_pycaffe import TINY_NET, caffemodel_arrays, random_input
+
+FORCED = "force_backward: true\n" + TINY_NET
+
+
+@pytest.fixture
+def forced(tmp_path: Path):
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(FORCED)
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=11)
+    weights = {k: [np.asarray(a, np.float64) for a in v] for k, v in caffemodel_arrays(caffemodel).items()}
+    return prototxt, caffemodel, weights
+
+
+def _numeric_gradient(text: str, weights, x: np.ndarray, blob: str, seed: np.ndarray, points) -> list[float]:
+    def f(values: np.ndarray) -> float:
+        return float((caffe_reference.forward(text, weights, {"data": values})[blob] * seed).sum())
+
+    grads = []
+    for index in points:
+        eps = 1e-2  # the oracle stores float32 blobs: a larger step keeps rounding out of the quotient
+        up, down = x.copy(), x.copy()
+        up[index] += eps
+        down[index] -= eps
+        grads.append((f(up) - f(down)) / (2 * eps))
+    return grads
+
+
+def _points(shape, count: int, seed: int) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(rng.integers(0, d)) for d in shape) for _ in range(count)]
+
+
+def test_data_gradient_matches_finite_differences(forced) -> None:
+    prototxt, caffemodel, weights = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    x = random_input((2, 3, 8, 8), seed=1)
+    net.forward(data=x)
+    seed = np.zeros((2, 5), np.float32)
+    seed[0, 2] = 1.0
+    seed[1, 4] = -0.5
+    out = net.backward(prob=seed)
+    assert list(out) == ["data"] and out["data"] is net.blobs["data"].diff
+    points = _points(x.shape, 12, seed=2)
+    expected = _numeric_gradient(FORCED, weights, x.astype(np.float64), "prob", seed, points)
+    got = [float(out["data"][p]) for p in points]
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-5)
+    assert np.abs(out["data"]).max() > 0
+
+
+def test_backward_from_a_layer_as_deep_dream_does(forced) -> None:
+    prototxt, caffemodel, weights = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    x = random_input((2, 3, 8, 8), seed=3)
+    net.blobs["data"].data[...] = x
+    net.forward(end="pool1")
+    dst = net.blobs["pool1"]
+    dst.diff[:] = dst.data  # the L2 objective of deep dream
+    net.backward(start="pool1")
+    gradient = net.blobs["data"].diff
+    truncated = FORCED.split('layer { name: "fc"')[0]
+    points = _points(x.shape, 10, seed=4)
+    seed = dst.data.astype(np.float64)
+    expected = _numeric_gradient(truncated, weights, x.astype(np.float64), "pool1", seed, points)
+    np.testing.assert_allclose([float(gradient[p]) for p in points], expected, rtol=2e-3, atol=1e-5)
+
+
+def test_without_force_backward_nothing_is_computed(tmp_path: Path) -> None:
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(TINY_NET)
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=12)
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=5))
+    out = net.backward(prob=np.ones((2, 5), np.float32))
+    assert not out["data"].any()  # a net without loss needs no backward unless forced, as in Caffe
+
+
+def test_backward_misuse_is_refused(forced) -> None:
+    prototxt, caffemodel, _ = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=6))
+    with pytest.raises(caffe.PycaffeError, match="not an output"):
+        net.backward(fc=np.ones((2, 5), np.float32))
+    with pytest.raises(caffe.PycaffeError, match="only the input blobs"):
+        net.backward(diffs=["conv1"])
+    with pytest.raises(caffe.PycaffeError, match="rewritten in place"):
+        net.backward(start="bn1")
+    with pytest.raises(caffe.PycaffeError, match="parameter gradients"):
+        _ = net.params["fc"][0].diff
+    with pytest.raises(caffe.PycaffeError, match="forward_all"):
+        net.forward_backward_all()
+
+
+@pytest.mark.parametrize("folder", ["googlenet_cam", "squeezenet_v1.1"])
+def test_golden_net_gradient_matches_finite_differences(folder: str, tmp_path: Path) -> None:
+    from tests.helpers import shared_path
+
+    root = shared_path("golden", folder)
+    prototxt = tmp_path / "deploy.prototxt"
+    text = (root / "deploy.prototxt").read_text()
+    prototxt.write_text(text if "force_backward: true" in text else "force_backward: true\n" + text)
+    net = caffe.Net(str(prototxt), str(root / "weights.caffemodel"), caffe.TEST)
+    x = np.load(root / "input.npy").astype(np.float32)
+    net.blobs["data"].reshape(*x.shape)
+    output = net.outputs[0]
+    prob = net.forward(data=x)[output].copy()
+    seed = np.random.default_rng(0).normal(0, 1, prob.shape).astype(np.float32)
+    gradient = net.backward(**{output: seed})["data"].astype(np.float64)
+
+    def f(values: np.ndarray) -> float:
+        return float((net.forward(data=values)[output].astype(np.float64) * seed).sum())
+
+    # the derivative along the gradient's own direction is its norm; steps of 0.25 in a unit direction over
+    # ~150k inputs spanning +-128 stay within the piecewise-linear pieces and far above float32 rounding
+    norm = float(np.linalg.norm(gradient))
+    direction = (gradient / norm).astype(np.float32)
+    step = 0.25
+    numeric = (f(x + step * direction) - f(x - step * direction)) / (2 * step)
+    assert norm > 0 and abs(numeric - norm) <= 1e-2 * norm, (numeric, norm)
