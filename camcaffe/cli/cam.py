@@ -67,6 +67,20 @@ def add_parser(subparsers) -> None:
         "classifier, on --feature-layer (default: the CAM feature, else the last convolution)",
     )
     parser.add_argument(
+        "--score",
+        choices=["logit", "prob"],
+        default="logit",
+        help="gradient methods: differentiate the class logit (default) or its Softmax probability (as the "
+        "Keras Grad-CAM tutorial does; a different map)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["nchw", "nhwc"],
+        default=None,
+        help="how the net takes images: nchw (Caffe, PyTorch) or nhwc (channels-last: Keras, tf2onnx); "
+        "default: nhwc when the input's last dim is 1 or 3 and its second is not",
+    )
+    parser.add_argument(
         "--boxes",
         default="threshold",
         metavar="KIND",

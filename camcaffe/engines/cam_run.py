@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 EXIT_SOME_FAILED = 1
 
 
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
+
+
 @dataclass
 class CamOptions:
     """What `camcaffe cam` was asked, with the command line's defaults."""
@@ -58,6 +61,8 @@ class CamOptions:
     channel_swap: list[int] | None = None
     input_scale: float | None = None
     input_size: list[int] | None = None
+    layout: str | None = None
+    score: str = "logit"
     quiet: bool = False
 
     @classmethod
@@ -84,6 +89,11 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
     if options.input_size is not None and (len(options.input_size) != 2 or min(options.input_size) <= 0):
         raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
+    if options.score != "logit" and options.method not in GRADIENT_METHODS:
+        raise CamcaffeError(
+            f"--score {options.score} applies to the gradient methods ({', '.join(GRADIENT_METHODS)}), not "
+            f"--method {options.method}"
+        )
     if options.top_k == 0 and not options.classes:
         raise CamcaffeError("--top-k 0 maps no class; give at least one --class or a positive --top-k")
     from camcaffe.runtime.preprocess import max_image_pixels
@@ -127,6 +137,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         boxes=options.boxes,
         batch_size=options.batch_size,
         input_size=tuple(options.input_size) if options.input_size else None,
+        layout=options.layout,
+        score=options.score,
     )
     paths, problems = expand_inputs(options.inputs)
     if not paths:

@@ -133,6 +133,8 @@ def run_evaluate(options: EvaluateOptions) -> int:
                 resize=resize,
                 method=options.method or run.get("method") or "cam",
                 batch_size=options.batch_size,
+                layout=run.get("layout"),
+                score=run.get("score") or "logit",
             ),
             feature_layer=options.feature_layer or run.get("feature_layer"),
             fc_layer=options.fc_layer or run.get("fc_layer"),

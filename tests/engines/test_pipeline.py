@@ -129,3 +129,28 @@ def test_pipeline_pool_keeps_order_and_results(session, tmp_path):
     assert pooled[4].error and "missing.png" in pooled[4].error
     assert default_workers("CUDAExecutionProvider")[0] == 1
     assert default_workers("CPUExecutionProvider")[0] >= 1
+
+
+@pytest.mark.parametrize(
+    ("dims", "given", "layout"),
+    [
+        ([1, 3, 224, 224], None, "nchw"),
+        (["batch", 224, 224, 3], None, "nhwc"),
+        ([None, 32, 32, 1], None, "nhwc"),
+        ([1, 3, 8, 3], None, "nchw"),  # second dim 3: channels-first
+        ([1, 3, 224, 224], "nhwc", "nhwc"),
+        ([1, 224, 224, 3], "nchw", "nchw"),
+    ],
+)
+def test_input_layout(dims, given, layout):
+    from camcaffe.engines.pipeline import input_layout
+
+    assert input_layout(dims, given) == layout
+
+
+def test_unknown_layout_is_refused():
+    from camcaffe.engines.pipeline import input_layout
+    from camcaffe.errors import CamcaffeError
+
+    with pytest.raises(CamcaffeError, match="--layout nwhc: unknown"):
+        input_layout([1, 3, 8, 8], "nwhc")
