@@ -89,6 +89,11 @@ def _resnet18(torch):
         def forward(self, x):
             return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
+        def forward_view(self, x):
+            """The older tutorials' `x.view(x.size(0), -1)`: exported as Reshape to Shape -> Gather -> Concat."""
+            pooled = self.avgpool(self.features(x))
+            return self.fc(pooled.view(pooled.size(0), -1))
+
     torch.manual_seed(0)
     model = ResNet18()
     with torch.no_grad():  # trained-looking batch norm statistics, not the identity
@@ -108,9 +113,23 @@ def torch_net(tmp_path_factory):
     return torch, _resnet18(torch), tmp_path_factory.mktemp("torch"), inputs
 
 
+def _view_model(torch, model):
+    """The same net (same weights) whose forward flattens with `view`."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net.forward_view(x)
+
+    return Wrapper().eval()
+
+
 def _export(torch_net, export: str) -> Path:
-    """The net exported by torch.onnx.export as the tutorials do: legacy (TorchScript, dynamic batch) or dynamo
-    (torch.export; batch fixed at 1), once per module."""
+    """The net exported by torch.onnx.export as the tutorials do: legacy (TorchScript, dynamic batch; 'view':
+    flattened by `view`, a shape computed at run time) or dynamo (torch.export; batch fixed at 1), once."""
     torch, model, folder, _ = torch_net
     path = folder / f"{export}.onnx"
     if path.exists():
@@ -118,9 +137,9 @@ def _export(torch_net, export: str) -> Path:
     example = torch.randn(1, 3, 96, 96)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if export == "legacy":
+        if export in ("legacy", "view"):
             torch.onnx.export(
-                model,
+                model if export == "legacy" else _view_model(torch, model),
                 (example,),
                 str(path),
                 dynamo=False,
@@ -134,7 +153,7 @@ def _export(torch_net, export: str) -> Path:
     return path
 
 
-EXPORTS = ["legacy", pytest.param("dynamo", marks=pytest.mark.slow)]  # the dynamo export takes ~25 s
+EXPORTS = ["legacy", "view", pytest.param("dynamo", marks=pytest.mark.slow)]  # the dynamo export takes ~25 s
 
 
 def _torch_cam(torch, model, inputs: np.ndarray, cls: int) -> np.ndarray:
