@@ -111,6 +111,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--input-scale", type=float, help="override input scale")
     parser.add_argument(
+        "--std",
+        type=lambda t: parse_floats(t, "--std"),
+        help="per-channel divisor after the mean, net channel order (torchvision: 0.229,0.224,0.225)",
+    )
+    parser.add_argument(
         "--input-size",
         type=lambda t: parse_ints(t, "--input-size"),
         metavar="H,W",

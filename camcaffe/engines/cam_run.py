@@ -60,6 +60,7 @@ class CamOptions:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    std: list[float] | None = None
     input_size: list[int] | None = None
     layout: str | None = None
     score: str = "logit"
@@ -123,7 +124,9 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         mean_image = load_mean_file(options.mean_file)
     preprocess, assumed = preprocess_from_metadata(
         session,
-        Preprocess(options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale),
+        Preprocess(
+            options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
+        ),
     )
     settings = CamSettings(
         top_k=top_k,

@@ -121,7 +121,12 @@ def run_evaluate(options: EvaluateOptions) -> int:
 
             mean_image = load_mean_file(pre["mean_file"])
         overrides = Preprocess(
-            pre.get("mean"), mean_image, pre.get("raw_scale"), pre.get("channel_swap"), pre.get("input_scale")
+            pre.get("mean"),
+            mean_image,
+            pre.get("raw_scale"),
+            pre.get("channel_swap"),
+            pre.get("input_scale"),
+            pre.get("std"),
         )
         preprocess, _ = preprocess_from_metadata(session, overrides)
         resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop") else "warp")

@@ -75,6 +75,7 @@ class Preprocess:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    std: list[float] | None = None  # per channel, net order: (x - mean) / std, as torchvision's Normalize
 
 
 @dataclass
@@ -116,6 +117,7 @@ def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tu
         if overrides.channel_swap is not None
         else base.get("channel_swap"),
         input_scale=overrides.input_scale if overrides.input_scale is not None else base.get("input_scale"),
+        std=overrides.std if overrides.std is not None else base.get("std"),
     ), assumed
 
 
@@ -208,6 +210,8 @@ class CamPipeline:
             self.transformer.set_mean(self.input_name, preprocess.mean_image)
         elif preprocess.mean is not None:
             self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
+        if preprocess.std is not None:
+            self.transformer.set_std(self.input_name, preprocess.std)
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
         self.views = make_views(settings.resize, self.input_hw, settings.crop_base)

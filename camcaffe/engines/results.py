@@ -92,6 +92,7 @@ def write_settings(job: CamJob, mean_file: Path | None) -> None:
                 "raw_scale": pre.raw_scale,
                 "channel_swap": None if pre.channel_swap is None else [int(v) for v in pre.channel_swap],
                 "input_scale": pre.input_scale,
+                "std": None if pre.std is None else [float(v) for v in pre.std],
             },
         },
     )

@@ -153,3 +153,15 @@ def test_gradcam_with_probability_score_keeps_the_probability_column(model, tmp_
         assert json.loads((out / "cam_settings.json").read_text())["score"] == score
     pd.testing.assert_series_equal(runs["logit"]["probability"], runs["prob"]["probability"])
     assert runs["prob"]["probability"].between(0, 1).all()
+
+
+def test_std_is_applied_and_recorded(model, tmp_path):
+    photos = _photos(tmp_path / "photos", 1)
+    tables = {}
+    for name, std in (("plain", None), ("std", [0.5, 0.5, 0.5])):
+        out = tmp_path / name
+        options = camcaffe.CamOptions(model, [str(photos)], out, std=std, save_npy=True, quiet=True)
+        assert camcaffe.run_cam(options) == 0
+        tables[name] = pd.read_csv(out / "results.csv")
+        assert json.loads((out / "cam_settings.json").read_text())["preprocess"]["std"] == std
+    assert not np.allclose(tables["plain"]["probability"], tables["std"]["probability"])
