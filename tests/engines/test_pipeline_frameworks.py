@@ -203,8 +203,9 @@ def test_torch_score_prob_without_softmax_is_refused(torch_net):
 # --------------------------------------------------------------------------------------------------- Keras
 
 
-@pytest.fixture(scope="module")
-def keras_export(tmp_path_factory):
+def _keras(tmp_path_factory, top: str):
+    """A small VGG-style Keras 3 net exported to ONNX: 'gap' (GAP + Dense softmax, the CAM tutorials) or
+    'flatten' (Flatten + Dense relu + Dense softmax, VGG16 with its top as in Deep Learning with Python)."""
     pytest.importorskip("torch", reason="Keras 3 runs here on its torch backend, which needs torch")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras", reason="the Keras export tests need keras 3")
@@ -219,19 +220,32 @@ def keras_export(tmp_path_factory):
     x = layers.MaxPooling2D(name="block1_pool")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block5_conv1")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block5_conv3")(x)
-    pooled = layers.GlobalAveragePooling2D(name="gap")(x)
+    if top == "gap":
+        pooled = layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        pooled = layers.Dense(12, activation="relu", name="fc1")(layers.Flatten(name="flatten")(x))
     predictions = layers.Dense(3, activation="softmax", name="predictions")(pooled)
     model = keras.Model(image, predictions)
     dense = model.get_layer("predictions")
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel * 4.0, bias])  # confident enough that the softmax gradient is not tiny
     model(np.zeros((1, 48, 48, 3), np.float32))  # Keras exports only a model that was called
-    path = tmp_path_factory.mktemp("keras") / "vgg.onnx"
+    path = tmp_path_factory.mktemp("keras") / f"vgg_{top}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.export(str(path), format="onnx")
     inputs = np.random.default_rng(1).uniform(-1, 1, size=(2, 48, 48, 3)).astype(np.float32)
     return keras, model, path, inputs
+
+
+@pytest.fixture(scope="module")
+def keras_export(tmp_path_factory):
+    return _keras(tmp_path_factory, "gap")
+
+
+@pytest.fixture(scope="module")
+def keras_flatten_export(tmp_path_factory):
+    return _keras(tmp_path_factory, "flatten")
 
 
 def _keras_feature_model(keras, model):
@@ -287,3 +301,17 @@ def test_keras_probability_and_logit_scores_give_different_maps(keras_export):
     prob = _maps(_pipeline(path, "gradcam", score="prob"), batch, [0])
     normalised = [m / m.max(axis=(2, 3), keepdims=True) for m in (logit, prob)]
     assert np.abs(normalised[0] - normalised[1]).max() > 1e-3
+
+
+def test_keras_gradcam_without_gap_finds_the_last_convolution(keras_flatten_export):
+    """No CAM head (Flatten + Dense): the feature is the last Conv's value after the Transpose back to
+    channels-last, its bias and its ReLU, i.e. Keras's block5_conv3 output."""
+    keras, model, path, inputs = keras_flatten_export
+    pipeline = _pipeline(path, "gradcam", score="prob")
+    assert pipeline.head.layout == "nhwc"
+    classes = np.asarray(model(inputs).detach().cpu()).argmax(axis=1)
+    for image, cls in zip(inputs, classes, strict=True):
+        ours = _maps(pipeline, image[None].transpose(0, 3, 1, 2), [int(cls)])[0, 0]
+        theirs = _keras_gradcam_prob(keras, model, image[None], int(cls))[0]
+        error = _relative_error(ours / ours.max(), theirs)
+        assert error <= RELATIVE, f"class {cls}: relative error {error:.3g}"

@@ -84,6 +84,15 @@ class _Lookup:
                     return numpy_helper.to_array(attr.t)
         return None
 
+    def is_constant(self, tensor: str, depth: int = 0) -> bool:
+        """An initializer, or computed from initializers only (Constant, an Identity of a shared weight ...)."""
+        if tensor in self.constants:
+            return True
+        index = self.producer.get(tensor)
+        if index is None or depth > 16:
+            return False
+        return all(self.is_constant(t, depth + 1) for t in self.nodes[index].input if t)
+
     def label(self, tensor: str) -> str:
         index = self.producer.get(tensor)
         return tensor if index is None else (self.nodes[index].name or tensor)
@@ -160,8 +169,18 @@ def _scores(lookup: _Lookup, blobs: dict[str, str], fc_layer: str | None) -> tup
     )
 
 
+def _keeps_the_map(node: onnx.NodeProto) -> bool:
+    """An in-place-like op, or the Transpose to channels-last that Keras / tf2onnx put after every Conv."""
+    from camcaffe.explain.cam_head import _attrs
+
+    if node.op_type == "Transpose":
+        return list(_attrs(node).get("perm", [])) == [0, 2, 3, 1]
+    return _passes(node, _IN_PLACE)
+
+
 def _last_conv_feature(lookup: _Lookup, score: str) -> str | None:
-    """The final value (after in-place activations) of the last Conv with a spatial map before `score`."""
+    """The final value (after in-place activations, and for channels-last nets the bias and activation after the
+    Transpose back to channels-last) of the last Conv with a spatial map before `score`."""
     before = lookup.ancestors(score)
     best = None
     for index, node in enumerate(lookup.nodes):
@@ -180,9 +199,9 @@ def _last_conv_feature(lookup: _Lookup, score: str) -> str | None:
         node = lookup.nodes[consumers[0]]
         others = [t for t in node.input[1:] if t]
         if (
-            not _passes(node, _IN_PLACE)
+            not _keeps_the_map(node)
             or node.input[0] != tensor
-            or any(t not in lookup.constants for t in others)
+            or not all(lookup.is_constant(t) for t in others)
         ):
             return tensor
         tensor = node.output[0]
@@ -194,9 +213,12 @@ def _passes(node: onnx.NodeProto, ops: set[str]) -> bool:
     return node.op_type in ops and (node.op_type != "Cast" or is_float_cast(node))
 
 
-def feature_layout(lookup: _Lookup, tensor: str) -> str:
-    """'nhwc' when the first op after `tensor` (past casts and elementwise ops) reads it channels-last: a
-    Transpose to channels-first or a ReduceMean over axes (1, 2); else 'nchw'."""
+_MAP_OPS = _IN_PLACE | {"Relu", "Sigmoid", "Tanh"}
+
+
+def _layout_read_after(lookup: _Lookup, tensor: str) -> str | None:
+    """The layout the first op after `tensor` (past casts and elementwise ops) reads it in, if it tells: a
+    Transpose, a ReduceMean over (1, 2) or (2, 3), a Conv or pooling; else None."""
     from camcaffe.explain.cam_head import _attrs
 
     frontier, seen = [tensor], {tensor}
@@ -213,10 +235,35 @@ def feature_layout(lookup: _Lookup, tensor: str) -> str:
                 return "nhwc" if axes is not None and sorted(int(a) % 4 for a in axes) == [1, 2] else "nchw"
             if node.op_type in _READS_NCHW:
                 return "nchw"
-            if _passes(node, _IN_PLACE | {"Relu", "Sigmoid", "Tanh"}) and node.output[0] not in seen:
+            if _passes(node, _MAP_OPS) and node.output[0] not in seen:
                 seen.add(node.output[0])
                 frontier.append(node.output[0])
+    return None
+
+
+def _layout_made_before(lookup: _Lookup, tensor: str) -> str:
+    """'nhwc' when `tensor` comes (past casts and elementwise ops) from a Transpose to channels-last."""
+    from camcaffe.explain.cam_head import _attrs
+
+    current = tensor
+    for _ in range(len(lookup.nodes)):
+        index = lookup.producer.get(current)
+        if index is None:
+            return "nchw"
+        node = lookup.nodes[index]
+        if node.op_type == "Transpose":
+            return "nhwc" if list(_attrs(node).get("perm", [])) == [0, 2, 3, 1] else "nchw"
+        if not _passes(node, _MAP_OPS):
+            return "nchw"
+        current = node.input[0]
     return "nchw"
+
+
+def feature_layout(lookup: _Lookup, tensor: str) -> str:
+    """'nhwc' when the ops after `tensor` read it channels-last (a Transpose to channels-first, a ReduceMean
+    over axes (1, 2)) or, when they do not tell (a Flatten), when it was made by a Transpose to channels-last
+    (Keras and tf2onnx after every Conv); else 'nchw'."""
+    return _layout_read_after(lookup, tensor) or _layout_made_before(lookup, tensor)
 
 
 def resolve_target(
