@@ -46,9 +46,17 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--resize",
-        choices=["warp", "crop"],
+        choices=["warp", "crop", "torchvision"],
         default="warp",
-        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop",
+        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop; "
+        "torchvision: shorter side to 256 with Pillow's bilinear filter, centre crop (Resize + CenterCrop)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["caffe", "torchvision"],
+        default=None,
+        help="preprocessing of a framework, for the flags not given: caffe (the default: the model's metadata "
+        "or BGR 0-255 mean 104,117,123); torchvision (RGB, 0-1, ImageNet mean/std, --resize torchvision)",
     )
     parser.add_argument(
         "--crops",

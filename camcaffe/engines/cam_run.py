@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,31 @@ EXIT_SOME_FAILED = 1
 
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
+# --preset: the preprocessing of a framework's tutorials, for the flags a user did not give.
+PRESETS: dict[str, dict[str, Any]] = {
+    "caffe": {},
+    "torchvision": {  # transforms.Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)
+        "resize": "torchvision",
+        "raw_scale": 1.0,
+        "channel_swap": [0, 1, 2],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+}
+
+
+def apply_preset(options: CamOptions) -> CamOptions:
+    """`options` with the preset's settings where the flag was not given (--resize: where it is 'warp')."""
+    if options.preset is None:
+        return options
+    if options.preset not in PRESETS:
+        raise CamcaffeError(f"--preset {options.preset}: unknown; choose one of {', '.join(PRESETS)}")
+    values = {}
+    for key, value in PRESETS[options.preset].items():
+        given = getattr(options, key)
+        if given is None or (key == "resize" and given == "warp"):
+            values[key] = value
+    return replace(options, **values)
 
 
 @dataclass
@@ -64,6 +89,7 @@ class CamOptions:
     input_size: list[int] | None = None
     layout: str | None = None
     score: str = "logit"
+    preset: str | None = None
     quiet: bool = False
 
     @classmethod
@@ -78,6 +104,7 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
     from camcaffe.engines.inputs import expand_inputs, output_stems
     from camcaffe.engines.pipeline import CamSettings, Preprocess, preprocess_from_metadata
 
+    options = apply_preset(options)
     if options.batch_size <= 0:
         raise CamcaffeError(f"--batch-size must be a positive integer, got {options.batch_size}")
     if not 0.0 <= options.alpha <= 1.0:

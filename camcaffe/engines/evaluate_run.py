@@ -129,7 +129,7 @@ def run_evaluate(options: EvaluateOptions) -> int:
             pre.get("std"),
         )
         preprocess, _ = preprocess_from_metadata(session, overrides)
-        resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop") else "warp")
+        resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop", "torchvision") else "warp")
         pipeline = CamPipeline(
             session,
             preprocess,

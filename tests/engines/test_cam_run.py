@@ -165,3 +165,13 @@ def test_std_is_applied_and_recorded(model, tmp_path):
         tables[name] = pd.read_csv(out / "results.csv")
         assert json.loads((out / "cam_settings.json").read_text())["preprocess"]["std"] == std
     assert not np.allclose(tables["plain"]["probability"], tables["std"]["probability"])
+
+
+def test_presets_fill_only_the_flags_not_given(model, tmp_path):
+    from camcaffe.engines.cam_run import apply_preset
+
+    filled = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="torchvision", raw_scale=255.0))
+    assert filled.raw_scale == 255.0 and filled.std == [0.229, 0.224, 0.225] and filled.resize == "torchvision"
+    assert apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="caffe")).mean is None
+    with pytest.raises(CamcaffeError, match="--preset keras: unknown"):
+        apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras"))

@@ -109,7 +109,7 @@ def _resnet18(torch):
 @pytest.fixture(scope="module")
 def torch_net(tmp_path_factory):
     torch = pytest.importorskip("torch", reason="the PyTorch export tests need torch (a CPU wheel)")
-    inputs = np.random.default_rng(0).normal(size=(2, 3, 96, 96)).astype(np.float32)
+    inputs = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
     return torch, _resnet18(torch), tmp_path_factory.mktemp("torch"), inputs
 
 
@@ -134,7 +134,7 @@ def _export(torch_net, export: str) -> Path:
     path = folder / f"{export}.onnx"
     if path.exists():
         return path
-    example = torch.randn(1, 3, 96, 96)
+    example = torch.randn(1, 3, 224, 224)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if export in ("legacy", "view"):
@@ -314,4 +314,47 @@ def test_keras_gradcam_without_gap_finds_the_last_convolution(keras_flatten_expo
         ours = _maps(pipeline, image[None].transpose(0, 3, 1, 2), [int(cls)])[0, 0]
         theirs = _keras_gradcam_prob(keras, model, image[None], int(cls))[0]
         error = _relative_error(ours / ours.max(), theirs)
+        assert error <= RELATIVE, f"class {cls}: relative error {error:.3g}"
+
+
+# ------------------------------------------------------------------------------------ torchvision preprocessing
+
+PHOTOS = sorted((Path(__file__).resolve().parents[2] / "examples" / "demo" / "images").glob("*.*g"))
+
+
+def _torchvision_input(photo: Path) -> np.ndarray:
+    """transforms.Compose([Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)]) on
+    Image.open(photo).convert('RGB'), written with Pillow and numpy (torchvision itself is not installed)."""
+    image = pytest.importorskip("PIL.Image", reason="the torchvision reference preprocessing needs Pillow")
+    picture = image.open(photo).convert("RGB")
+    width, height = picture.size
+    short, long = min(width, height), max(width, height)
+    size = (256, int(256 * long / short)) if width <= height else (int(256 * long / short), 256)
+    resized = picture.resize(size, image.BILINEAR)
+    left, top = int(round((resized.size[0] - 224) / 2.0)), int(round((resized.size[1] - 224) / 2.0))
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32) / np.float32(255)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    return ((crop - mean) / std).transpose(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=[p.name for p in PHOTOS])
+def test_torch_cam_with_the_torchvision_preset_on_photos(torch_net, photo, tmp_path):
+    from camcaffe.engines.cam_run import CamOptions, apply_preset
+
+    torch, model, _, _ = torch_net
+    options = apply_preset(CamOptions(_export(torch_net, "legacy"), [], tmp_path, preset="torchvision"))
+    preprocess = Preprocess(options.mean, None, options.raw_scale, options.channel_swap, None, options.std)
+    session = ModelSession(_export(torch_net, "legacy"), "cpu")
+    pipeline = CamPipeline(session, preprocess, CamSettings(method="cam", resize=options.resize))
+    _, inputs = pipeline.load(photo)
+    reference = _torchvision_input(photo)
+    np.testing.assert_allclose(inputs, reference, rtol=0, atol=1e-5)
+    ours = _maps(pipeline, inputs, [0, 1])
+    probabilities, _ = pipeline.infer(inputs)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference)).numpy()
+    assert probabilities.argmax() == logits.argmax()
+    for cls in (0, 1):
+        error = _relative_error(ours[:, cls], _torch_cam(torch, model, reference, cls))
         assert error <= RELATIVE, f"class {cls}: relative error {error:.3g}"
