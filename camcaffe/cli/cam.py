@@ -46,9 +46,17 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--resize",
-        choices=["warp", "crop"],
+        choices=["warp", "crop", "torchvision"],
         default="warp",
-        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop",
+        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop; "
+        "torchvision: shorter side to 256 with Pillow's bilinear filter, centre crop (Resize + CenterCrop)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["caffe", "torchvision"],
+        default=None,
+        help="preprocessing of a framework, for the flags not given: caffe (the default: the model's metadata "
+        "or BGR 0-255 mean 104,117,123); torchvision (RGB, 0-1, ImageNet mean/std, --resize torchvision)",
     )
     parser.add_argument(
         "--crops",
@@ -65,6 +73,20 @@ def add_parser(subparsers) -> None:
         "gradcam++, layercam (gradients of the pre-softmax class score), scorecam (masked inputs, "
         "--batch-size per forward), ablationcam, eigencam (class-agnostic); the non-CAM methods work on any "
         "classifier, on --feature-layer (default: the CAM feature, else the last convolution)",
+    )
+    parser.add_argument(
+        "--score",
+        choices=["logit", "prob"],
+        default="logit",
+        help="gradient methods: differentiate the class logit (default) or its Softmax probability (as the "
+        "Keras Grad-CAM tutorial does; a different map)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["nchw", "nhwc"],
+        default=None,
+        help="how the net takes images: nchw (Caffe, PyTorch) or nhwc (channels-last: Keras, tf2onnx); "
+        "default: nhwc when the input's last dim is 1 or 3 and its second is not",
     )
     parser.add_argument(
         "--boxes",
@@ -96,6 +118,11 @@ def add_parser(subparsers) -> None:
         "--channel-swap", type=lambda t: parse_ints(t, "--channel-swap"), help="override channel swap"
     )
     parser.add_argument("--input-scale", type=float, help="override input scale")
+    parser.add_argument(
+        "--std",
+        type=lambda t: parse_floats(t, "--std"),
+        help="per-channel divisor after the mean, net channel order (torchvision: 0.229,0.224,0.225)",
+    )
     parser.add_argument(
         "--input-size",
         type=lambda t: parse_ints(t, "--input-size"),

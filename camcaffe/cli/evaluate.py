@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--resize",
-        choices=["warp", "crop"],
+        choices=["warp", "crop", "torchvision"],
         default=None,
         help="--model: how images become the input (default: the cam run's, from its cam_settings.json, else warp)",
     )

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,34 @@ if TYPE_CHECKING:
     from camcaffe.runtime.session import ModelSession
 
 EXIT_SOME_FAILED = 1
+
+
+GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
+# --preset: the preprocessing of a framework's tutorials, for the flags a user did not give.
+PRESETS: dict[str, dict[str, Any]] = {
+    "caffe": {},
+    "torchvision": {  # transforms.Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)
+        "resize": "torchvision",
+        "raw_scale": 1.0,
+        "channel_swap": [0, 1, 2],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+}
+
+
+def apply_preset(options: CamOptions) -> CamOptions:
+    """`options` with the preset's settings where the flag was not given (--resize: where it is 'warp')."""
+    if options.preset is None:
+        return options
+    if options.preset not in PRESETS:
+        raise CamcaffeError(f"--preset {options.preset}: unknown; choose one of {', '.join(PRESETS)}")
+    values = {}
+    for key, value in PRESETS[options.preset].items():
+        given = getattr(options, key)
+        if given is None or (key == "resize" and given == "warp"):
+            values[key] = value
+    return replace(options, **values)
 
 
 @dataclass
@@ -57,7 +85,11 @@ class CamOptions:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    std: list[float] | None = None
     input_size: list[int] | None = None
+    layout: str | None = None
+    score: str = "logit"
+    preset: str | None = None
     quiet: bool = False
 
     @classmethod
@@ -72,6 +104,7 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
     from camcaffe.engines.inputs import expand_inputs, output_stems
     from camcaffe.engines.pipeline import CamSettings, Preprocess, preprocess_from_metadata
 
+    options = apply_preset(options)
     if options.batch_size <= 0:
         raise CamcaffeError(f"--batch-size must be a positive integer, got {options.batch_size}")
     if not 0.0 <= options.alpha <= 1.0:
@@ -84,6 +117,11 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
     if options.input_size is not None and (len(options.input_size) != 2 or min(options.input_size) <= 0):
         raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
+    if options.score != "logit" and options.method not in GRADIENT_METHODS:
+        raise CamcaffeError(
+            f"--score {options.score} applies to the gradient methods ({', '.join(GRADIENT_METHODS)}), not "
+            f"--method {options.method}"
+        )
     if options.top_k == 0 and not options.classes:
         raise CamcaffeError("--top-k 0 maps no class; give at least one --class or a positive --top-k")
     from camcaffe.runtime.preprocess import max_image_pixels
@@ -113,7 +151,9 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         mean_image = load_mean_file(options.mean_file)
     preprocess, assumed = preprocess_from_metadata(
         session,
-        Preprocess(options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale),
+        Preprocess(
+            options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
+        ),
     )
     settings = CamSettings(
         top_k=top_k,
@@ -127,6 +167,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         boxes=options.boxes,
         batch_size=options.batch_size,
         input_size=tuple(options.input_size) if options.input_size else None,
+        layout=options.layout,
+        score=options.score,
     )
     paths, problems = expand_inputs(options.inputs)
     if not paths:

@@ -121,10 +121,15 @@ def run_evaluate(options: EvaluateOptions) -> int:
 
             mean_image = load_mean_file(pre["mean_file"])
         overrides = Preprocess(
-            pre.get("mean"), mean_image, pre.get("raw_scale"), pre.get("channel_swap"), pre.get("input_scale")
+            pre.get("mean"),
+            mean_image,
+            pre.get("raw_scale"),
+            pre.get("channel_swap"),
+            pre.get("input_scale"),
+            pre.get("std"),
         )
         preprocess, _ = preprocess_from_metadata(session, overrides)
-        resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop") else "warp")
+        resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop", "torchvision") else "warp")
         pipeline = CamPipeline(
             session,
             preprocess,
@@ -133,6 +138,8 @@ def run_evaluate(options: EvaluateOptions) -> int:
                 resize=resize,
                 method=options.method or run.get("method") or "cam",
                 batch_size=options.batch_size,
+                layout=run.get("layout"),
+                score=run.get("score") or "logit",
             ),
             feature_layer=options.feature_layer or run.get("feature_layer"),
             fc_layer=options.fc_layer or run.get("fc_layer"),

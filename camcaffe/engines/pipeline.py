@@ -17,6 +17,7 @@ from camcaffe.explain.cam import softmax
 from camcaffe.explain.cam_export import CamOutputs, record_of
 from camcaffe.explain.cam_head import CamHead
 from camcaffe.explain.methods import MethodBatch, make_method
+from camcaffe.explain.methods.base import from_layout, to_layout
 from camcaffe.explain.views import ImageViews, make_views
 from camcaffe.localize.boxes import make_boxer
 from camcaffe.output.render import overlay, write_image_atomic
@@ -64,6 +65,8 @@ class CamSettings:
     boxes: str = "threshold"  # a localize.BOXERS name
     batch_size: int = 8  # for methods that run extra forward passes (Score-CAM's masked inputs)
     input_size: tuple[int, int] | None = None  # (H, W) for a model whose input height/width are variable
+    layout: str | None = None  # "nchw" | "nhwc" (channels-last: Keras, tf2onnx); None: from the input's shape
+    score: str = "logit"  # what the gradient methods differentiate: "logit" or the Softmax "prob"
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Preprocess:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    std: list[float] | None = None  # per channel, net order: (x - mean) / std, as torchvision's Normalize
 
 
 @dataclass
@@ -114,6 +118,7 @@ def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tu
         if overrides.channel_swap is not None
         else base.get("channel_swap"),
         input_scale=overrides.input_scale if overrides.input_scale is not None else base.get("input_scale"),
+        std=overrides.std if overrides.std is not None else base.get("std"),
     ), assumed
 
 
@@ -138,6 +143,27 @@ def _check_is_classifier(session: ModelSession) -> None:
         )
 
 
+LAYOUTS = ("nchw", "nhwc")
+
+
+def input_layout(dims: Sequence[int | None], given: str | None) -> str:
+    """The layout images are fed in: `given` (--layout), else 'nhwc' for a 4-D input whose last dim is 1 or 3
+    and whose second is not (Keras, tf2onnx), else 'nchw'."""
+    if given is not None:
+        if given not in LAYOUTS:
+            raise CamcaffeError(f"--layout {given}: unknown; choose nchw or nhwc")
+        return given
+    if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+        return "nhwc"
+    return "nchw"
+
+
+def nchw_dims(dims: Sequence[int | None], layout: str) -> list[int | None]:
+    """An input's dims in N, C, H, W order."""
+    dims = list(dims)
+    return [dims[0], dims[3], dims[1], dims[2]] if layout == "nhwc" and len(dims) == 4 else dims
+
+
 class CamPipeline:
     def __init__(
         self,
@@ -152,12 +178,16 @@ class CamPipeline:
         self.session = session
         self.settings = settings
         _check_is_classifier(session)
+        self.input_name = session.input_names[0]
+        self.layout = input_layout(session.input_dims(self.input_name), settings.layout)
         self.method = make_method(
             settings.method,
             session,
             feature_layer=feature_layer,
             fc_layer=fc_layer,
             batch_size=settings.batch_size,
+            score=settings.score,
+            input_layout=self.layout,
         )
         self.head: CamHead = self.method.head
         self.boxer = make_boxer(settings.boxes, settings.box_threshold)
@@ -168,7 +198,6 @@ class CamPipeline:
                 f"{where} has {len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
                 f"{self.head.num_classes} classes; give a matching --labels file"
             )
-        self.input_name = session.input_names[0]
         shape = self._input_shape()
         self.input_shape = shape
         self.input_hw = shape[-2:]
@@ -182,6 +211,8 @@ class CamPipeline:
             self.transformer.set_mean(self.input_name, preprocess.mean_image)
         elif preprocess.mean is not None:
             self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
+        if preprocess.std is not None:
+            self.transformer.set_std(self.input_name, preprocess.std)
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
         self.views = make_views(settings.resize, self.input_hw, settings.crop_base)
@@ -223,7 +254,7 @@ class CamPipeline:
 
     def _input_shape(self) -> list[int]:
         """(N, C, H, W) the images are fed at: the declared dims, with --input-size for a variable H, W."""
-        dims = self.session.input_dims(self.input_name)
+        dims = nchw_dims(self.session.input_dims(self.input_name), self.layout)
         source, name = self.session.source, self.input_name
         if len(dims) != 4:
             raise CamcaffeError(
@@ -303,8 +334,9 @@ class CamPipeline:
             else (getattr(self.head, "score_tensor", None) or getattr(self.head, "logits", None))
         )
         wanted = [self.head.feature_blob] + ([self.head.prob_output] if self.head.prob_output else [])
-        values = self.session.run({self.input_name: batch}, wanted + ([scores] if scores else []))
-        features = values[self.head.feature_blob]
+        feed = to_layout(batch, self.layout)
+        values = self.session.run({self.input_name: feed}, wanted + ([scores] if scores else []))
+        features = from_layout(values[self.head.feature_blob], getattr(self.head, "layout", "nchw"))
         if self.head.prob_output:
             probabilities = values[self.head.prob_output].reshape(len(batch), -1)
         elif scores:

@@ -221,6 +221,7 @@ def job_fingerprint(job: CamJob) -> dict:
                     "raw_scale": pre.raw_scale,
                     "channel_swap": pre.channel_swap,
                     "input_scale": pre.input_scale,
+                    "std": pre.std,
                 },
                 "settings": {
                     k: v for k, v in dataclasses.asdict(job.settings).items() if k not in _NOT_RESULTS

@@ -84,12 +84,15 @@ def write_settings(job: CamJob, mean_file: Path | None) -> None:
             "top_k": job.settings.top_k,
             "classes": list(job.settings.classes),
             "input_size": None if job.settings.input_size is None else list(job.settings.input_size),
+            "layout": job.settings.layout,
+            "score": job.settings.score,
             "preprocess": {
                 "mean": None if pre.mean is None else [float(v) for v in pre.mean],
                 "mean_file": None if mean_file is None else str(mean_file),
                 "raw_scale": pre.raw_scale,
                 "channel_swap": None if pre.channel_swap is None else [int(v) for v in pre.channel_swap],
                 "input_scale": pre.input_scale,
+                "std": None if pre.std is None else [float(v) for v in pre.std],
             },
         },
     )

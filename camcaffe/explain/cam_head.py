@@ -37,13 +37,25 @@ _EXTERNAL = 1  # TensorProto.EXTERNAL
 
 CamKind = Literal["gap_linear", "class_conv"]
 
-_RESHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+_RESHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast"}
 _POOL_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean"}
 _CLASSIFIER_OPS = {"Gemm", "MatMul", "Conv"}
 # Ops that keep the feature map's layout; a Caffe in-place chain (conv -> BN -> Scale -> ReLU on one blob)
 # becomes such a chain in ONNX, so a user naming the Caffe blob may point at any link of it.
 _ACTIVATION_OPS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Elu", "Selu", "Sigmoid", "Tanh"}
-_ELEMENTWISE_OPS = _ACTIVATION_OPS | {"Identity", "Dropout", "BatchNormalization", "Mul", "Add", "Sub", "Div"}
+_ELEMENTWISE_OPS = _ACTIVATION_OPS | {
+    "Identity",
+    "Dropout",
+    "BatchNormalization",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Cast",
+}
+# TensorProto float types (FLOAT, FLOAT16, DOUBLE, BFLOAT16): a Cast between them keeps the values' meaning.
+FLOAT_TYPES = {1, 10, 11, 16}
+Layout = Literal["nchw", "nhwc"]
 _CLASS_MAP_ACTIVATIONS = {"Relu", "Identity", "Dropout"}
 _PARAM_SUFFIX = re.compile(r"^[_./:](w|weight|weights|b|bias|biases|kernel|\d+)$", re.IGNORECASE)
 _SMALL_CONSTANT_BYTES = 4096  # constants kept for shape inference (Reshape shapes, Squeeze axes ...)
@@ -64,6 +76,7 @@ class CamHead:
     # The class scores the probabilities are the softmax of: the classifier's output ('gap_linear') or the
     # pooled class maps ('class_conv'), (N, K) or (N, K, 1, 1); None when not known.
     logits: str | None = None
+    layout: Layout = "nchw"  # 'nhwc': the feature tensor is (N, h, w, C) (Keras, tf2onnx)
 
 
 def producers_and_consumers(nodes) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -187,6 +200,16 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def is_float_cast(node) -> bool:
+    """A Cast from a float type to a float type (Keras on the torch backend wraps every op in such casts)."""
+    return node.op_type == "Cast" and int(_attrs(node).get("to", 0)) in FLOAT_TYPES
+
+
+def _passes(node, ops: set[str]) -> bool:
+    """node is one of `ops`, a Cast only when it casts to a float type."""
+    return node.op_type in ops and (node.op_type != "Cast" or is_float_cast(node))
+
+
 # TensorProto.DataType -> numpy dtype, for the types classifier weights come in.
 _NUMPY_TYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
 _TYPED_FIELDS = {1: "float_data", 6: "int32_data", 7: "int64_data", 11: "double_data"}
@@ -299,9 +322,9 @@ def _pool_check(g: _Graph, index: int) -> str | None:
         if axes is None and len(node.input) > 1:
             const = g.constant(node.input[1])
             axes = None if const is None else const.tolist()
-        if axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3]:
+        if axes is not None and sorted(int(a) % 4 for a in axes) in ([2, 3], [1, 2]):
             return None
-        return f"ReduceMean '{label}' does not average over the spatial axes (2, 3)"
+        return f"ReduceMean '{label}' does not average over the spatial axes (2, 3) or, channels-last, (1, 2)"
     if node.op_type != "AveragePool":
         return f"'{label}' is a {node.op_type}, not an average pooling"
     kernel = [int(k) for k in attrs.get("kernel_shape", [])]
@@ -320,6 +343,20 @@ def _pool_check(g: _Graph, index: int) -> str | None:
     return None
 
 
+def _reduce_axes(g: _Graph, node) -> list[int] | None:
+    axes = _attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        const = g.constant(node.input[1])
+        axes = None if const is None else const.tolist()
+    return None if axes is None else sorted(int(a) % 4 for a in axes)
+
+
+def _pool_layout(g: _Graph, index: int) -> Layout:
+    """'nhwc' for a ReduceMean over axes (1, 2) of a 4-D map (channels-last global average pooling)."""
+    node = g.nodes[index]
+    return "nhwc" if node.op_type == "ReduceMean" and _reduce_axes(g, node) == [1, 2] else "nchw"
+
+
 def _reshape_closure(g: _Graph, tensor: str) -> list[str]:
     """tensor plus every tensor reached from it through reshape-like ops only."""
     seen = [tensor]
@@ -328,7 +365,7 @@ def _reshape_closure(g: _Graph, tensor: str) -> list[str]:
         current = frontier.pop()
         for index in g.consumers_of(current):
             node = g.nodes[index]
-            if node.op_type in _RESHAPE_OPS and node.input and node.input[0] == current and node.output:
+            if _passes(node, _RESHAPE_OPS) and node.input and node.input[0] == current and node.output:
                 out = node.output[0]
                 if out not in seen:
                     seen.append(out)
@@ -341,7 +378,7 @@ def _trace_back_reshapes(g: _Graph, tensor: str) -> str:
     current = tensor
     for _ in range(len(g.nodes) + 1):
         index = g.producer_of(current)
-        if index is None or g.nodes[index].op_type not in _RESHAPE_OPS:
+        if index is None or not _passes(g.nodes[index], _RESHAPE_OPS):
             return current
         current = g.nodes[index].input[0]
     return current
@@ -409,6 +446,9 @@ def _linear_from_matmul(g: _Graph, index: int) -> _Linear | str:
         return f"MatMul '{label}' has no constant 2-D weight matrix"
     weights = np.ascontiguousarray(b.T, dtype=np.float32)
     output, bias = node.output[0], None
+    casts = [i for i in g.consumers_of(output) if is_float_cast(g.nodes[i])]
+    if len(g.consumers_of(output)) == 1 and casts:  # MatMul -> Cast -> Add (Keras on the torch backend)
+        output = g.nodes[casts[0]].output[0]
     for add_index in g.consumers_of(output):
         add = g.nodes[add_index]
         if add.op_type != "Add" or len(add.input) != 2:
@@ -465,7 +505,7 @@ def _forward_to_output(g: _Graph, tensor: str) -> tuple[bool, str | None]:
             reaches = True
         for index in g.consumers_of(current):
             node = g.nodes[index]
-            if node.op_type not in _RESHAPE_OPS | {"Softmax", "LogSoftmax"} or not node.output:
+            if not _passes(node, _RESHAPE_OPS | {"Softmax", "LogSoftmax"}) or not node.output:
                 continue
             if node.input[0] != current:
                 continue
@@ -488,7 +528,7 @@ def _class_conv_before(g: _Graph, tensor: str) -> int | None:
         node = g.nodes[index]
         if node.op_type == "Conv":
             return index if not isinstance(_conv_weights(g, index), str) else None
-        if node.op_type not in _CLASS_MAP_ACTIVATIONS:
+        if not _passes(node, _CLASS_MAP_ACTIVATIONS | {"Cast"}):
             return None
         current = node.input[0]
     return None
@@ -498,13 +538,13 @@ def _class_conv_before(g: _Graph, tensor: str) -> int | None:
 # Heads
 
 
-def _feature_channels(g: _Graph, tensor: str) -> int | None:
+def _feature_channels(g: _Graph, tensor: str, layout: Layout = "nchw") -> int | None:
     shape = g.shapes.get(tensor)
-    return shape[1] if shape is not None and len(shape) == 4 else None
+    return shape[3 if layout == "nhwc" else 1] if shape is not None and len(shape) == 4 else None
 
 
 def _check_channels(g: _Graph, head: CamHead) -> CamHead:
-    channels = _feature_channels(g, head.feature_blob)
+    channels = _feature_channels(g, head.feature_blob, head.layout)
     if channels is not None and channels != head.weights.shape[1]:
         raise CamHeadError(
             f"feature '{head.feature_blob}' has {channels} channels but classifier '{head.fc_node}' expects "
@@ -537,6 +577,7 @@ def _linear_heads_after_pool(g: _Graph, pool_index: int) -> tuple[list[tuple[Cam
                 prob_output=prob,
                 pool_node=g.node_label(pool_index),
                 logits=linear.output,
+                layout=_pool_layout(g, pool_index),
             )
             heads.append((head, reaches))
     return heads, reasons
@@ -656,7 +697,7 @@ def _pools_from_feature(g: _Graph, tensor: str) -> list[int]:
                 if _pool_check(g, index) is None and index not in found:
                     found.append(index)
                 continue
-            if node.op_type not in _ELEMENTWISE_OPS or not node.output:
+            if not _passes(node, _ELEMENTWISE_OPS) or not node.output:
                 continue
             others = [t for t in node.input[1:] if t and t != current]
             if node.op_type in {"Mul", "Add", "Sub", "Div"} and not all(g.is_constant(t) for t in others):

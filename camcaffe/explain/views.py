@@ -2,8 +2,8 @@
 
 A view strategy gives `count` images at the net's input size (or larger, for the Transformer to resize) per
 photo, and places the raw maps of those inputs back over the photo. `warp` (caffe.io: the whole image
-resized to the input) and `crop` (resize to 256, centre crop) give one input each; `tencrop` (the CAM demo's
-oversampling) gives ten."""
+resized to the input), `crop` (resize to 256, centre crop) and `torchvision` (shorter side to 256 with Pillow's
+bilinear filter, centre crop) give one input each; `tencrop` (the CAM demo's oversampling) gives ten."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from camcaffe.errors import CamcaffeError
 from camcaffe.explain.cam import normalize, upsample
+from camcaffe.runtime.pil_resize import centre_crop_offset, pil_bilinear_resize, torchvision_resize_size
 from camcaffe.runtime.preprocess import oversample, resize_image
 
 
@@ -107,7 +108,47 @@ class TenCropViews(CentreCropViews):
         return np.where(peak > 0, merged / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
 
 
-VIEWS: dict[str, type[ImageViews]] = {"warp": ImageViews, "crop": CentreCropViews, "tencrop": TenCropViews}
+class TorchvisionViews(ImageViews):
+    """torchvision's `Resize(crop_base)` + `CenterCrop(input)` on a PIL image: the shorter side resized to
+    crop_base with Pillow's antialiased bilinear filter (reproduced exactly on the 8-bit pixels), the centre
+    crop taken as torchvision rounds it; the map is placed back there and resized over the photo."""
+
+    name = "torchvision"
+    flag = "--resize torchvision"
+
+    def geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((resized height, width), (top, left) of the crop) for a photo of this size."""
+        resized = torchvision_resize_size(height, width, self.crop_base)
+        if resized[0] < self.input_hw[0] or resized[1] < self.input_hw[1]:
+            raise CamcaffeError(
+                f"{self.flag}: a {height}x{width} photo resized to {resized[0]}x{resized[1]} is smaller than the "
+                f"net input {self.input_hw}; use --resize warp"
+            )
+        return resized, centre_crop_offset(resized[0], resized[1], self.input_hw)
+
+    def inputs(self, image: np.ndarray) -> list[np.ndarray]:
+        (height, width), (top, left) = self.geometry(image.shape[0], image.shape[1])
+        pixels = np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
+        resized = pil_bilinear_resize(pixels, (height, width))
+        crop = resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]
+        return [crop.astype(np.float32) / np.float32(255.0)]
+
+    def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        maps = raw[0]
+        (rh, rw), (top, left) = self.geometry(height, width)
+        h, w = self.input_hw
+        canvas = np.empty((maps.shape[0], rh, rw), dtype=np.float32)
+        canvas[:] = maps.min(axis=(1, 2), keepdims=True)
+        canvas[:, top : top + h, left : left + w] = upsample(maps, self.input_hw)
+        return normalize(upsample(canvas, (height, width)))
+
+
+VIEWS: dict[str, type[ImageViews]] = {
+    "warp": ImageViews,
+    "crop": CentreCropViews,
+    "tencrop": TenCropViews,
+    "torchvision": TorchvisionViews,
+}
 
 
 def make_views(name: str, input_hw: Sequence[int], crop_base: int = 256) -> ImageViews:

@@ -407,6 +407,7 @@ class Transformer:
         self.raw_scale: dict[str, float] = {}
         self.mean: dict[str, np.ndarray] = {}
         self.input_scale: dict[str, float] = {}
+        self.std: dict[str, np.ndarray] = {}
 
     def _check_input(self, name: str) -> tuple[int, ...]:
         if name not in self.inputs:
@@ -450,6 +451,17 @@ class Transformer:
         """Multiplier applied after mean subtraction."""
         self._check_input(name)
         self.input_scale[name] = _finite_scalar(scale, f"input scale for input '{name}'")
+
+    def set_std(self, name: str, std: Sequence[float]) -> None:
+        """Per-channel divisor applied after mean subtraction, in the net's channel order (torchvision's
+        Normalize(mean, std) on 0-1 RGB: --raw-scale 1, --mean 0.485,0.456,0.406, --std 0.229,0.224,0.225)."""
+        shape = self._check_input(name)
+        values = np.asarray(std, dtype=np.float64).reshape(-1)
+        if values.shape[0] != shape[1]:
+            raise PreprocessError(f"std has {values.shape[0]} values but input '{name}' has {shape[1]} channels")
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise PreprocessError(f"std for input '{name}' must be positive finite numbers, got {values.tolist()}")
+        self.std[name] = values.astype(np.float32)[:, np.newaxis, np.newaxis]
 
     def set_mean(self, name: str, mean: np.ndarray | Sequence[float]) -> None:
         """Per-channel mean vector (C,) or mean image (C, H, W) / (H, W), in the net's channel order.
@@ -496,6 +508,8 @@ class Transformer:
             caffe_in *= self.raw_scale[name]
         if name in self.mean:
             caffe_in -= self.mean[name]
+        if name in self.std:
+            caffe_in /= self.std[name]
         if name in self.input_scale:
             caffe_in *= self.input_scale[name]
         return caffe_in
@@ -541,6 +555,8 @@ class Transformer:
             caffe_in *= scale
         if name in self.mean:
             caffe_in -= self.mean[name]
+        if name in self.std:
+            caffe_in /= self.std[name]
         if name in self.input_scale:
             caffe_in *= self.input_scale[name]
         return caffe_in
@@ -551,6 +567,8 @@ class Transformer:
         decaf_in = np.array(data, dtype=np.float32).squeeze()
         if name in self.input_scale:
             decaf_in /= self.input_scale[name]
+        if name in self.std:
+            decaf_in *= self.std[name]
         if name in self.mean:
             decaf_in += self.mean[name]
         if name in self.raw_scale:

@@ -471,3 +471,52 @@ def test_verify_removes_the_onnx_file_when_opencv_disagrees(tiny, tmp_path, monk
     err = capsys.readouterr().err
     assert code == 0 and out.exists() and "worst 'conv'" in err, err
     assert Path(f"{out}.data").exists() == external
+
+
+def _channels_last_classifier(path: Path) -> None:
+    """A Keras-like ONNX file: NHWC input, Transpose -> Conv -> Transpose back, float Casts, ReduceMean over
+    (1, 2), MatMul + Add, Softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "kernel"),
+        numpy_helper.from_array(np.asarray([1, 2], np.int64), "hw"),
+        numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "dense"),
+        numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["cast"], to=1),
+        helper.make_node("Transpose", ["cast"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "kernel"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["conv"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["nhwc"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu", "hw"], ["gap"], keepdims=0),
+        helper.make_node("MatMul", ["gap", "dense"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["prob"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "keras_like",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 16, 16, 3])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("flags", [[], ["--method", "gradcam", "--score", "prob", "--layout", "nhwc"]])
+def test_cam_on_a_channels_last_model(tmp_path, flags):
+    import cv2
+
+    _channels_last_classifier(tmp_path / "m.onnx")
+    cv2.imwrite(str(tmp_path / "x.png"), np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    args = ["cam", tmp_path / "m.onnx", tmp_path / "x.png", "--out", tmp_path / "out", "--save-npy", *flags]
+    result = camcaffe(*args, "--preset", "torchvision", "--resize", "crop")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "out" / "x_cam.npy").shape[-2:] == (16, 16)
+    assert "--score" not in flags or "GRADCAM" in result.stderr

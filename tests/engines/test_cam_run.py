@@ -132,3 +132,46 @@ def test_ctrl_c_at_random_moments_keeps_table_and_folder_in_agreement(model, tmp
         assert maps == stems_listed, f"trial {trial}: maps {sorted(maps ^ stems_listed)[:5]}"
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert interrupted >= 3, "most runs must be interrupted mid-way for this test to mean anything"
+
+
+def test_score_prob_is_for_the_gradient_methods(model, tmp_path):
+    photos = _photos(tmp_path / "photos", 1)
+    options = camcaffe.CamOptions(model, [str(photos)], tmp_path / "out", method="cam", score="prob")
+    with pytest.raises(CamcaffeError, match="--score prob applies to the gradient methods .* not --method cam"):
+        camcaffe.run_cam(options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gradcam_with_probability_score_keeps_the_probability_column(model, tmp_path):
+    photos = _photos(tmp_path / "photos", 2)
+    runs = {}
+    for score in ("logit", "prob"):
+        out = tmp_path / score
+        options = camcaffe.CamOptions(model, [str(photos)], out, method="gradcam", score=score, quiet=True)
+        assert camcaffe.run_cam(options) == 0
+        runs[score] = pd.read_csv(out / "results.csv")
+        assert json.loads((out / "cam_settings.json").read_text())["score"] == score
+    pd.testing.assert_series_equal(runs["logit"]["probability"], runs["prob"]["probability"])
+    assert runs["prob"]["probability"].between(0, 1).all()
+
+
+def test_std_is_applied_and_recorded(model, tmp_path):
+    photos = _photos(tmp_path / "photos", 1)
+    tables = {}
+    for name, std in (("plain", None), ("std", [0.5, 0.5, 0.5])):
+        out = tmp_path / name
+        options = camcaffe.CamOptions(model, [str(photos)], out, std=std, save_npy=True, quiet=True)
+        assert camcaffe.run_cam(options) == 0
+        tables[name] = pd.read_csv(out / "results.csv")
+        assert json.loads((out / "cam_settings.json").read_text())["preprocess"]["std"] == std
+    assert not np.allclose(tables["plain"]["probability"], tables["std"]["probability"])
+
+
+def test_presets_fill_only_the_flags_not_given(model, tmp_path):
+    from camcaffe.engines.cam_run import apply_preset
+
+    filled = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="torchvision", raw_scale=255.0))
+    assert filled.raw_scale == 255.0 and filled.std == [0.229, 0.224, 0.225] and filled.resize == "torchvision"
+    assert apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="caffe")).mean is None
+    with pytest.raises(CamcaffeError, match="--preset keras: unknown"):
+        apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras"))

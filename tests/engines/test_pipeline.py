@@ -258,3 +258,26 @@ def test_without_a_softmax_the_graph_ranking_is_checked_and_a_disagreeing_batch_
         assert [o.rows for o in fast.process(paths, stems, None)] == [o.rows for o in want]
     finally:
         del with_cam.run
+@pytest.mark.parametrize(
+    ("dims", "given", "layout"),
+    [
+        ([1, 3, 224, 224], None, "nchw"),
+        (["batch", 224, 224, 3], None, "nhwc"),
+        ([None, 32, 32, 1], None, "nhwc"),
+        ([1, 3, 8, 3], None, "nchw"),  # second dim 3: channels-first
+        ([1, 3, 224, 224], "nhwc", "nhwc"),
+        ([1, 224, 224, 3], "nchw", "nchw"),
+    ],
+)
+def test_input_layout(dims, given, layout):
+    from camcaffe.engines.pipeline import input_layout
+
+    assert input_layout(dims, given) == layout
+
+
+def test_unknown_layout_is_refused():
+    from camcaffe.engines.pipeline import input_layout
+    from camcaffe.errors import CamcaffeError
+
+    with pytest.raises(CamcaffeError, match="--layout nwhc: unknown"):
+        input_layout([1, 3, 8, 8], "nwhc")

@@ -12,6 +12,16 @@ from onnx.reference import ReferenceEvaluator
 from camcaffe.explain.methods.backward import GradientError, build_tail
 from camcaffe.runtime.session import ModelSession
 from tests.helpers import convert_text, net_text
+from tests.onnx_graphs import (
+    FEATURE,
+    dense_head,
+    graph_model,
+    int64s,
+    op_node,
+    reduce_tail,
+    runtime_reshape,
+    transpose_squeeze,
+)
 
 TOLERANCE = 1e-3
 
@@ -25,6 +35,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
     for node in double.graph.node:
         for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.DOUBLE
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == onnx.TensorProto.FLOAT:
                 value = numpy_helper.to_array(attr.t).astype(np.float64)
                 attr.t.CopyFrom(numpy_helper.from_array(value, attr.t.name))
@@ -261,7 +273,7 @@ def test_refuses_a_layer_without_backward_by_name(tmp_path):
     layers = _layer("thr", "Threshold", ["data"], ["t"], "threshold_param { threshold: 0.5 }") + _fc("t")
     session = _tail_model(tmp_path, layers)
     with pytest.raises(
-        GradientError, match=r"'thr' \(Cast\): no backward rule; name a later --feature-layer"
+        GradientError, match=r"'thr' \(Cast\) casts the result of a Greater .*; name a later --feature-layer"
     ) as info:
         build_tail(session.model, "data", "fc")
     assert "\n" not in str(info.value)
@@ -327,3 +339,40 @@ def test_gradient_of_real_heads_with_random_weights(tmp_path, name):
     features = np.random.default_rng(6).normal(size=shape).astype(np.float32)
     error = finite_difference_error(session.model, feature, score, features, index=7, directions=6)
     assert error <= TOLERANCE, f"{name}: relative error {error:.3g}"
+
+
+# ------------------------------------------------------------------------- tails as other exporters write them
+
+EXPORTED_TAILS = {
+    "ReduceMean_nchw_keepdims0": lambda: reduce_tail("ReduceMean", [2, 3], 0, FEATURE[1]),
+    "ReduceMean_nchw_keepdims1": lambda: reduce_tail("ReduceMean", [-2, -1], 1, FEATURE[1]),
+    "ReduceMean_nhwc_cast": lambda: reduce_tail("ReduceMean", [1, 2], 0, FEATURE[3], cast=True),
+    "ReduceSum": lambda: reduce_tail("ReduceSum", [2, 3], 0, FEATURE[1]),
+    "ReduceMax": lambda: reduce_tail("ReduceMax", [2, 3], 1, FEATURE[1]),
+    "Reshape_runtime_shape": runtime_reshape,
+    "Transpose_Squeeze_Unsqueeze_Cast_Softmax": transpose_squeeze,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED_TAILS))
+def test_exported_tail_gradient_matches_finite_differences(name):
+    model = EXPORTED_TAILS[name]()
+    features = np.random.default_rng(7).normal(size=FEATURE).astype(np.float32)
+    error = finite_difference_error(model, "x", "score", features, index=1)
+    assert error <= TOLERANCE, f"{name}: relative error {error:.3g}"
+
+
+def test_reduce_mean_over_axes_of_opset_13_attribute():
+    nodes = [op_node("ReduceMean", ["x"], "pooled", axes=[2, 3], keepdims=0)]
+    dense, inits = dense_head("pooled", FEATURE[1])
+    model = graph_model(nodes + dense, inits, opset=13)
+    features = np.random.default_rng(8).normal(size=FEATURE).astype(np.float32)
+    assert finite_difference_error(model, "x", "score", features, index=2) <= TOLERANCE
+
+
+def test_cast_to_an_integer_type_is_refused():
+    nodes = [op_node("Cast", ["x"], "ints", to=onnx.TensorProto.INT64), op_node("Cast", ["ints"], "back", to=1)]
+    nodes.append(op_node("ReduceMean", ["back", "axes"], "pooled", keepdims=0))
+    dense, inits = dense_head("pooled", FEATURE[1])
+    with pytest.raises(GradientError, match=r"'ints' \(Cast\) casts to a non-float type"):
+        build_tail(graph_model(nodes + dense, [int64s("axes", [2, 3]), *inits]), "x", "score")

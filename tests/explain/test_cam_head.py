@@ -440,3 +440,65 @@ def test_error_messages_are_one_line() -> None:
         with pytest.raises(CamHeadError) as info:
             find_cam_head(model, **kwargs)
         assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------- graphs as torch / Keras exporters write them
+
+
+def _weights_and_bias(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return inits["W"], inits["b"]
+
+
+def test_keras_style_head_channels_last_with_casts() -> None:
+    """Keras 3 on the torch backend: Cast around every op, ReduceMean over axes (1, 2) of an NHWC map,
+    MatMul -> Cast -> Add -> Cast -> Softmax."""
+    from tests.onnx_graphs import FEATURE, op_node, reduce_tail
+
+    model = reduce_tail("ReduceMean", [1, 2], 0, FEATURE[3], cast=True)
+    model.graph.node.extend([op_node("Cast", ["score"], "score_cast", to=1)])
+    model.graph.node.extend([op_node("Softmax", ["score_cast"], "prob", axis=-1)])
+    model.graph.output[0].name = "prob"
+    head = find_cam_head(model)
+    weights, bias = _weights_and_bias(model)
+    assert head.layout == "nhwc" and head.feature_blob == "x" and head.prob_output == "prob"
+    np.testing.assert_array_equal(head.weights, weights.T)
+    np.testing.assert_array_equal(head.bias, bias)
+    assert find_cam_head(model, fc_layer="mm").layout == "nhwc"
+
+
+def test_cast_to_an_integer_type_is_not_looked_through() -> None:
+    from tests.onnx_graphs import FEATURE, reduce_tail
+
+    model = reduce_tail("ReduceMean", [2, 3], 0, FEATURE[1], cast=True)
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    cast.attribute[0].i = TensorProto.INT64
+    with pytest.raises(CamHeadError, match="no CAM head found"):
+        find_cam_head(model)
+
+
+@pytest.mark.parametrize("axes", [[2, 3], [-2, -1]])
+def test_torch_dynamo_style_head_reduce_mean_keepdims(axes: list[int]) -> None:
+    from tests.onnx_graphs import FEATURE, reduce_tail
+
+    model = reduce_tail("ReduceMean", axes, 1, FEATURE[1])
+    head = find_cam_head(model)
+    assert head.layout == "nchw" and head.feature_blob == "x" and head.pool_node == "pooled"
+    np.testing.assert_array_equal(head.weights, _weights_and_bias(model)[0].T)
+
+
+def test_reshape_to_a_shape_computed_at_run_time() -> None:
+    from tests.onnx_graphs import runtime_reshape
+
+    model = runtime_reshape()
+    head = find_cam_head(model)
+    assert head.fc_node == "mm" and head.pool_node == "pooled"
+    np.testing.assert_array_equal(head.bias, _weights_and_bias(model)[1])
+
+
+def test_reduce_mean_over_other_axes_is_not_a_global_pool() -> None:
+    from tests.onnx_graphs import FEATURE, reduce_tail
+
+    model = reduce_tail("ReduceMean", [1, 3], 0, FEATURE[2])
+    with pytest.raises(CamHeadError, match="no CAM head found"):
+        find_cam_head(model)

@@ -209,7 +209,7 @@ def test_gradient_methods_refuse_an_undifferentiable_tail(tmp_path):
     )
     _, _, path = convert_text(tmp_path, text, seed=4)
     session = ModelSession(path, "cpu")
-    with pytest.raises(CamcaffeError, match=r"after feature 'conv2': 'thr6' \(Cast\): no backward rule"):
+    with pytest.raises(CamcaffeError, match=r"after feature 'conv2': 'thr6' \(Cast\) casts the result of a Greater"):
         make_method("gradcam", session)
     assert make_method("scorecam", session).head.feature_blob == "conv2"  # gradient-free methods still work
 
@@ -252,3 +252,25 @@ def test_gradcam_equals_cam_on_real_squeezenet(tmp_path):
     pipeline = CamPipeline(session, preprocess, CamSettings())
     inputs = np.concatenate([pipeline.load(path)[1] for path in images])
     assert _identity_error(session, inputs) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("graph", "layout"),
+    [
+        ("transpose_squeeze", "nhwc"),  # Cast -> Transpose to channels-first
+        ("reduce_nhwc", "nhwc"),  # ReduceMean over (1, 2)
+        ("reduce_nchw", "nchw"),
+        ("runtime_reshape", "nchw"),  # GlobalAveragePool
+    ],
+)
+def test_feature_layout_from_the_ops_that_read_it(graph, layout):
+    from camcaffe.explain.methods.target import _Lookup, feature_layout
+    from tests import onnx_graphs
+
+    models = {
+        "transpose_squeeze": onnx_graphs.transpose_squeeze,
+        "reduce_nhwc": lambda: onnx_graphs.reduce_tail("ReduceMean", [1, 2], 0, 5, cast=True),
+        "reduce_nchw": lambda: onnx_graphs.reduce_tail("ReduceMean", [2, 3], 0, 4),
+        "runtime_reshape": onnx_graphs.runtime_reshape,
+    }
+    assert feature_layout(_Lookup(models[graph]()), "x") == layout

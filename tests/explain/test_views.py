@@ -64,3 +64,25 @@ def test_googlenet_cam_img1_ten_crops_peak_on_the_cup():
     # the cup on its saucer spans about x 110-185, y 95-140 of the 256 x 256 photo
     assert 110 <= x <= 185 and 95 <= y <= 140, (x, y)
     assert merged.max() == 1.0 and merged.min() >= 0.0
+
+
+def test_torchvision_view_crops_the_pil_resize_and_places_the_map_back():
+    from camcaffe.runtime.pil_resize import pil_bilinear_resize
+
+    views = make_views("torchvision", (224, 224))
+    image = np.random.default_rng(9).integers(0, 256, (375, 500, 3)).astype(np.float32) / 255
+    (crop,) = views.inputs(image)
+    resized = pil_bilinear_resize(np.rint(image * 255).astype(np.uint8), (256, 341))
+    np.testing.assert_array_equal(crop, resized[16:240, 58:282].astype(np.float32) / 255)
+    raw = np.zeros((1, 1, 7, 7), np.float32)
+    raw[0, 0, 3, 3] = 1.0  # the centre of the crop ...
+    placed = views.to_image_space(raw, 375, 500)
+    assert placed.shape == (1, 375, 500)
+    peak = np.unravel_index(placed[0].argmax(), placed[0].shape)
+    assert abs(peak[0] - 187) <= 8 and abs(peak[1] - 250) <= 8  # ... lands at the photo's centre
+
+
+def test_torchvision_view_refuses_a_crop_larger_than_the_resize():
+    views = make_views("torchvision", (300, 300))
+    with pytest.raises(CamcaffeError, match="--resize torchvision: .* smaller than the net input"):
+        views.inputs(np.zeros((400, 500, 3), np.float32))

@@ -477,3 +477,44 @@ def test_fast_path_matches_pycaffe(folder: str, size: int, rel: str) -> None:
         assert min(decoded.shape[:2]) < size, f"{rel}: fast path declined a {decoded.shape} image"
         return
     assert np.abs(got - expected).max() <= GOLDEN_TOLERANCE
+
+
+TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _torchvision_transformer(size: int) -> Transformer:
+    """torchvision's ToTensor + Normalize(mean, std): RGB, 0-1, (x - mean) / std per channel."""
+    t = Transformer({"data": (1, 3, size, size)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_raw_scale("data", 1.0)
+    t.set_mean("data", np.array(TORCHVISION_MEAN))
+    t.set_std("data", TORCHVISION_STD)
+    return t
+
+
+def test_std_divides_after_the_mean_per_channel() -> None:
+    image = np.random.default_rng(5).uniform(0, 1, (4, 5, 3)).astype(np.float32)
+    t = _torchvision_transformer(4)
+    t.inputs["data"] = (1, 3, 4, 5)
+    got = t.preprocess("data", image)
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in (TORCHVISION_MEAN, TORCHVISION_STD))
+    np.testing.assert_allclose(got, (image.transpose(2, 0, 1) - mean) / std, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(t.deprocess("data", got[np.newaxis]), image, atol=1e-6)
+
+
+def test_std_on_the_fast_path(tmp_path) -> None:
+    from camcaffe.runtime.preprocess import decode_image
+
+    path = tmp_path / "x.png"
+    assert cv2.imwrite(str(path), np.random.default_rng(6).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    t = _torchvision_transformer(224)
+    fast = t.preprocess_decoded("data", decode_image(path))
+    slow = t.preprocess("data", load_image(path))
+    assert fast is not None and np.abs(fast - slow).max() <= 1e-5
+
+
+@pytest.mark.parametrize("std", [(0.2, 0.2), (0.2, 0.0, 0.2), (0.2, float("nan"), 0.2)])
+def test_bad_std_is_refused(std) -> None:
+    t = Transformer({"data": (1, 3, 4, 4)})
+    with pytest.raises(PreprocessError, match="std"):
+        t.set_std("data", std)

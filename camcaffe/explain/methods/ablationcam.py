@@ -23,7 +23,9 @@ class AblationCAM(SaliencyMethod):
         super().__init__(session, feature_layer, fc_layer, **options)
         self.head = resolve_target(session, feature_layer=feature_layer, fc_layer=fc_layer)
         self.batch_size = max(1, int(options.get("batch_size", 32)))
-        self.runner = TailRunner(session, self.head, gradient=False)
+        self.runner = TailRunner(
+            session, self.head, gradient=False, input_layout=options.get("input_layout", "nchw")
+        )
 
     def extra_passes(
         self, features_shape: tuple[int, ...], net_input: np.ndarray

@@ -97,13 +97,18 @@ class _Net:
                     return numpy_helper.to_array(attr.t)
         return None
 
-    def descendants(self, tensor: str) -> set[str]:
+    def descendants(self, tensor: str, differentiable: bool = False) -> set[str]:
+        """Tensors computed from `tensor`; with `differentiable`, only through ops that pass on a gradient (not
+        Shape/Size and the shape arithmetic on their outputs)."""
         seen = {tensor}
         frontier = [tensor]
         while frontier:
             current = frontier.pop()
             for index in self.consumers.get(current, []):
-                for out in self.nodes[index].output:
+                node = self.nodes[index]
+                if differentiable and node.op_type in _NO_GRADIENT_OPS:
+                    continue
+                for out in node.output:
                     if out and out not in seen:
                         seen.add(out)
                         frontier.append(out)
@@ -112,6 +117,11 @@ class _Net:
 
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+_NO_GRADIENT_OPS = {"Shape", "Size"}  # their outputs (and the shape arithmetic on them) carry no gradient
+_FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_BOOLEAN_OPS = {"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor"}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -236,6 +246,73 @@ def _transpose(e, node, dys, need):
     for i, p in enumerate(perm):
         inverse[p] = i
     return [e.op("Transpose", [dys[0]], perm=inverse)]
+
+
+@_rule("Cast")
+def _cast(e, node, dys, need):
+    """A float-to-float Cast passes the gradient on, cast to float32 (the tail's gradient type)."""
+    if int(_attrs(node).get("to", 1)) not in _FLOAT_TYPES:
+        raise _Refusal("casts to a non-float type")
+    producer = e.net.producer.get(node.input[0])
+    if producer is not None and e.net.nodes[producer].op_type in _BOOLEAN_OPS:
+        raise _Refusal(f"casts the result of a {e.net.nodes[producer].op_type} (a step: no gradient)")
+    return [e.op("Cast", [dys[0]], to=onnx.TensorProto.FLOAT)]
+
+
+def _reduce_axes(e: _Emitter, node: onnx.NodeProto) -> list[int]:
+    """The axes a Reduce* node reduces over (every axis when none are given), non-negative."""
+    x = node.input[0]
+    rank = len(e.shape(x) or ())
+    if not rank:
+        raise _Refusal(f"needs the rank of '{x}'")
+    axes = _attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = e.net.array(node.input[1])
+        if axes is None:
+            raise _Refusal("has axes that are not a constant")
+    if axes is None or len(axes) == 0:
+        if int(_attrs(node).get("noop_with_empty_axes", 0)):
+            raise _Refusal("reduces nothing (noop_with_empty_axes)")
+        return list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+def _spread_reduced(e: _Emitter, node: onnx.NodeProto, dy: str, axes: list[int]) -> str:
+    """dy (the reduced shape) expanded back over the input's shape."""
+    if not int(_attrs(node).get("keepdims", 1)):
+        dy = e.op("Unsqueeze", [dy, e.ints(axes)])
+    return e.op("Expand", [dy, e.op("Shape", [node.input[0]])])
+
+
+@_rule("ReduceSum")
+def _reduce_sum(e, node, dys, need):
+    _only_first(node, need)
+    return [_spread_reduced(e, node, dys[0], _reduce_axes(e, node))] + [None] * (len(node.input) - 1)
+
+
+@_rule("ReduceMean")
+def _reduce_mean(e, node, dys, need):
+    """Spread back and divided by the count of averaged values (Size(x) / Size(y), at run time)."""
+    _only_first(node, need)
+    spread = _spread_reduced(e, node, dys[0], _reduce_axes(e, node))
+    sizes = [
+        e.op("Cast", [e.op("Size", [t])], to=onnx.TensorProto.FLOAT) for t in (node.input[0], node.output[0])
+    ]
+    return [e.op("Div", [spread, e.op("Div", [sizes[0], sizes[1]])])] + [None] * (len(node.input) - 1)
+
+
+@_rule("ReduceMax")
+def _reduce_max(e, node, dys, need):
+    """Every position holding the maximum gets the gradient (as GlobalMaxPool; ties are rare in real data)."""
+    _only_first(node, need)
+    axes = _reduce_axes(e, node)
+    y = node.output[0]
+    if not int(_attrs(node).get("keepdims", 1)):
+        y = e.op("Unsqueeze", [y, e.ints(axes)])
+    hit = e.op("Equal", [node.input[0], y])
+    return [e.op("Where", [hit, _spread_reduced(e, node, dys[0], axes), e.zero])] + [None] * (
+        len(node.input) - 1
+    )
 
 
 def _mask(e: _Emitter, x: str) -> str:
@@ -770,7 +847,7 @@ def build_tail(model: onnx.ModelProto, feature: str, score: str, gradient: bool 
     seed, grad_name = (SEED, GRADIENT) if gradient else (None, None)
     backward: list[onnx.NodeProto] = []
     if gradient:
-        _backward(emitter, forward, feature, score, live)
+        _backward(emitter, forward, feature, score, net.descendants(feature, differentiable=True))
         backward = emitter.nodes
     used = {t for node in [*forward, *backward] for t in node.input if t}
     initializers = [net.initializers[name] for name in net.initializers if name in used]

@@ -51,3 +51,13 @@ def relu(values: np.ndarray) -> np.ndarray:
 def weighted_maps(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ReLU(sum_k weights[m, k] * features[m, k]): features (M, C, h, w), weights (M, C) -> (M, h, w)."""
     return relu(np.einsum("mc,mchw->mhw", weights, features))
+
+
+def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
+    """N, C, H, W values in a net's layout ('nhwc': channels-last, as Keras and tf2onnx write them)."""
+    return np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if layout == "nhwc" else batch
+
+
+def from_layout(values: np.ndarray, layout: str) -> np.ndarray:
+    """Values in a net's layout as N, C, h, w."""
+    return np.ascontiguousarray(values.transpose(0, 3, 1, 2)) if layout == "nhwc" else values

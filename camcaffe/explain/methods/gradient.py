@@ -15,9 +15,12 @@ class GradientMethod(SaliencyMethod):
 
     def __init__(self, session, feature_layer: str | None = None, fc_layer: str | None = None, **options):
         super().__init__(session, feature_layer, fc_layer, **options)
-        self.head = resolve_target(session, feature_layer=feature_layer, fc_layer=fc_layer)
+        score = options.get("score", "logit")
+        self.head = resolve_target(session, feature_layer=feature_layer, fc_layer=fc_layer, score=score)
         self.batch_size = max(1, int(options.get("batch_size", 32)))
-        self.runner = TailRunner(session, self.head, gradient=True)
+        self.runner = TailRunner(
+            session, self.head, gradient=True, input_layout=options.get("input_layout", "nchw")
+        )
 
     def gradients(self, batch: MethodBatch) -> tuple[np.ndarray, np.ndarray]:
         """(features, d class score / d features), both (N*k, C, h, w), image-major."""

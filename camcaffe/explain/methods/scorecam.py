@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from camcaffe.explain.cam import normalize, softmax, upsample
-from camcaffe.explain.methods.base import MethodBatch, SaliencyMethod, relu
+from camcaffe.explain.methods.base import MethodBatch, SaliencyMethod, relu, to_layout
 from camcaffe.explain.methods.target import resolve_target
 
 
@@ -25,11 +25,13 @@ class ScoreCAM(SaliencyMethod):
         self.head = resolve_target(session, feature_layer=feature_layer, fc_layer=fc_layer)
         self.batch_size = max(1, int(options.get("batch_size", 32)))
         self.input_name = session.input_names[0]
+        self.input_layout = options.get("input_layout", "nchw")
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (M, K) of net inputs (M, C, H, W), from the Softmax or the scores."""
         name = self.head.prob_output or self.head.score_tensor
-        values = self.session.run({self.input_name: inputs}, [name])[name].reshape(len(inputs), -1)
+        feed = {self.input_name: to_layout(inputs, self.input_layout)}
+        values = self.session.run(feed, [name])[name].reshape(len(inputs), -1)
         return values if self.head.prob_output else softmax(values, axis=1)
 
     def extra_passes(
