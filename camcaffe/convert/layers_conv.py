@@ -63,18 +63,36 @@ def convolution(ctx: LayerContext) -> list[Shape]:
     bias_term = ctx.layer.convolution_param.bias_term
     expected = [(num_output, channels // group, *kernel)] + ([(num_output,)] if bias_term else [])
     blobs = ctx.params(expected)
-    inputs = [ctx.inputs[0], ctx.weight("W", blobs[0])]
-    if bias_term:
-        inputs.append(ctx.weight("B", blobs[1]))
-    spatial = []
-    for size, k, s, p, d in zip(ctx.shape[2:], kernel, stride, pad, dilation, strict=True):
-        out = (size + 2 * p - (d * (k - 1) + 1)) // s + 1
-        if out <= 0:
-            raise LayerRefused(
-                f"kernel {kernel} (dilation {dilation}) is larger than the padded input "
-                f"{tuple(ctx.shape[2:])}"
-            )
-        spatial.append(out)
+    return emit_conv(ctx, blobs, kernel, stride, pad, dilation, group, num_output)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def emit_conv(
+    ctx: LayerContext,
+    blobs: list[np.ndarray],
+    kernel: list[int],
+    stride: list[int],
+    pad: list[int],
+    dilation: list[int],
+    group: int,
+    num_output: int,
+) -> list[Shape]:
+    """The Conv node of a convolution whose weights (and bias, when there are two blobs) are given; its top
+    shape. Refuses a kernel larger than the padded input."""
+    spatial = [
+        conv_output_size(size, k, s, p, d)
+        for size, k, s, p, d in zip(ctx.shape[2:], kernel, stride, pad, dilation, strict=True)
+    ]
+    if min(spatial) <= 0:
+        raise LayerRefused(
+            f"kernel {kernel} (dilation {dilation}) is larger than the padded input {tuple(ctx.shape[2:])}"
+        )
+    inputs = [ctx.inputs[0], ctx.weight("W", blobs[0])] + (
+        [ctx.weight("B", blobs[1])] if len(blobs) > 1 else []
+    )
     ctx.node(
         "Conv",
         inputs,

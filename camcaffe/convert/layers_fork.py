@@ -10,7 +10,7 @@ import numpy as np
 
 from camcaffe.caffe import caffe_pb2
 from camcaffe.convert.axes import canonical_axis, product, spatial_values
-from camcaffe.convert.layers_conv import convolution
+from camcaffe.convert.layers_conv import conv_output_size, convolution, emit_conv
 from camcaffe.convert.registry import (
     LayerContext,
     LayerRefused,
@@ -40,10 +40,6 @@ def _window_2d(param: caffe_pb2.ConvolutionParameter) -> tuple[list[int], list[i
     return kernel, stride, pad, dilation
 
 
-def _windowed_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
-    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
 def _require_4d(ctx: LayerContext, what: str = "") -> None:
     if len(ctx.shape) != 4:
         raise LayerRefused(
@@ -58,7 +54,7 @@ def _require_4d(ctx: LayerContext, what: str = "") -> None:
 def axpy(ctx: LayerContext) -> list[Shape]:
     """hujie-frank/SENet: top = scale * x + y for bottoms (scale, x, y), scale (N, C[, 1, 1]) broadcast
     over x's spatial axes (axpy_layer.cpp and .cu agree). OpenCV 4's importer swaps x and y (scale * y + x),
-    so `--verify` reports Axpy tops and everything after them on SENets."""
+    so `--verify` leaves Axpy tops and everything after them uncompared on SENets."""
     scale_shape, x_shape, y_shape = ctx.input_shapes
     if len(x_shape) < 2 or len(scale_shape) < 2:
         raise LayerRefused(f"scale {tuple(scale_shape)} and x {tuple(x_shape)} need at least 2 axes")
@@ -114,30 +110,8 @@ def convolution_depthwise(ctx: LayerContext) -> list[Shape]:
             # conv_dw_layer reads x_h/x_w only as a pair, else the (here absent) repeated field.
             raise LayerRefused(f"{name}_h and {name}_w must be given together")
     kernel, stride, pad, dilation = _window_2d(param)
-    spatial = [
-        _windowed_size(size, k, s, p, d)
-        for size, k, s, p, d in zip(ctx.shape[2:], kernel, stride, pad, dilation, strict=True)
-    ]
-    if min(spatial) <= 0:
-        raise LayerRefused(
-            f"kernel {kernel} (dilation {dilation}) is larger than the padded input {tuple(ctx.shape[2:])}"
-        )
     expected = [(channels, 1, *kernel)] + ([(channels,)] if param.bias_term else [])
-    blobs = ctx.params(expected)
-    inputs = [ctx.inputs[0], ctx.weight("W", blobs[0])]
-    if param.bias_term:
-        inputs.append(ctx.weight("B", blobs[1]))
-    ctx.node(
-        "Conv",
-        inputs,
-        ctx.outputs,
-        kernel_shape=kernel,
-        strides=stride,
-        pads=pad + pad,
-        dilations=dilation,
-        group=channels,
-    )
-    return [[ctx.shape[0], channels, *spatial]]
+    return emit_conv(ctx, ctx.params(expected), kernel, stride, pad, dilation, channels, channels)
 
 
 # ------------------------------------------------------------------------------------------- ShuffleNet
@@ -285,7 +259,7 @@ def im2col_indices(
 ) -> tuple[np.ndarray, list[int]]:
     """Flat indices into the zero-padded (H+2p) x (W+2p) plane, ordered (kh, kw, out_h, out_w)."""
     out = [
-        _windowed_size(s, k, st, p, d)
+        conv_output_size(s, k, st, p, d)
         for s, k, st, p, d in zip((height, width), kernel, stride, pad, dilation, strict=True)
     ]
     padded_width = width + 2 * pad[1]
