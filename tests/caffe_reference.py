@@ -1732,16 +1732,18 @@ def run_net(
     inputs: dict[str, np.ndarray],
     weight_source: WeightSource,
     observer: Callable[[caffe_pb2.LayerParameter, list[np.ndarray], list[np.ndarray]], None] | None = None,
+    dtype: type = np.float32,
 ) -> dict[str, np.ndarray]:
     """Caffe's Net::Forward. Blobs are numpy buffers: an in-place layer (top i == bottom i) writes into
     its bottom's buffer, a data-sharing layer's top is a view of its bottom, so every alias of a buffer
-    reads the last value written to it, exactly as Caffe's net.blobs do."""
+    reads the last value written to it, exactly as Caffe's net.blobs do. `dtype=np.float64` keeps blobs
+    in float64 (finite differences of gradients)."""
     check(not net.layers, "V1 `layers {}` nets are not modelled by the reference")
     declared = declared_inputs(net)
     state: dict[str, np.ndarray] = {}
     for name in declared:
         check(name in inputs, f"no value for input blob {name}")
-        state[name] = np.array(inputs[name], dtype=np.float32, copy=True)
+        state[name] = np.array(inputs[name], dtype=dtype, copy=True)
     for layer in net.layer:
         if not layer_in_phase(layer) or layer.type == "Input":
             continue
@@ -1750,7 +1752,7 @@ def run_net(
         bottoms = [state[b] for b in layer.bottom]
         blobs = weight_source(layer, bottoms)
         # fresh float32 buffers: a layer function may return a view of its bottom (Slice, Crop)
-        tops = [np.array(t, dtype=np.float32, copy=True, order="C") for t in run_layer(layer, bottoms, blobs)]
+        tops = [np.array(t, dtype=dtype, copy=True, order="C") for t in run_layer(layer, bottoms, blobs)]
         check(len(tops) == len(layer.top), f"layer {layer.name}: wrong number of tops")
         if observer is not None:
             observer(layer, bottoms, tops)
@@ -1776,12 +1778,16 @@ def run_net(
 
 
 def forward(
-    net_param_text: str, weights: dict[str, list[np.ndarray]], inputs: dict[str, np.ndarray]
+    net_param_text: str,
+    weights: dict[str, list[np.ndarray]],
+    inputs: dict[str, np.ndarray],
+    dtype: type = np.float32,
 ) -> dict[str, np.ndarray]:
-    """Every blob after Caffe's TEST-phase forward (an in-place blob holds its last writer's value)."""
+    """Every blob after Caffe's TEST-phase forward (an in-place blob holds its last writer's value), stored
+    as `dtype`."""
     net = parse_net(net_param_text)
 
     def from_dict(layer: caffe_pb2.LayerParameter, _bottoms: list[np.ndarray]) -> Blobs:
         return [np.asarray(b) for b in weights.get(layer.name, [])]
 
-    return run_net(net, inputs, from_dict)
+    return run_net(net, inputs, from_dict, dtype=dtype)

@@ -44,6 +44,7 @@ class LayerRecord:
     params: list[str]
     param_shapes: list[list[int]]
     bottom_tensors: list[str] = field(default_factory=list)  # the ONNX tensors the layer read
+    top_tensors: list[str] = field(default_factory=list)  # the ONNX tensors the layer wrote
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _convert(
                 inputs.append((name, shape))
                 current[top], shapes[name] = name, shape
                 batch_led.add(name)
-            layers[key] = LayerRecord(layer.type, [], list(layer.top), [], [])
+            layers[key] = LayerRecord(layer.type, [], list(layer.top), [], [], [], list(names))
             continue
         problem = _static_problem(layer)
         if any(bottom not in current for bottom in layer.bottom):
@@ -281,6 +282,7 @@ def _convert(
             list(ctx.param_names),
             [list(builder.initializers[p].shape) for p in ctx.param_names],
             list(ctx.inputs),
+            list(names),
         )
     if net.problems:
         raise _refuse_net(net.problems, unsupported, net.source)

@@ -1,77 +1,295 @@
-"""`net.backward()` for the classic uses of pycaffe's backward pass on a deploy net: the gradient of the
-outputs (or of a layer's tops, `start=`) with respect to the input blobs (saliency maps, deep-dream steps).
+"""The ONNX model behind `net.backward()`: Caffe's BackwardFromTo over a range of the layer table, as one
+graph of the converted net's forward and its reverse-mode nodes (camcaffe.explain.methods.backward rules).
 
-The gradient is the ONNX backward graph camcaffe builds for Grad-CAM (camcaffe.explain.methods.backward): the
-part of the converted net from the input to the seeded tensor, run with its reverse-mode rules in ONNX
-Runtime. As in Caffe, nothing is computed unless the prototxt says `force_backward: true` (a deploy net has no
-loss, so no layer needs backward); layers without a gradient rule are named in the error."""
+Caffe runs each layer's Backward in turn on shared blob memory; the model reproduces the data flow of that:
+every bottom a layer of the range reads becomes a "slot" of its own (an Identity of the tensor, one per
+reader, as the Split layers Caffe inserts give each reader its own top and diff), whose gradient is that
+layer's bottom diff. A top whose reader is outside the range (or is a layer that does not propagate to that
+bottom, or that nothing reads) contributes the diff its blob holds when backward starts, fed as a seed.
+The net (net.py) then writes the slots' gradients into the blobs' diffs in Caffe's order, which gives
+in-place chains and Split sums Caffe's values, and computes parameter gradients (param_grads.py) from the
+bottom values the model also returns.
+
+As in Caffe, nothing is computed unless the prototxt says `force_backward: true` (a deploy net has no loss,
+so no layer needs backward). Seeds that are all zero are left out (their gradients are zero), so a layer
+without a backward rule is refused (by name) only where a non-zero diff reaches it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
 import numpy as np
+import onnx
+from onnx import helper
 
+from camcaffe.convert.converter import LayerRecord
 from camcaffe.errors import CamcaffeError
-from camcaffe.explain.methods.backward import GradientError, TailModel, build_tail
-from camcaffe.runtime.session import ModelSession
+from camcaffe.explain.methods.backward import model_opset, reverse_mode, value_info
+from camcaffe.pycaffe.splits import LayerEntry
+
+# (layer type, bottom index) that Caffe never writes a diff for: Crop's reference, Embed's indices
+NO_PROPAGATION = {("Crop", 1), ("Embed", 0)}
+_NO_GRADIENT_OPS = {"Shape", "Size"}
 
 
-def depends_on(model, feature: str, score: str) -> bool:
-    """Whether tensor `score` is computed from tensor `feature` in the model's graph."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    seen, frontier = {feature}, [feature]
-    while frontier:
-        for node in consumers.get(frontier.pop(), []):
-            for out in node.output:
-                if out and out not in seen:
-                    seen.add(out)
-                    frontier.append(out)
-    return score in seen
+class BackwardError(CamcaffeError):
+    """A layer in the backward range cannot be differentiated."""
 
 
-class GradientCache:
-    """The gradient models of one converted net, by (input tensor, seeded tensor), with their sessions."""
+def propagates(entry: LayerEntry, bottom: int) -> bool:
+    return (entry.type, bottom) not in NO_PROPAGATION
 
-    def __init__(self, model, source: str):
-        self.model = model
-        self.source = source
-        self._tails: dict[tuple[str, str], tuple[TailModel, dict[str, ModelSession]]] = {}
 
-    def gradient(
-        self,
-        feature: str,
-        score: str,
-        feeds: dict[str, np.ndarray],
-        seed: np.ndarray,
-        provider: str,
-        what: str,
-    ) -> np.ndarray:
-        """d sum(seed * score) / d feature, with the other net inputs the tail reads taken from `feeds`
-        (zeros when the score does not depend on the feature)."""
-        if not depends_on(self.model, feature, score):
-            return np.zeros_like(feeds[feature], dtype=np.float32)
-        key = (feature, score)
-        held = self._tails.get(key)
-        if held is None:
-            try:
-                tail = build_tail(self.model, feature, score)
-            except GradientError as exc:
-                raise CamcaffeError(f"{self.source}: backward {what}: {exc}") from None
-            held = self._tails[key] = (tail, {})
-        tail, sessions = held
-        missing = [name for name in tail.side_inputs if name not in feeds]
-        if missing:
-            raise CamcaffeError(
-                f"{self.source}: backward {what} also depends on {missing}, which do not come from the input "
-                "blobs; backward through such a branch is not supported"
-            )
-        session = sessions.get(provider)
+@dataclass
+class BlobVersions:
+    """Which write of a blob each layer of the table reads (in-place layers make several per blob), and
+    who reads each write: `reader[(writer entry, top index)] = (reader entry, bottom index)` (one reader at
+    most once Split layers are in the table)."""
+
+    table: Sequence[LayerEntry]
+    reads: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    reader: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        current: dict[str, tuple[int, int]] = {}
+        for i, entry in enumerate(self.table):
+            for j, blob in enumerate(entry.bottoms):
+                version = current.get(blob)
+                if version is not None:
+                    self.reads[(i, j)] = version
+                    self.reader[version] = (i, j)
+            for j, blob in enumerate(entry.tops):
+                current[blob] = (i, j)
+
+    def range_seeds(self, first: int, last: int) -> list[str]:
+        """Every blob whose stored diff may seed BackwardFromTo(last, first)."""
+        found = []
+        for i in range(first, last + 1):
+            entry = self.table[i]
+            if entry.param is None or entry.type == "Input":
+                continue
+            for j in range(len(entry.tops)):
+                found.extend(self.seed_blobs((i, j), last))
+        return list(dict.fromkeys(found))
+
+    def seed_blobs(self, version: tuple[int, int], last: int) -> list[str]:
+        """The blobs whose stored diffs make up this write's diff when layers up to `last` run backward."""
+        reading = self.reader.get(version)
+        if reading is None:
+            return [self.table[version[0]].tops[version[1]]]
+        index, bottom = reading
+        entry = self.table[index]
+        if index > last or not propagates(entry, bottom):
+            return [entry.bottoms[bottom]]
+        if entry.param is None:  # an inserted Split inside the range: the sum of its tops' diffs
+            return [blob for k in range(len(entry.tops)) for blob in self.seed_blobs((index, k), last)]
+        return []
+
+
+def layer_records(table: Sequence[LayerEntry], records: dict[str, LayerRecord]) -> dict[int, LayerRecord]:
+    """Table index -> the converter's record of that layer (the net's layers, in order)."""
+    real = [i for i, entry in enumerate(table) if entry.param is not None]
+    values = list(records.values())
+    if len(real) != len(values):
+        raise CamcaffeError("backward: the converted net's layers do not match the layer table")
+    return dict(zip(real, values, strict=True))
+
+
+def _slot_name(entry: int, bottom: int) -> str:
+    return f"pycaffe/slot/{entry}/{bottom}"
+
+
+@dataclass
+class BackwardModel:
+    """One backward range as a model: net inputs and seeds in; slot gradients and bottom values out."""
+
+    model: onnx.ModelProto
+    inputs: list[str]  # net input tensors it reads
+    seeds: dict[str, str]  # blob -> seed input
+    slot_gradients: dict[tuple[int, int], str]  # (entry, bottom) -> output
+    values: dict[tuple[int, int], str]  # (entry, bottom) -> output: the bottom's forward value
+    sessions: dict[str, object] = field(default_factory=dict)
+
+    def run(self, provider: str, source: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from camcaffe.runtime.session import ModelSession
+
+        session = self.sessions.get(provider)
         if session is None:
-            session = sessions[provider] = ModelSession(
-                tail.model, provider, source=f"backward of {self.source}"
+            session = self.sessions[provider] = ModelSession(
+                self.model, provider, source=f"backward of {source}"
             )
-        run_feeds = {feature: feeds[feature], tail.seed: seed.astype(np.float32)}
-        run_feeds.update({name: feeds[name] for name in tail.side_inputs})
-        return session.run(run_feeds, [tail.gradient])[tail.gradient]
+        names = [*self.slot_gradients.values(), *self.values.values()]
+        return session.run(feeds, names) if names else {}  # type: ignore[attr-defined]
+
+
+def _layer_nodes(
+    nodes: Sequence[onnx.NodeProto], producer: dict[str, int], record: LayerRecord, stops: set[str]
+) -> list[int]:
+    """Indices of the nodes computing the layer's tops from its bottoms (and constants)."""
+    bottoms = set(record.bottom_tensors)
+    found: set[int] = set()
+    frontier = list(record.top_tensors)
+    while frontier:
+        tensor = frontier.pop()
+        if tensor in bottoms or tensor in stops:
+            continue
+        index = producer.get(tensor)
+        if index is None or index in found:
+            continue
+        found.add(index)
+        frontier.extend(t for t in nodes[index].input if t)
+    return sorted(found)
+
+
+def build_backward(
+    model: onnx.ModelProto,
+    table: Sequence[LayerEntry],
+    records: dict[int, LayerRecord],
+    first: int,
+    last: int,
+    seeded: Callable[[str], bool],
+    value_entries: set[int],
+    source: str,
+) -> BackwardModel:
+    """The model for Caffe's BackwardFromTo(last, first) over the table: seeds for the stored diffs that
+    `seeded` accepts (non-zero ones), bottom values for the entries in `value_entries`."""
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
+    stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    versions = BlobVersions(table)
+    in_range = [
+        i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"
+    ]
+    owner: dict[int, int] = {}  # node index -> table entry
+    first_node: dict[int, int] = {}  # node index -> entry whose slots go right before it
+    for i in in_range:
+        found = _layer_nodes(nodes, producer, records[i], stops)
+        for k in found:
+            owner[k] = i
+        if found:
+            first_node[found[0]] = i
+    # forward nodes with each in-range layer reading its bottoms through slots of its own
+    rewired: list[onnx.NodeProto] = []
+    slots: dict[tuple[int, int], str] = {}
+    for k, node in enumerate(nodes):
+        entry = first_node.get(k)
+        if entry is not None:
+            for j, tensor in enumerate(records[entry].bottom_tensors):
+                if tensor in records[entry].bottom_tensors[:j]:
+                    continue  # the same tensor twice: one slot (its gradient goes to the first bottom)
+                slots[(entry, j)] = _slot_name(entry, j)
+                rewired.append(helper.make_node("Identity", [tensor], [slots[(entry, j)]], name=slots[(entry, j)]))
+        if k in owner:
+            bottoms = records[owner[k]].bottom_tensors
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            for position, tensor in enumerate(copy.input):
+                if tensor in bottoms:
+                    copy.input[position] = _slot_name(owner[k], bottoms.index(tensor))
+            node = copy
+        rewired.append(node)
+    live_slots = {key: name for key, name in slots.items() if propagates(table[key[0]], key[1])}
+    live = _descendants(rewired, set(live_slots.values()))
+    live |= {records[i].bottom_tensors[j] for i, j in live_slots}
+    differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(slots.values())
+
+    # seeds: the stored diffs of the tops whose readers do not run
+    seed_inputs: dict[str, str] = {}
+    seeds: dict[str, list[str]] = {}
+    for i in in_range:
+        for j, tensor in enumerate(records[i].top_tensors):
+            for blob in versions.seed_blobs((i, j), last):
+                if blob in seed_inputs or not seeded(blob):
+                    continue
+                seed_inputs[blob] = f"pycaffe/seed/{blob}"
+                seeds.setdefault(tensor, []).append(seed_inputs[blob])
+
+    forward_model = helper.make_graph(rewired, graph.name, list(graph.input), list(graph.output), list(graph.initializer))
+    full = helper.make_model(forward_model, opset_imports=list(model.opset_import))
+    full.ir_version = model.ir_version
+    result = reverse_mode(
+        full,
+        seeds,
+        live,
+        lambda node: node.output[0] in differentiated,
+        list(live_slots.values()),
+    )
+    if result.refused:
+        names = {node.output[0]: owner.get(k) for k, node in enumerate(nodes)}
+        listed = []
+        for node, why in result.refused:
+            entry = names.get(node.output[0])
+            where = f"layer '{table[entry].name}' ({table[entry].type})" if entry is not None else "a slot"
+            listed.append(f"{where}: ONNX node {node.op_type} {why}")
+        raise BackwardError(
+            f"{source}: backward cannot pass through {'; '.join(dict.fromkeys(listed))}; start the backward "
+            "after these layers (start=) or leave their tops' diffs at zero"
+        )
+    outputs: list[onnx.NodeProto] = []
+    slot_gradients: dict[tuple[int, int], str] = {}
+    for key, name in live_slots.items():
+        gradient = result.gradients.get(name)
+        if gradient is not None:
+            slot_gradients[key] = f"pycaffe/gradient/{key[0]}/{key[1]}"
+            outputs.append(helper.make_node("Identity", [gradient], [slot_gradients[key]]))
+    values: dict[tuple[int, int], str] = {}
+    for i in sorted(value_entries):
+        for j, tensor in enumerate(records[i].bottom_tensors):
+            values[(i, j)] = f"pycaffe/value/{i}/{j}"
+            outputs.append(helper.make_node("Identity", [tensor], [values[(i, j)]]))
+    needed = {t for node in [*result.nodes, *outputs] for t in node.input if t}
+    forward = _ancestors(result.forward, needed)
+    used = {t for node in [*forward, *result.nodes, *outputs] for t in node.input if t}
+    net_inputs = [i for i in graph.input if i.name in used]
+    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
+    from camcaffe.explain.cam_head import _known_shapes
+
+    known = _known_shapes(full)
+    inputs = list(net_inputs)
+    for tensor, names in seeds.items():
+        for name in names:
+            inputs.append(value_info(name, known.get(tensor) or shapes.get(tensor)))
+    graph_outputs = [
+        helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None) for node in outputs
+    ]
+    initializers = [t for t in graph.initializer if t.name in used] + result.initializers
+    backward_graph = helper.make_graph(
+        [*forward, *result.nodes, *outputs], f"{graph.name}_backward", inputs, graph_outputs, initializers
+    )
+    backward_model = helper.make_model(
+        backward_graph, opset_imports=[helper.make_opsetid("", max(model_opset(model), 17))]
+    )
+    backward_model.ir_version = max(model.ir_version, 8)
+    return BackwardModel(
+        backward_model, [i.name for i in net_inputs], seed_inputs, slot_gradients, values
+    )
+
+
+def _dims(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    if not info.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
+
+
+def _descendants(nodes: Sequence[onnx.NodeProto], roots: set[str]) -> set[str]:
+    """Tensors computed from `roots` through ops that pass a gradient on (nodes in graph order)."""
+    seen = set(roots)
+    for node in nodes:
+        if node.op_type in _NO_GRADIENT_OPS:
+            continue
+        if any(t in seen for t in node.input if t):
+            seen.update(t for t in node.output if t)
+    return seen
+
+
+def _ancestors(nodes: Sequence[onnx.NodeProto], needed: set[str]) -> list[onnx.NodeProto]:
+    """The nodes (in order) that compute the `needed` tensors."""
+    wanted = set(needed)
+    keep = []
+    for node in reversed(nodes):
+        if any(out in wanted for out in node.output if out):
+            keep.append(node)
+            wanted.update(t for t in node.input if t)
+    return keep[::-1]

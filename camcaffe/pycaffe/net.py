@@ -31,6 +31,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from itertools import zip_longest
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,8 +46,10 @@ from camcaffe.convert.onnx_io import build_model
 from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
-from camcaffe.pycaffe.backward import GradientCache
+from camcaffe.pycaffe.backward import BackwardModel, BlobVersions, build_backward, layer_records, propagates
 from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
+from camcaffe.pycaffe.param_grads import NoParamGradient, has_rule
+from camcaffe.pycaffe.param_grads import gradients as param_gradients
 from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
 from camcaffe.pycaffe.subnet import SubnetPlan, plan_range, subnet_param
 
@@ -156,7 +159,11 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 class Blob:
-    """A Caffe blob: `.data` is the float32 array (N, C, H, W) that forward() reads (inputs) and fills."""
+    """A Caffe blob: `.data` is the float32 array (N, C, H, W) that forward() reads (inputs) and fills;
+    `.diff` its gradient, filled by backward() (and by scripts, for the tops backward starts from)."""
+
+    # Flatten / Reshape tops share their bottom's diff memory in Caffe (ShareDiff): set to the bottom's blob
+    _diff_owner: Blob | None = None
 
     def __init__(self, name: str, shape: Sequence[int]):
         self.name = name
@@ -187,8 +194,13 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        """The blob's gradient: written by scripts (top diffs), computed by backward() for input blobs."""
+        """The blob's gradient: written by scripts (top diffs), computed by backward()."""
         shape = self.shape
+        owner = self._diff_owner
+        if owner is not None:
+            shared = owner.diff
+            if shared.size == int(np.prod(shape, dtype=np.int64)):
+                return shared.reshape(shape)
         held = getattr(self, "_diff", None)
         if held is None or held.shape != shape:
             held = self._diff = np.zeros(shape, dtype=np.float32)
@@ -253,8 +265,8 @@ class Blob:
 
 
 class SplitBlob(Blob):
-    """A top of an inserted Split layer: Caffe shares its bottom's memory, so it reads and writes the source
-    blob's array."""
+    """A top of an inserted Split layer: Caffe shares its bottom's data memory, so it reads and writes the
+    source blob's array; its diff is its own (backward sums the Split tops' diffs into the source's)."""
 
     def __init__(self, name: str, source: Blob):
         self.name = name
@@ -273,14 +285,6 @@ class SplitBlob(Blob):
 
     def _peek(self) -> np.ndarray:
         return self.source._peek()
-
-    @property
-    def diff(self) -> np.ndarray:
-        return self.source.diff
-
-    @diff.setter
-    def diff(self, value: np.ndarray) -> None:
-        self.source.diff[...] = value
 
     def _set(self, array: np.ndarray) -> None:
         self.source._set(array)
@@ -301,6 +305,7 @@ class ParamBlob(Blob):
         self.name = name
         self._baseline = _read_only(np.asarray(array, dtype=np.float32))
         self._data: np.ndarray | None = None  # type: ignore[assignment]
+        self.no_gradient: str | None = None  # why backward() does not compute this diff, if it does not
 
     @property
     def data(self) -> np.ndarray:
@@ -318,10 +323,18 @@ class ParamBlob(Blob):
 
     @property
     def diff(self) -> np.ndarray:
-        raise PycaffeError(
-            f"parameter '{self.name}': camcaffe computes no parameter gradients (.diff); backward() gives the "
-            "input blobs' diffs only"
-        )
+        """The parameter's gradient: backward() adds to it, as Caffe does (clear_param_diffs() zeroes it)."""
+        if self.no_gradient is not None:
+            raise PycaffeError(f"parameter '{self.name}': no .diff: {self.no_gradient}")
+        shape = self.shape
+        held = getattr(self, "_diff", None)
+        if held is None or held.shape != shape:
+            held = self._diff = np.zeros(shape, dtype=np.float32)
+        return held
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.diff[...] = value
 
     @property
     def count(self) -> int:
@@ -392,7 +405,8 @@ class _Compiled:
     session_key: tuple[bool, int] | None = None
     # the sets of tensors fetched so far: ONNX Runtime keeps one session per set (see fetch_list)
     fetch_sets: set[frozenset[str]] = field(default_factory=set)
-    gradients: GradientCache | None = None
+    # backward models by (first layer, last layer, seeded blobs)
+    gradients: dict[tuple, BackwardModel] = field(default_factory=dict)
 
     def all_tensors(self) -> list[str]:
         return list(dict.fromkeys(self.converted.blob_tensors.values()))
@@ -416,6 +430,15 @@ class _Compiled:
         if self.converted.symbolic_batch and tensor in self.converted.batch_led:
             shape[0] = batch
         return tuple(shape)
+
+
+def _shares_diff(entry: LayerEntry) -> bool:
+    """Layers whose top shares its bottom's diff memory in Caffe (ShareDiff in their Reshape)."""
+    if entry.param is None or not entry.bottoms:
+        return False
+    return entry.type in ("Flatten", "Reshape") or (
+        (entry.type == "Concat" and len(entry.bottoms) == 1) or (entry.type == "Slice" and len(entry.tops) == 1)
+    )
 
 
 def _load_caffe_net(path: str | os.PathLike, stages: Sequence[str] | None) -> CaffeNet:
@@ -492,6 +515,16 @@ class Net:
                 if source is not None
                 else Blob(name, self._compiled.blob_shape(name, batch))
             )
+        for entry in self._table:
+            if _shares_diff(entry):
+                for top in entry.tops:
+                    if top != entry.bottoms[0]:
+                        self.blobs[top]._diff_owner = self.blobs[entry.bottoms[0]]
+        for layer_name, blobs in self.params.items():
+            layer_type = self._caffe_net.layer(layer_name).type
+            if not has_rule(layer_type):
+                for blob in blobs:
+                    blob.no_gradient = f"camcaffe has no parameter gradient rule for {layer_type} layers"
 
     # -- structure (Caffe's runtime tables, inserted Split layers included)
 
@@ -792,28 +825,26 @@ class Net:
         end: str | None = None,
         **kwargs: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """Caffe's backward from the outputs (or from the tops of layer `start`) down to the input blobs: the
-        seed is the current `.diff` of those tops (keyword arguments set the outputs' diffs first). The input
-        blobs' diffs are computed with the model of the last forward, when the prototxt has
-        `force_backward: true` (else, as in Caffe for a net without loss, nothing is computed).
+        """Caffe's BackwardFromTo(start, end): layers `start` (default: the last) down to `end` (default: the
+        first) run backward, in that order, on the blobs' diffs. A layer reads its tops' current diffs (those
+        the layers above it wrote in this pass, else what the blob holds: keyword arguments set the outputs'
+        diffs first) and writes its bottoms' diffs; parameter diffs are added to. The blob values are those
+        of the model of the last forward. Computed when the prototxt has `force_backward: true` (else, as in
+        Caffe for a net without loss, nothing is).
 
-        Returns {blob: diff} for the input blobs and `diffs`."""
+        Returns {blob: diff} for the input blobs (or blob `end`) and `diffs`."""
         table = self._table
         names = self._layer_names
         for what, name in (("start", start), ("end", end)):
             if name is not None and name not in names:
                 raise PycaffeError(f"backward({what}='{name}'): the net has no layer of that name")
-        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
-        if end is not None and names.index(end) > real[0]:
-            raise PycaffeError(
-                f"backward(end='{end}'): only backward down to the input blobs is supported (end=None or "
-                f"end='{table[real[0]].name}')"
-            )
+        first = names.index(end) if end is not None else 0
+        last = names.index(start) if start is not None else len(table) - 1
+        if first > last:
+            raise PycaffeError(f"backward(start='{start}', end='{end}'): end comes after start in net._layer_names")
         for name in diffs or []:
-            if name not in self.inputs:
-                raise PycaffeError(
-                    f"backward(diffs=['{name}']): only the input blobs' diffs are computed; inputs: {self.inputs}"
-                )
+            if name not in self.blobs:
+                raise PycaffeError(f"backward(diffs=['{name}']): the net has no blob of that name")
         for name, value in kwargs.items():
             if name not in self.outputs:
                 raise PycaffeError(
@@ -824,53 +855,114 @@ class Net:
                     f"backward({name}=...): diff of shape {np.shape(value)} is not batch sized ({self.blobs[name].num})"
                 )
             self.blobs[name].diff[...] = value
-        returned = list(
-            dict.fromkeys(
-                [*(self.inputs if end is None else table[names.index(end)].bottoms), *(diffs or [])]
-            )
-        )
+        if end is None:
+            returned = list(self.inputs)
+        else:  # pycaffe returns the blob named like the end layer (a layer usually names its top after itself)
+            returned = [end] if end in self.blobs else list(table[first].bottoms)
+        returned = list(dict.fromkeys([*returned, *(diffs or [])]))
         if self._force_backward:
-            self._input_diffs(self._seeds(start))
+            self._backward_range(first, last)
         return {name: self.blobs[name].diff for name in returned}
 
-    def _seeds(self, start: str | None) -> list[str]:
-        """The blobs whose diffs seed the backward: the outputs, or the tops of layer `start`."""
-        if start is None:
-            return list(self.outputs)
-        entry = self._table[self._layer_names.index(start)]
-        if entry.param is None or entry.type == "Input":
-            raise PycaffeError(f"backward(start='{start}'): start at a layer that computes something")
-        writers = self._caffe_net.writers()
-        for top in entry.tops:
-            if writers[top][-1] != entry.name:
-                raise PycaffeError(
-                    f"backward(start='{start}'): its top '{top}' is rewritten in place by '{writers[top][-1]}'; "
-                    f"start at '{writers[top][-1]}' instead"
-                )
-        return list(entry.tops)
-
-    def _input_diffs(self, seeds: list[str]) -> None:
+    def _backward_range(self, first: int, last: int) -> None:
+        table = self._table
         compiled = self._prepare()  # the net for the current input shapes and parameters
-        if compiled.gradients is None:
-            compiled.gradients = GradientCache(compiled.model, self._source)
-        tensors = compiled.converted.blob_tensors
+        records = layer_records(table, compiled.converted.layers)
+        versions = BlobVersions(table)
+        seeded = frozenset(blob for blob in versions.range_seeds(first, last) if self.blobs[blob].diff.any())
+        with_params = {
+            i
+            for i in range(first, last + 1)
+            if table[i].param is not None
+            and any(blob.no_gradient is None for blob in self.params.get(table[i].name, []))
+        }
+        key = (first, last, seeded)
+        model = compiled.gradients.get(key)
+        if model is None:
+            model = compiled.gradients[key] = build_backward(
+                compiled.model, table, records, first, last, seeded.__contains__, with_params, self._source
+            )
         inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
-        feeds = {tensors[name]: value for name, value in inputs.items()}
-        provider = "cuda" if _mode_key()[0] else "cpu"
-        for name in self.inputs:
-            total = np.zeros(self.blobs[name].shape, dtype=np.float32)
-            for seed in seeds:
-                diff = self.blobs[seed].diff
-                if not diff.any():
+        tensors = compiled.converted.blob_tensors
+        feeds = {tensors[name]: value for name, value in inputs.items() if tensors[name] in model.inputs}
+        feeds.update({model.seeds[blob]: self.blobs[blob].diff.copy() for blob in model.seeds})
+        results = model.run("cuda" if _mode_key()[0] else "cpu", self._source, feeds)
+        for i in range(last, first - 1, -1):  # Caffe's order: each layer reads what the ones above wrote
+            entry = table[i]
+            if entry.param is None:  # an inserted Split: the sum of its tops' diffs
+                total = self.blobs[entry.tops[0]].diff.copy()
+                for top in entry.tops[1:]:
+                    total += self.blobs[top].diff
+                self.blobs[entry.bottoms[0]].diff[...] = total
+                continue
+            if entry.type == "Input":
+                continue
+            if i in with_params:
+                values = [results[model.values[(i, j)]] for j in range(len(entry.bottoms))]
+                self._add_param_diffs(entry, values)
+            for j, blob in enumerate(entry.bottoms):
+                if not propagates(entry, j):
                     continue
-                total += compiled.gradients.gradient(
-                    tensors[name], tensors[seed], feeds, diff, provider, f"from '{seed}' to '{name}'"
-                )
-            self.blobs[name].diff[...] = total
+                output = model.slot_gradients.get((i, j))
+                target = self.blobs[blob].diff
+                if output is None:
+                    target[...] = 0
+                else:
+                    target[...] = results[output].reshape(target.shape)
 
-    def forward_backward_all(self, *args, **kwargs) -> None:
-        raise PycaffeError(
-            "Net.forward_backward_all(): not supported; call forward_all(), then backward() per batch"
+    def _add_param_diffs(self, entry: LayerEntry, bottoms: list[np.ndarray]) -> None:
+        blobs = self.params[entry.name]
+        top_diffs = [self.blobs[top].diff for top in entry.tops]
+        try:
+            found = param_gradients(entry.param, bottoms, top_diffs, [blob.current() for blob in blobs])
+        except NoParamGradient as why:
+            for blob in blobs:
+                blob.no_gradient = f"layer '{entry.name}' ({entry.type}) {why}"
+            return
+        for blob, gradient in zip(blobs, found, strict=False):
+            if gradient.value is None:
+                continue
+            if gradient.accumulate:
+                blob.diff[...] += gradient.value.reshape(blob.diff.shape)
+            else:
+                blob.diff[...] = gradient.value.reshape(blob.diff.shape)
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter diff (Caffe's Net::ClearParamDiffs, which solvers call between iterations:
+        backward() adds parameter gradients to the diffs)."""
+        for blobs in self.params.values():
+            for blob in blobs:
+                if blob.no_gradient is None:
+                    blob.diff[...] = 0
+
+    def forward_backward_all(
+        self, blobs: Sequence[str] | None = None, diffs: Sequence[str] | None = None, **kwargs: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """pycaffe's forward_backward_all: input arrays (keyword arguments named after input blobs) and
+        output diffs (named after output blobs) in batches of the input blob's batch size, the last one
+        padded with zeros; forward then backward per batch. Returns ({output or `blobs`: values},
+        {input or `diffs`: diffs}), concatenated, the padding dropped."""
+        unknown = [name for name in kwargs if name not in self.inputs and name not in self.outputs]
+        if unknown:
+            raise PycaffeError(
+                f"forward_backward_all({unknown[0]}=...): not an input or output blob; inputs: {self.inputs}, "
+                f"outputs: {self.outputs}"
+            )
+        forward_in = {name: kwargs[name] for name in self.inputs if name in kwargs}
+        backward_in = {name: kwargs[name] for name in self.outputs if name in kwargs}
+        forward_batches = list(self._batches(forward_in)) if forward_in else []
+        backward_batches = list(self._batches(backward_in)) if backward_in else []
+        outs: dict[str, list[np.ndarray]] = {}
+        grads: dict[str, list[np.ndarray]] = {}
+        for forward_batch, backward_batch in zip_longest(forward_batches, backward_batches, fillvalue={}):
+            for name, value in self.forward(blobs, **forward_batch).items():
+                outs.setdefault(name, []).append(value.copy())
+            for name, value in self.backward(diffs, **backward_batch).items():
+                grads.setdefault(name, []).append(value.copy())
+        total = len(next(iter(kwargs.values()))) if kwargs else None
+        return (
+            {name: np.concatenate(parts)[:total] for name, parts in outs.items()},
+            {name: np.concatenate(parts)[:total] for name, parts in grads.items()},
         )
 
     # -- weights

@@ -96,14 +96,12 @@ def test_backward_misuse_is_refused(forced) -> None:
     net.forward(data=random_input((2, 3, 8, 8), seed=6))
     with pytest.raises(caffe.PycaffeError, match="not an output"):
         net.backward(fc=np.ones((2, 5), np.float32))
-    with pytest.raises(caffe.PycaffeError, match="only the input blobs"):
-        net.backward(diffs=["conv1"])
-    with pytest.raises(caffe.PycaffeError, match="rewritten in place"):
-        net.backward(start="bn1")
-    with pytest.raises(caffe.PycaffeError, match="parameter gradients"):
-        _ = net.params["fc"][0].diff
-    with pytest.raises(caffe.PycaffeError, match="forward_all"):
-        net.forward_backward_all()
+    with pytest.raises(caffe.PycaffeError, match="no blob of that name"):
+        net.backward(diffs=["nope"])
+    with pytest.raises(caffe.PycaffeError, match="end comes after start"):
+        net.backward(start="conv1", end="fc")
+    with pytest.raises(caffe.PycaffeError, match="no layer of that name"):
+        net.backward(start="nope")
 
 
 @pytest.mark.parametrize("folder", ["googlenet_cam", "squeezenet_v1.1"])

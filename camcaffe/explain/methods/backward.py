@@ -914,3 +914,88 @@ def _backward(e: _Emitter, forward: list[onnx.NodeProto], feature: str, score: s
     if result is None:
         raise GradientError(f"score '{score}' does not depend on feature '{feature}'")
     e.nodes.append(helper.make_node("Identity", [result], [GRADIENT], name=GRADIENT))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reverse mode over a chosen part of a graph, with several seeds (pycaffe's layer-by-layer backward)
+
+
+@dataclass
+class ReverseMode:
+    """Backward nodes for part of a model: `forward` is the model's node list (MaxPool nodes given their
+    indices output where needed), `nodes`/`initializers` the backward part, `gradients` the gradient tensor
+    of each wanted tensor a gradient reached, `refused` the nodes with an incoming gradient that have no rule
+    (node, why)."""
+
+    forward: list[onnx.NodeProto]
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    gradients: dict[str, str]
+    refused: list[tuple[onnx.NodeProto, str]]
+
+
+def reverse_mode(
+    model: onnx.ModelProto,
+    seeds: dict[str, Sequence[str]],
+    live: set[str],
+    propagate: Callable[[onnx.NodeProto], bool],
+    wanted: Sequence[str],
+) -> ReverseMode:
+    """Differentiate the nodes of `model` for which `propagate` holds, from `seeds` (tensor -> names of
+    gradient tensors added to it, e.g. graph inputs) back to the `wanted` tensors; gradients go only to
+    node inputs in `live`."""
+    net = _Net(model)
+    emitter = _Emitter(net)
+    forward: list[onnx.NodeProto] = []
+    for node in net.nodes:
+        if node.op_type == "MaxPool" and len(node.output) < 2 and node.input[0] in live and propagate(node):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.output.append(f"{node.output[0]}/indices")
+            node = copy
+        forward.append(node)
+    grads: dict[str, list[str]] = {tensor: list(names) for tensor, names in seeds.items() if names}
+    refused: list[tuple[onnx.NodeProto, str]] = []
+
+    def total(tensor: str) -> str | None:
+        parts = grads.get(tensor)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            grads[tensor] = [emitter.op("Sum", parts)]
+        return grads[tensor][0]
+
+    for node in reversed(forward):
+        if not propagate(node):
+            continue
+        dys = [total(o) if o else None for o in node.output]
+        if all(dy is None for dy in dys):
+            continue
+        need = [bool(t) and t in live for t in node.input]
+        if not any(need):
+            continue
+        rule = _RULES.get(node.op_type)
+        if rule is None:
+            refused.append((node, "no backward rule"))
+            continue
+        if node.op_type != "Split" and dys[0] is None:
+            continue
+        try:
+            input_grads = rule(emitter, node, dys, need)
+        except _Refusal as why:
+            refused.append((node, str(why)))
+            continue
+        for tensor, n, grad in zip(node.input, need, input_grads, strict=False):
+            if n and grad is not None:
+                grads.setdefault(tensor, []).append(grad)
+    gradients = {tensor: name for tensor in wanted if (name := total(tensor)) is not None}
+    return ReverseMode(forward, emitter.nodes, emitter.initializers, gradients, refused)
+
+
+def value_info(name: str, shape: Sequence[int | None] | None) -> onnx.ValueInfoProto:
+    """A float tensor's graph input/output entry, the first axis a symbolic batch."""
+    return _value_info(name, shape)
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    return _opset(model)
