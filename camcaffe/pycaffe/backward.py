@@ -159,9 +159,7 @@ def build_backward(
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
     stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
     versions = BlobVersions(table)
-    in_range = [
-        i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"
-    ]
+    in_range = [i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"]
     owner: dict[int, int] = {}  # node index -> table entry
     first_node: dict[int, int] = {}  # node index -> entry whose slots go right before it
     for i in in_range:
@@ -180,7 +178,9 @@ def build_backward(
                 if tensor in records[entry].bottom_tensors[:j]:
                     continue  # the same tensor twice: one slot (its gradient goes to the first bottom)
                 slots[(entry, j)] = _slot_name(entry, j)
-                rewired.append(helper.make_node("Identity", [tensor], [slots[(entry, j)]], name=slots[(entry, j)]))
+                rewired.append(
+                    helper.make_node("Identity", [tensor], [slots[(entry, j)]], name=slots[(entry, j)])
+                )
         if k in owner:
             bottoms = records[owner[k]].bottom_tensors
             copy = onnx.NodeProto()
@@ -206,7 +206,9 @@ def build_backward(
                 seed_inputs[blob] = f"pycaffe/seed/{blob}"
                 seeds.setdefault(tensor, []).append(seed_inputs[blob])
 
-    forward_model = helper.make_graph(rewired, graph.name, list(graph.input), list(graph.output), list(graph.initializer))
+    forward_model = helper.make_graph(
+        rewired, graph.name, list(graph.input), list(graph.output), list(graph.initializer)
+    )
     full = helper.make_model(forward_model, opset_imports=list(model.opset_import))
     full.ir_version = model.ir_version
     result = reverse_mode(
@@ -262,9 +264,7 @@ def build_backward(
         backward_graph, opset_imports=[helper.make_opsetid("", max(model_opset(model), 17))]
     )
     backward_model.ir_version = max(model.ir_version, 8)
-    return BackwardModel(
-        backward_model, [i.name for i in net_inputs], seed_inputs, slot_gradients, values
-    )
+    return BackwardModel(backward_model, [i.name for i in net_inputs], seed_inputs, slot_gradients, values)
 
 
 def _dims(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:

@@ -31,8 +31,8 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from itertools import zip_longest
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 import numpy as np
 
@@ -437,7 +437,8 @@ def _shares_diff(entry: LayerEntry) -> bool:
     if entry.param is None or not entry.bottoms:
         return False
     return entry.type in ("Flatten", "Reshape") or (
-        (entry.type == "Concat" and len(entry.bottoms) == 1) or (entry.type == "Slice" and len(entry.tops) == 1)
+        (entry.type == "Concat" and len(entry.bottoms) == 1)
+        or (entry.type == "Slice" and len(entry.tops) == 1)
     )
 
 
@@ -841,7 +842,9 @@ class Net:
         first = names.index(end) if end is not None else 0
         last = names.index(start) if start is not None else len(table) - 1
         if first > last:
-            raise PycaffeError(f"backward(start='{start}', end='{end}'): end comes after start in net._layer_names")
+            raise PycaffeError(
+                f"backward(start='{start}', end='{end}'): end comes after start in net._layer_names"
+            )
         for name in diffs or []:
             if name not in self.blobs:
                 raise PycaffeError(f"backward(diffs=['{name}']): the net has no blob of that name")

@@ -41,7 +41,9 @@ def _spatial(values: Sequence[int], h: int | None, w: int | None, default: int |
     raise NoParamGradient("is not a 2-D convolution")
 
 
-def _conv_geometry(param: caffe_pb2.ConvolutionParameter) -> tuple[list[int], list[int], list[int], list[int]]:
+def _conv_geometry(
+    param: caffe_pb2.ConvolutionParameter,
+) -> tuple[list[int], list[int], list[int], list[int]]:
     def field(name: str) -> int | None:
         return int(getattr(param, name)) if param.HasField(name) else None
 
