@@ -556,9 +556,7 @@ def crop(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) -> np.ndarr
         else:
             off = 0 if not offsets else offsets[0] if len(offsets) == 1 else offsets[i - axis]
             size = ref.shape[i]
-        check(
-            i < axis or x.shape[i] - off >= ref.shape[i], f"Crop out of range on axis {i}"
-        )  # HED: 1 vs 3 ch
+        check(i < axis or x.shape[i] - off >= ref.shape[i], f"Crop out of range on axis {i}")  # HED: 1 vs 3 ch
         index.append(slice(off, off + size))
     return x[tuple(index)]
 
@@ -1112,6 +1110,7 @@ def resample_layer(layer: caffe_pb2.LayerParameter, bottoms: list[np.ndarray], b
     return bilinear_interpolate(bottoms[0], layer)
 
 
+
 # ------------------------------------------------------------------------------------------- the net
 
 
@@ -1452,15 +1451,11 @@ def roi_pooling(feature: np.ndarray, rois: np.ndarray, layer: caffe_pb2.LayerPar
         bin_w = np.float32(max(ew - sw + 1, 1)) / np.float32(pw_count)
         for ph in range(ph_count):
             hs, he = _clip_range(
-                int(np.floor(np.float32(ph) * bin_h)) + sh,
-                int(np.ceil(np.float32(ph + 1) * bin_h)) + sh,
-                height,
+                int(np.floor(np.float32(ph) * bin_h)) + sh, int(np.ceil(np.float32(ph + 1) * bin_h)) + sh, height
             )
             for pw in range(pw_count):
                 ws, we = _clip_range(
-                    int(np.floor(np.float32(pw) * bin_w)) + sw,
-                    int(np.ceil(np.float32(pw + 1) * bin_w)) + sw,
-                    width,
+                    int(np.floor(np.float32(pw) * bin_w)) + sw, int(np.ceil(np.float32(pw + 1) * bin_w)) + sw, width
                 )
                 if he > hs and we > ws:
                     window = feature[image, :, hs:he, ws:we].reshape(channels, -1)
@@ -1511,9 +1506,7 @@ def _rpn_boxes(
     for h in range(height):
         for w in range(width):
             for k in range(count):
-                x1, y1, x2, y2 = (anchors[k] + f32([w * stride, h * stride, w * stride, h * stride])).astype(
-                    f32
-                )
+                x1, y1, x2, y2 = (anchors[k] + f32([w * stride, h * stride, w * stride, h * stride])).astype(f32)
                 dx, dy, dw, dh = deltas[item, 4 * k : 4 * k + 4, h, w]
                 bw, bh = (x2 - x1) + f32(1), (y2 - y1) + f32(1)
                 cx, cy = x1 + f32(0.5) * bw, y1 + f32(0.5) * bh
@@ -1621,9 +1614,7 @@ def _py_anchors(base: int, ratios: Sequence[float], scales: Sequence[float]) -> 
         hs = np.round(ws * ratio)
         for scale in scales:
             sw, sh = ws * scale, hs * scale
-            rows.append(
-                [ctr - 0.5 * (sw - 1), ctr - 0.5 * (sh - 1), ctr + 0.5 * (sw - 1), ctr + 0.5 * (sh - 1)]
-            )
+            rows.append([ctr - 0.5 * (sw - 1), ctr - 0.5 * (sh - 1), ctr + 0.5 * (sw - 1), ctr + 0.5 * (sh - 1)])
     return np.asarray(rows, np.float32)
 
 
@@ -1638,9 +1629,7 @@ def python_proposal(bottoms: list[np.ndarray], layer: caffe_pb2.LayerParameter) 
         if line:  # a YAML flow mapping or one "key: value" line; the tests' own prototxts
             params.update(eval(line if line.startswith("{") else "{" + line + "}", {}))
     check(bottoms[0].shape[0] == 1, "Only single item batches are supported")
-    anchors = _py_anchors(
-        params.get("base_size", 16), params.get("ratios", (0.5, 1, 2)), params.get("scales", (8, 16, 32))
-    )
+    anchors = _py_anchors(params.get("base_size", 16), params.get("ratios", (0.5, 1, 2)), params.get("scales", (8, 16, 32)))
     boxes, fg = _rpn_boxes(bottoms[0], bottoms[1], bottoms[2], anchors, params["feat_stride"], 0)
     sizes = boxes[:, 2:] - boxes[:, :2] + np.float32(1)
     keep = (sizes >= np.float32(16) * np.float32(bottoms[2].reshape(-1)[2])).all(axis=1)
