@@ -130,3 +130,62 @@ def test_golden_net_gradient_matches_finite_differences(folder: str, tmp_path: P
     step = 0.25
     numeric = (f(x + step * direction) - f(x - step * direction)) / (2 * step)
     assert norm > 0 and abs(numeric - norm) <= 1e-2 * norm, (numeric, norm)
+
+
+GOLDEN_CHECKS = {
+    # folder: (blob, the layer after its writers, parameters whose diffs are checked)
+    "squeezenet_v1.1": ("fire9/concat", "drop9", [("conv1", 0), ("fire9/expand3x3", 0), ("conv10", 1)]),
+    "googlenet_cam": (
+        "inception_4e/output",
+        "CAM_conv",
+        [("conv1/7x7_s2", 0), ("CAM_conv", 0), ("CAM_fc", 0)],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", sorted(GOLDEN_CHECKS))
+def test_golden_net_blob_and_param_diffs_match_finite_differences(folder: str, tmp_path: Path) -> None:
+    """Directional derivatives (along the gradient itself, whose value is its norm) of a middle blob, run
+    with forward(start=), and of parameters, run after editing them (real Caffe weights and input)."""
+    from tests.helpers import shared_path
+
+    root = shared_path("golden", folder)
+    blob, after, params = GOLDEN_CHECKS[folder]
+    prototxt = tmp_path / "deploy.prototxt"
+    text = (root / "deploy.prototxt").read_text()
+    prototxt.write_text(text if "force_backward: true" in text else "force_backward: true\n" + text)
+    net = caffe.Net(str(prototxt), str(root / "weights.caffemodel"), caffe.TEST)
+    x = np.load(root / "input.npy").astype(np.float32)
+    net.blobs["data"].reshape(*x.shape)
+    prob = net.forward(data=x)["prob"].copy()
+    seed = np.random.default_rng(0).normal(0, 1, prob.shape).astype(np.float32)
+    net.backward(prob=seed)
+    diffs = {blob: net.blobs[blob].diff.astype(np.float64)}
+    param_diffs = {key: net.params[key[0]][key[1]].diff.astype(np.float64) for key in params}
+    value = net.blobs[blob].data.copy()
+
+    def directional(gradient: np.ndarray, base: np.ndarray, run, step: float) -> tuple[float, float]:
+        norm = float(np.linalg.norm(gradient))
+        direction = (gradient / norm).astype(np.float32)
+        up, down = run(base + step * direction), run(base - step * direction)
+        return (up - down) / (2 * step), norm
+
+    def from_blob(v: np.ndarray) -> float:
+        net.blobs[blob].data[...] = v
+        return float((net.forward(start=after)["prob"].astype(np.float64) * seed).sum())
+
+    # blob values span hundreds; parameters are small: steps that stay within ReLU's linear pieces
+    numeric, norm = directional(diffs[blob], value, from_blob, 1e-3 * float(np.linalg.norm(value)))
+    assert norm > 0 and abs(numeric - norm) <= 2e-2 * norm, (blob, numeric, norm)
+    for layer, index in params:
+        original = net.params[layer][index].data.copy()
+
+        def from_param(v: np.ndarray, layer=layer, index=index) -> float:
+            net.params[layer][index].data[...] = v
+            return float((net.forward(data=x)["prob"].astype(np.float64) * seed).sum())
+
+        step = min(1e-3, 1e-2 / float(np.linalg.norm(param_diffs[(layer, index)])))  # softmax curvature
+        numeric, norm = directional(param_diffs[(layer, index)], original, from_param, step)
+        net.params[layer][index].data[...] = original
+        assert norm > 0 and abs(numeric - norm) <= 1e-2 * norm, (layer, index, numeric, norm)
