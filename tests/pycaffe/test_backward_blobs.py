@@ -271,3 +271,29 @@ def test_parameters_without_a_gradient_rule_say_so(tmp_path: Path) -> None:
     assert not any(b.diff.any() for b in net.params["bn"])  # Caffe computes none for BatchNorm's statistics
     with pytest.raises(caffe.PycaffeError, match="no parameter gradient rule for Normalize"):
         _ = net.params["norm"][0].diff
+
+
+def test_embed_parameter_diff_and_untouched_indices(tmp_path: Path) -> None:
+    layers = {
+        "embed": 'type: "Embed" bottom: "data" top: "vectors" embed_param { num_output: 3 input_dim: 6 }',
+        "fc": 'type: "InnerProduct" bottom: "vectors" top: "out" inner_product_param { num_output: 2 axis: 2 }',
+    }
+    text = _text(layers, {"data": (2, 4)})
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(text)
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=5)
+    weights = {k: [np.asarray(a, np.float64) for a in v] for k, v in caffemodel_arrays(caffemodel).items()}
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    indices = np.array([[0, 5, 2, 5], [1, 1, 3, 0]], np.float32)
+    seed = np.random.default_rng(2).normal(0, 1, (2, 4, 2))
+    net.forward(data=indices)
+    net.blobs["data"].diff[...] = 7.0
+    net.backward(out=seed.astype(np.float32))
+    assert (net.blobs["data"].diff == 7.0).all()  # Caffe never writes a diff for Embed's indices
+
+    def f(v):
+        changed = {**weights, "embed": [v, *weights["embed"][1:]]}
+        return _objective(text, changed, {"data": indices.astype(np.float64)}, seed)
+
+    _check_numeric(net.params["embed"][0].diff, weights["embed"][0], f, count=8)
