@@ -25,6 +25,7 @@ from onnx import helper
 
 from camcaffe.convert.converter import LayerRecord
 from camcaffe.errors import CamcaffeError
+from camcaffe.explain.cam_head import _known_shapes
 from camcaffe.explain.methods.backward import model_opset, reverse_mode, value_info
 from camcaffe.pycaffe.splits import LayerEntry
 
@@ -61,6 +62,18 @@ class BlobVersions:
                     self.reader[version] = (i, j)
             for j, blob in enumerate(entry.tops):
                 current[blob] = (i, j)
+
+    def tensor_before(self, index: int, blob: str, records: dict[int, LayerRecord]) -> str:
+        """The ONNX tensor of the write of `blob` that is current when table entry `index` runs."""
+        current: tuple[int, int] | None = None
+        for i, entry in enumerate(self.table[:index]):
+            if blob in entry.tops:
+                current = (i, entry.tops.index(blob))
+        if current is None:
+            raise CamcaffeError(f"backward: blob '{blob}' is written by no layer before entry {index}")
+        while self.table[current[0]].param is None:  # a Split top: its source's write
+            current = self.reads[(current[0], 0)]
+        return records[current[0]].top_tensors[current[1]]
 
     def range_seeds(self, first: int, last: int) -> list[str]:
         """Every blob whose stored diff may seed BackwardFromTo(last, first)."""
@@ -109,6 +122,7 @@ class BackwardModel:
     seeds: dict[str, str]  # blob -> seed input
     slot_gradients: dict[tuple[int, int], str]  # (entry, bottom) -> output
     values: dict[tuple[int, int], str]  # (entry, bottom) -> output: the bottom's forward value
+    fed: dict[str, str] = field(default_factory=dict)  # tensor taken from blob memory -> its input
     sessions: dict[str, object] = field(default_factory=dict)
 
     def run(self, provider: str, source: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,11 +165,18 @@ def build_backward(
     seeded: Callable[[str], bool],
     value_entries: set[int],
     source: str,
+    fed: Sequence[str] = (),
 ) -> BackwardModel:
     """The model for Caffe's BackwardFromTo(last, first) over the table: seeds for the stored diffs that
-    `seeded` accepts (non-zero ones), bottom values for the entries in `value_entries`."""
+    `seeded` accepts (non-zero ones), bottom values for the entries in `value_entries`; the `fed` tensors
+    become inputs (values a forward(start=) read from the blobs) instead of being computed."""
     graph = model.graph
     nodes = list(graph.node)
+    fed_inputs = {tensor: f"pycaffe/fed/{k}" for k, tensor in enumerate(fed)}
+
+    def renamed(tensor: str) -> str:
+        return fed_inputs.get(tensor, tensor)
+
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
     stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
     versions = BlobVersions(table)
@@ -179,20 +200,30 @@ def build_backward(
                     continue  # the same tensor twice: one slot (its gradient goes to the first bottom)
                 slots[(entry, j)] = _slot_name(entry, j)
                 rewired.append(
-                    helper.make_node("Identity", [tensor], [slots[(entry, j)]], name=slots[(entry, j)])
+                    helper.make_node(
+                        "Identity", [renamed(tensor)], [slots[(entry, j)]], name=slots[(entry, j)]
+                    )
                 )
-        if k in owner:
-            bottoms = records[owner[k]].bottom_tensors
+        if k in owner or any(t in fed_inputs for t in node.input):
+            bottoms = records[owner[k]].bottom_tensors if k in owner else []
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for position, tensor in enumerate(copy.input):
                 if tensor in bottoms:
                     copy.input[position] = _slot_name(owner[k], bottoms.index(tensor))
+                else:
+                    copy.input[position] = renamed(tensor)
             node = copy
         rewired.append(node)
     live_slots = {key: name for key, name in slots.items() if propagates(table[key[0]], key[1])}
     live = _descendants(rewired, set(live_slots.values()))
     live |= {records[i].bottom_tensors[j] for i, j in live_slots}
+    # a slot reading a value taken from blob memory passes its gradient to the write that value stands for
+    aliases: dict[str, list[str]] = {}
+    for (i, j), name in live_slots.items():
+        tensor = records[i].bottom_tensors[j]
+        if tensor in fed_inputs:
+            aliases.setdefault(tensor, []).append(name)
     differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(slots.values())
 
     # seeds: the stored diffs of the tops whose readers do not run
@@ -206,8 +237,11 @@ def build_backward(
                 seed_inputs[blob] = f"pycaffe/seed/{blob}"
                 seeds.setdefault(tensor, []).append(seed_inputs[blob])
 
+    known = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
+    known.update(_known_shapes(model))
+    fed_infos = [value_info(name, known.get(tensor)) for tensor, name in fed_inputs.items()]
     forward_model = helper.make_graph(
-        rewired, graph.name, list(graph.input), list(graph.output), list(graph.initializer)
+        rewired, graph.name, [*graph.input, *fed_infos], list(graph.output), list(graph.initializer)
     )
     full = helper.make_model(forward_model, opset_imports=list(model.opset_import))
     full.ir_version = model.ir_version
@@ -217,6 +251,7 @@ def build_backward(
         live,
         lambda node: node.output[0] in differentiated,
         list(live_slots.values()),
+        aliases,
     )
     if result.refused:
         names = {node.output[0]: owner.get(k) for k, node in enumerate(nodes)}
@@ -240,19 +275,18 @@ def build_backward(
     for i in sorted(value_entries):
         for j, tensor in enumerate(records[i].bottom_tensors):
             values[(i, j)] = f"pycaffe/value/{i}/{j}"
-            outputs.append(helper.make_node("Identity", [tensor], [values[(i, j)]]))
+            outputs.append(helper.make_node("Identity", [renamed(tensor)], [values[(i, j)]]))
     needed = {t for node in [*result.nodes, *outputs] for t in node.input if t}
     forward = _ancestors(result.forward, needed)
     used = {t for node in [*forward, *result.nodes, *outputs] for t in node.input if t}
     net_inputs = [i for i in graph.input if i.name in used]
-    shapes = {vi.name: _dims(vi) for vi in [*graph.input, *graph.value_info, *graph.output]}
-    from camcaffe.explain.cam_head import _known_shapes
-
-    known = _known_shapes(full)
     inputs = list(net_inputs)
+    for tensor, name in fed_inputs.items():
+        if name in used:
+            inputs.append(value_info(name, known.get(tensor)))
     for tensor, names in seeds.items():
         for name in names:
-            inputs.append(value_info(name, known.get(tensor) or shapes.get(tensor)))
+            inputs.append(value_info(name, known.get(tensor)))
     graph_outputs = [
         helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None) for node in outputs
     ]
@@ -264,7 +298,14 @@ def build_backward(
         backward_graph, opset_imports=[helper.make_opsetid("", max(model_opset(model), 17))]
     )
     backward_model.ir_version = max(model.ir_version, 8)
-    return BackwardModel(backward_model, [i.name for i in net_inputs], seed_inputs, slot_gradients, values)
+    return BackwardModel(
+        backward_model,
+        [i.name for i in net_inputs],
+        seed_inputs,
+        slot_gradients,
+        values,
+        {tensor: name for tensor, name in fed_inputs.items() if name in used},
+    )
 
 
 def _dims(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:

@@ -7,10 +7,12 @@ its other dimensions converts again on the next `forward()` / `reshape()`.
 
 Where it deliberately differs from pycaffe:
 
-* Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` computes the
-  diffs of the input blobs (from the outputs' diffs, or from a layer's tops with `start=`) when the
-  prototxt has `force_backward: true`, as Caffe does; other blobs' diffs are not computed (their `.diff` holds
-  what the script wrote), parameters have no `.diff` (see backward.py).
+* Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` is Caffe's
+  BackwardFromTo when the prototxt has `force_backward: true` (else, as in Caffe for a net without loss,
+  nothing is computed): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
+  param_grads.py); the blob values it differentiates at are those of the last forward's inputs, recomputed.
+  Differences: a layer reading one blob through two bottoms (after Caffe's Splits, two Split tops) gets the
+  sum of both gradients on the first of them; parameters of layers without a numpy rule raise on `.diff`.
 * `set_mode_gpu()` where CUDA is not usable (no GPU, or onnxruntime without CUDA) prints one warning on
   stderr and keeps running on the CPU, where a CPU-only pycaffe build would abort. The mode (and device)
   in force at each `forward()` chooses the execution provider, as Caffe's global mode does.
@@ -19,7 +21,7 @@ Where it deliberately differs from pycaffe:
   changed value takes effect from the next `forward()`, which converts again (net surgery works).
 * The Split layers Caffe inserts for blobs read by several layers are listed in `net.layers` /
   `net._layer_names` and their tops in `net.blobs` exactly as Caffe names and places them (see splits.py);
-  a Split top reads (and writes) its source blob's memory, as in Caffe.
+  a Split top reads (and writes) its source blob's data memory and has a diff of its own, as in Caffe.
 * `forward(start=, end=)` runs the layers of the range as a sub-net of their own (converted once per range
   and input shapes, then cached), fed with the current values of the blobs it reads from outside.
 """
@@ -497,6 +499,8 @@ class Net:
             read_prototxt_text(network_file), str(network_file), is_supported
         ).force_backward
         self._forward_inputs: dict[str, np.ndarray] = {}  # the inputs of the last full forward (backward)
+        # blobs a forward(start=) read from memory (scripts may have set them): backward differentiates there
+        self._forward_fed: tuple[int, dict[str, np.ndarray]] = (0, {})
         self.inputs = [t for lay in self._caffe_net.layers if lay.type == "Input" for t in lay.top]
         self.outputs = list(self._caffe_net.outputs)
         self._conversions = 0
@@ -760,6 +764,12 @@ class Net:
             self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
         if self._force_backward:
             self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
+            starts_inside = bool(real) and first > real[0]
+            self._forward_fed = (
+                (first, {name: self.blobs[name].data.copy() for name in fed if name not in self.inputs})
+                if starts_inside and fed
+                else (0, {})
+            )
         return {name: self.blobs[name].data for name in dict.fromkeys([*outputs, *(blobs or [])])}
 
     def _fill(self, compiled: _Compiled, fed: list[str], written: list[str], returned: list[str]) -> None:
@@ -873,22 +883,33 @@ class Net:
         records = layer_records(table, compiled.converted.layers)
         versions = BlobVersions(table)
         seeded = frozenset(blob for blob in versions.range_seeds(first, last) if self.blobs[blob].diff.any())
+        fed_at, fed_values = self._forward_fed
+        fed = {versions.tensor_before(fed_at, blob, records): value for blob, value in fed_values.items()}
         with_params = {
             i
             for i in range(first, last + 1)
             if table[i].param is not None
             and any(blob.no_gradient is None for blob in self.params.get(table[i].name, []))
         }
-        key = (first, last, seeded)
+        key = (first, last, seeded, frozenset(fed))
         model = compiled.gradients.get(key)
         if model is None:
             model = compiled.gradients[key] = build_backward(
-                compiled.model, table, records, first, last, seeded.__contains__, with_params, self._source
+                compiled.model,
+                table,
+                records,
+                first,
+                last,
+                seeded.__contains__,
+                with_params,
+                self._source,
+                list(fed),
             )
         inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
         tensors = compiled.converted.blob_tensors
         feeds = {tensors[name]: value for name, value in inputs.items() if tensors[name] in model.inputs}
         feeds.update({model.seeds[blob]: self.blobs[blob].diff.copy() for blob in model.seeds})
+        feeds.update({model.fed[tensor]: value for tensor, value in fed.items() if tensor in model.fed})
         results = model.run("cuda" if _mode_key()[0] else "cpu", self._source, feeds)
         for i in range(last, first - 1, -1):  # Caffe's order: each layer reads what the ones above wrote
             entry = table[i]

@@ -297,3 +297,25 @@ def test_embed_parameter_diff_and_untouched_indices(tmp_path: Path) -> None:
         return _objective(text, changed, {"data": indices.astype(np.float64)}, seed)
 
     _check_numeric(net.params["embed"][0].diff, weights["embed"][0], f, count=8)
+
+
+def test_backward_after_forward_from_a_set_blob_uses_that_blob(built) -> None:
+    """net.blobs[b].data[...] = v; forward(start=) then backward(): the layers read v, as in Caffe's memory."""
+    prototxt, net, weights, x, seed = built
+    net.forward(data=x.astype(np.float32))
+    injected = np.random.default_rng(8).normal(0, 1, net.blobs["biased"].shape)
+    net.blobs["biased"].data[...] = injected
+    net.forward(start="conv2")
+    net.backward(out=seed.astype(np.float32))
+    tail = _tail("conv2", {"biased": injected.shape})
+
+    def f(v):
+        changed = {**weights, "conv2": [v, weights["conv2"][1]]}
+        return _objective(tail, changed, {"biased": injected}, seed)
+
+    _check_numeric(net.params["conv2"][0].diff, weights["conv2"][0], f)
+    # below the injected blob the values are those of the last full forward: the data diff is unchanged
+    data_diff = net.blobs["data"].diff.copy()
+    net.forward(data=x.astype(np.float32))
+    net.backward(out=seed.astype(np.float32))
+    np.testing.assert_allclose(net.blobs["data"].diff, data_diff, rtol=1e-5, atol=1e-7)

@@ -940,10 +940,12 @@ def reverse_mode(
     live: set[str],
     propagate: Callable[[onnx.NodeProto], bool],
     wanted: Sequence[str],
+    aliases: dict[str, Sequence[str]] | None = None,
 ) -> ReverseMode:
     """Differentiate the nodes of `model` for which `propagate` holds, from `seeds` (tensor -> names of
     gradient tensors added to it, e.g. graph inputs) back to the `wanted` tensors; gradients go only to
-    node inputs in `live`."""
+    node inputs in `live`. `aliases[t]`: tensors whose gradients also count as t's (a value t stood for)."""
+    pending_aliases = {tensor: list(names) for tensor, names in (aliases or {}).items()}
     net = _Net(model)
     emitter = _Emitter(net)
     forward: list[onnx.NodeProto] = []
@@ -958,11 +960,14 @@ def reverse_mode(
     refused: list[tuple[onnx.NodeProto, str]] = []
 
     def total(tensor: str) -> str | None:
-        parts = grads.get(tensor)
+        parts = list(grads.get(tensor, []))
+        for alias in pending_aliases.pop(tensor, []):
+            gradient = total(alias)
+            if gradient is not None:
+                parts.append(gradient)
         if not parts:
             return None
-        if len(parts) > 1:
-            grads[tensor] = [emitter.op("Sum", parts)]
+        grads[tensor] = [emitter.op("Sum", parts)] if len(parts) > 1 else parts
         return grads[tensor][0]
 
     for node in reversed(forward):
