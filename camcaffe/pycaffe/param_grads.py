@@ -69,19 +69,23 @@ def conv_weight_gradient(
     outputs, out_h, out_w = dy.shape[1:]
     padded = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
     per_in, per_out = channels // group, outputs // group
-    grouped_dy = dy.reshape(n, group, per_out, out_h * out_w)
-    result = np.zeros((group, per_out, per_in, kernel[0], kernel[1]), np.float32)
+    # im2col: the input value under each kernel tap at each output position, then one product per group
+    windows = np.empty((n, channels, kernel[0], kernel[1], out_h, out_w), np.float32)
     for a in range(kernel[0]):
         top = a * dilation[0]
         for b in range(kernel[1]):
             left = b * dilation[1]
-            patch = padded[
+            windows[:, :, a, b] = padded[
                 :,
                 :,
                 top : top + stride[0] * (out_h - 1) + 1 : stride[0],
                 left : left + stride[1] * (out_w - 1) + 1 : stride[1],
-            ].reshape(n, group, per_in, out_h * out_w)
-            result[:, :, :, a, b] = np.einsum("ngos,ngcs->goc", grouped_dy, patch, optimize=True)
+            ]
+    positions = out_h * out_w
+    columns = windows.reshape(n, group, per_in * kernel[0] * kernel[1], positions)
+    columns = columns.transpose(1, 0, 3, 2).reshape(group, n * positions, -1)
+    grouped_dy = dy.reshape(n, group, per_out, positions).transpose(1, 2, 0, 3).reshape(group, per_out, -1)
+    result = np.matmul(grouped_dy, columns)
     return result.reshape(outputs, per_in, kernel[0], kernel[1])
 
 

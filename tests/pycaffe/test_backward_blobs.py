@@ -319,3 +319,18 @@ def test_backward_after_forward_from_a_set_blob_uses_that_blob(built) -> None:
     net.forward(data=x.astype(np.float32))
     net.backward(out=seed.astype(np.float32))
     np.testing.assert_allclose(net.blobs["data"].diff, data_diff, rtol=1e-5, atol=1e-7)
+
+
+def test_force_backward_overrides_propagate_down_false(tmp_path: Path) -> None:
+    """net.cpp ORs AllowForceBackward into every bottom's need for backward, so a prototxt's
+    `propagate_down: false` is overridden when force_backward is set."""
+    layers = dict(LAYERS)
+    layers["conv2"] = layers["conv2"].replace('top: "conv2"', 'top: "conv2" propagate_down: false')
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(_text(layers, {"data": SHAPE}))
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=5)
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=np.ones(SHAPE, np.float32))
+    net.backward(out=np.ones((2, 5), np.float32))
+    assert net.blobs["biased"].diff.any() and net.blobs["data"].diff.any()
