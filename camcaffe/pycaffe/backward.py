@@ -137,6 +137,28 @@ class BackwardModel:
         return session.run(feeds, names) if names else {}  # type: ignore[attr-defined]
 
 
+class _SlotChooser:
+    """Which bottom a layer's node input stands for. A tensor read through several bottoms (x + x: two
+    Split tops in Caffe) maps its uses, in node order, to those bottoms in order when it is used as many
+    times as it is a bottom (Eltwise, Concat); otherwise every use reads the first of them."""
+
+    def __init__(self, bottoms: Sequence[str], nodes: Sequence[onnx.NodeProto]):
+        self.first = {tensor: bottoms.index(tensor) for tensor in bottoms}
+        uses = {tensor: sum(list(node.input).count(tensor) for node in nodes) for tensor in bottoms}
+        self.queues = {
+            tensor: [j for j, t in enumerate(bottoms) if t == tensor]
+            for tensor in bottoms
+            if bottoms.count(tensor) > 1 and uses[tensor] == bottoms.count(tensor)
+        }
+
+    def __contains__(self, tensor: str) -> bool:
+        return tensor in self.first
+
+    def pop(self, tensor: str) -> int:
+        queue = self.queues.get(tensor)
+        return queue.pop(0) if queue else self.first[tensor]
+
+
 def _layer_nodes(
     nodes: Sequence[onnx.NodeProto], producer: dict[str, int], record: LayerRecord, stops: set[str]
 ) -> list[int]:
@@ -189,6 +211,10 @@ def build_backward(
             owner[k] = i
         if found:
             first_node[found[0]] = i
+    readers = {
+        i: _SlotChooser(records[i].bottom_tensors, [nodes[k] for k in sorted(owner) if owner[k] == i])
+        for i in in_range
+    }
     # forward nodes with each in-range layer reading its bottoms through slots of its own
     rewired: list[onnx.NodeProto] = []
     slots: dict[tuple[int, int], str] = {}
@@ -196,8 +222,6 @@ def build_backward(
         entry = first_node.get(k)
         if entry is not None:
             for j, tensor in enumerate(records[entry].bottom_tensors):
-                if tensor in records[entry].bottom_tensors[:j]:
-                    continue  # the same tensor twice: one slot (its gradient goes to the first bottom)
                 slots[(entry, j)] = _slot_name(entry, j)
                 rewired.append(
                     helper.make_node(
@@ -205,14 +229,11 @@ def build_backward(
                     )
                 )
         if k in owner or any(t in fed_inputs for t in node.input):
-            bottoms = records[owner[k]].bottom_tensors if k in owner else []
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for position, tensor in enumerate(copy.input):
-                if tensor in bottoms:
-                    copy.input[position] = _slot_name(owner[k], bottoms.index(tensor))
-                else:
-                    copy.input[position] = renamed(tensor)
+                bottom = readers[owner[k]].pop(tensor) if k in owner and tensor in readers[owner[k]] else None
+                copy.input[position] = _slot_name(owner[k], bottom) if bottom is not None else renamed(tensor)
             node = copy
         rewired.append(node)
     live_slots = {key: name for key, name in slots.items() if propagates(table[key[0]], key[1])}

@@ -10,9 +10,10 @@ Where it deliberately differs from pycaffe:
 * Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` is Caffe's
   BackwardFromTo when the prototxt has `force_backward: true` (else, as in Caffe for a net without loss,
   nothing is computed): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
-  param_grads.py); the blob values it differentiates at are those of the last forward's inputs, recomputed.
-  Differences: a layer reading one blob through two bottoms (after Caffe's Splits, two Split tops) gets the
-  sum of both gradients on the first of them; parameters of layers without a numpy rule raise on `.diff`.
+  param_grads.py); the blob values it differentiates at are recomputed from the inputs of the last forward
+  that ran the first layers, and taken from the blobs a later forward(start=) read. Differences: parameters
+  of layers without a numpy rule raise on `.diff`; a layer whose converted nodes use one blob a different
+  number of times than it lists it as a bottom gives that blob's whole gradient to the first such bottom.
 * `set_mode_gpu()` where CUDA is not usable (no GPU, or onnxruntime without CUDA) prints one warning on
   stderr and keeps running on the CPU, where a CPU-only pycaffe build would abort. The mode (and device)
   in force at each `forward()` chooses the execution provider, as Caffe's global mode does.
@@ -763,8 +764,9 @@ class Net:
         if written:
             self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
         if self._force_backward:
-            self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
             starts_inside = bool(real) and first > real[0]
+            if not starts_inside:  # layers below a start= keep the values of the forward that ran them
+                self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
             self._forward_fed = (
                 (first, {name: self.blobs[name].data.copy() for name in fed if name not in self.inputs})
                 if starts_inside and fed

@@ -334,3 +334,25 @@ def test_force_backward_overrides_propagate_down_false(tmp_path: Path) -> None:
     net.forward(data=np.ones(SHAPE, np.float32))
     net.backward(out=np.ones((2, 5), np.float32))
     assert net.blobs["biased"].diff.any() and net.blobs["data"].diff.any()
+
+
+def test_a_blob_read_twice_by_one_layer_gives_each_split_top_its_diff(tmp_path: Path) -> None:
+    layers = {
+        "conv1": 'type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 2 '
+        "kernel_size: 1 }",
+        "square": 'type: "Eltwise" bottom: "conv1" bottom: "conv1" top: "out" eltwise_param { operation: PROD }',
+    }
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(_text(layers, {"data": (1, 2, 3, 3)}))
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=5)
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    x = np.random.default_rng(1).normal(0, 1, (1, 2, 3, 3)).astype(np.float32)
+    net.forward(data=x)
+    seed = np.random.default_rng(2).normal(0, 1, (1, 2, 3, 3)).astype(np.float32)
+    net.backward(out=seed)
+    conv1 = net.blobs["conv1"].data
+    tops = [net.blobs[f"conv1_conv1_0_split_{k}"].diff for k in range(2)]
+    for top in tops:  # Eltwise PROD: each bottom's diff is the top diff times the other bottom
+        np.testing.assert_allclose(top, seed * conv1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.blobs["conv1"].diff, 2 * seed * conv1, rtol=1e-5, atol=1e-6)
