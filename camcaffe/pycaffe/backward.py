@@ -29,8 +29,20 @@ from camcaffe.explain.cam_head import _known_shapes
 from camcaffe.explain.methods.backward import model_opset, reverse_mode, value_info
 from camcaffe.pycaffe.splits import LayerEntry
 
-# (layer type, bottom index) that Caffe never writes a diff for: Crop's reference, Embed's indices
-NO_PROPAGATION = {("Crop", 1), ("Embed", 0)}
+# (layer type, bottom index) that Caffe's Backward never writes a diff for: references read for their shape,
+# indices, masks and boxes (their layers write bottom 0 only, or nothing)
+NO_PROPAGATION = {
+    ("Crop", 1),
+    ("Embed", 0),
+    ("Interp", 1),
+    ("Upsample", 1),
+    ("MaxUnPool", 1),
+    ("ROIPooling", 1),
+    ("PSROIPooling", 1),
+    ("BatchReindex", 1),
+    ("PriorBox", 0),
+    ("PriorBox", 1),
+}
 _NO_GRADIENT_OPS = {"Shape", "Size"}
 
 

@@ -19,6 +19,8 @@ provider as the net (CPU or CUDA) and only the tail is recomputed:
   broadcast gradients summed back;  BatchNormalization (inference) -> a per-channel factor.
 
 Anything else on a path from the feature to the score is refused by name (`GradientError`).
+
+`reverse_mode` applies the same rules to a chosen part of a graph from several seeds (pycaffe's backward).
 """
 
 from __future__ import annotations
