@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--labels", type=Path, help="label file (default: the labels embedded by convert)")
     parser.add_argument(
-        "--top-k", type=int, default=5, help="classes listed and mapped per image (default 5)"
+        "--top-k", type=int, default=None, help="classes listed and mapped per image (default 5)"
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="initial heat map opacity (default 0.5)")
     parser.add_argument(

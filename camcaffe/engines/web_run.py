@@ -24,7 +24,7 @@ class WebOptions:
     model: Path
     out: Path
     labels: Path | None = None
-    top_k: int = 5
+    top_k: int | None = None  # default: 5, or every class of a smaller classifier
     alpha: float = 0.5
     box_threshold: float = 0.2
     resize: str = "warp"
@@ -62,7 +62,7 @@ def _resolved(options: WebOptions) -> WebOptions:
 
 
 def _check_options(options: WebOptions) -> None:
-    if options.top_k < 1:
+    if options.top_k is not None and options.top_k < 1:
         raise CamcaffeError(f"--top-k must be a positive integer, got {options.top_k}")
     if not 0.0 <= options.alpha <= 1.0:
         raise CamcaffeError(f"--alpha must lie in [0, 1], got {options.alpha}")
@@ -239,6 +239,8 @@ def build_site(options: WebOptions) -> Path:
     session = ModelSession(options.model, provider="cpu")
     _check_is_classifier(session)
     head = head_of(session)
+    if options.top_k is None:
+        options = replace(options, top_k=min(5, head.num_classes))
     if options.top_k > head.num_classes:
         raise CamcaffeError(f"--top-k {options.top_k} must lie between 1 and {head.num_classes}")
     name, layout, shape = _input_geometry(session, options)
