@@ -838,6 +838,7 @@
   function wire() {
     $('file').addEventListener('change', (event) => {
       const file = event.target.files[0];
+      event.target.value = ''; // picking the same file again is a new request
       if (file) explain(file);
     });
     const drop = $('drop');
