@@ -14,12 +14,15 @@ same photos, with the demo SqueezeNet v1.0.
 from __future__ import annotations
 
 import argparse
+import base64
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,7 +53,7 @@ def page_figures(site: Path, profile: Path, repeat: int, screenshot: Path | None
                     "wall_ms": (time.perf_counter() - started) * 1e3,
                 }
             )
-        per_photo = {}
+        per_photo, decodings = {}, {}
         for photo in PHOTOS:
             runs = []
             for _ in range(repeat + 1):
@@ -61,6 +64,10 @@ def page_figures(site: Path, profile: Path, repeat: int, screenshot: Path | None
                 wall = (time.perf_counter() - started) * 1e3
                 assert "error" not in result, result
                 runs.append({**result["timings"], "wall": wall})
+            decoded = np.frombuffer(
+                base64.b64decode(page.evaluate("window.camcaffe.photoBase64()")), np.uint8
+            )
+            decodings[photo.name] = decode_difference(photo, decoded)
             runs = runs[1:]  # the first upload of each photo warms the page's code paths
             per_photo[photo.name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         if screenshot is not None:
@@ -75,6 +82,20 @@ def page_figures(site: Path, profile: Path, repeat: int, screenshot: Path | None
         "load_cold_wall_ms": loads[0]["wall_ms"],
         "per_photo": per_photo,
         "console_errors": errors,
+        "decoding_vs_opencv": decodings,
+    }
+
+
+def decode_difference(photo: Path, decoded: np.ndarray) -> dict:
+    """The page's decoded RGB bytes against camcaffe's (OpenCV, IMREAD_UNCHANGED, alpha dropped)."""
+    import cv2
+
+    reference = cv2.imread(str(photo), cv2.IMREAD_UNCHANGED)[:, :, 2::-1].reshape(-1)
+    difference = np.abs(decoded.astype(np.int16) - reference.astype(np.int16))
+    return {
+        "bytes": int(reference.size),
+        "differing": int((difference > 0).sum()),
+        "max": int(difference.max()),
     }
 
 
@@ -174,6 +195,13 @@ def main() -> int:
         f"Median per image: page {total:.0f} ms, camcaffe cam pipeline {statistics.median(python[1].values()):.0f} ms "
         f"(1 thread) / {statistics.median(python[2].values()):.0f} ms (2 threads); the whole `camcaffe cam` command on "
         f"the {len(PHOTOS)} photos (start-up included): {command:.2f} s. Console errors: {len(page['console_errors'])}.",
+        "",
+        "Decoded pixels, page (Chromium, createImageBitmap without colour conversion) vs camcaffe (OpenCV): "
+        + "; ".join(
+            f"{name} {d['differing']} of {d['bytes']} bytes differ (max {d['max']})"
+            for name, d in page["decoding_vs_opencv"].items()
+        )
+        + ".",
     ]
     markdown = "\n".join(lines)
     print(markdown)

@@ -319,13 +319,18 @@ def test_the_torchvision_and_crop_resizes_match_too(browser_env, flags):
 
 
 @pytest.mark.slow
-def test_exif_orientation_and_small_photos_are_read_as_camcaffe_reads_them(browser_env):
+def test_exif_orientation_small_and_progressive_photos_are_read_as_camcaffe_reads_them(browser_env):
     page, _, _, _, scratch = browser_env
     build(browser_env, "odd")
     cat = DEMO / "images" / "caffe_cat.jpg"
     small = scratch / "small.png"
     cv2.imwrite(str(small), cv2.resize(cv2.imread(str(cat)), (150, 110), interpolation=cv2.INTER_AREA))
-    photos = [exif_jpeg(scratch / "turned6.jpg", cat, 6), exif_jpeg(scratch / "turned3.jpg", cat, 3), small]
+    from PIL import Image
+
+    progressive = scratch / "progressive.jpg"
+    Image.open(DEMO / "images" / "skimage_coffee.jpg").save(progressive, "JPEG", quality=85, progressive=True)
+    turned = [exif_jpeg(scratch / "turned6.jpg", cat, 6), exif_jpeg(scratch / "turned3.jpg", cat, 3)]
+    photos = [*turned, small, progressive]
     rows, maps = camcaffe_cam(browser_env, photos, "cam-odd")
     check_against_cam(page, photos, rows, maps)
     assert explain(page, photos[0])["orientation"] == 6

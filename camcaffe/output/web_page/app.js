@@ -757,12 +757,14 @@
     return api.result;
   }
   api.selectClass = async (index) => selectClass(index);
-  api.mapBase64 = () => {
-    const bytes = new Uint8Array(api.map.buffer, api.map.byteOffset, api.map.byteLength);
+  function base64(bytes) {
     let text = '';
     for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
     return btoa(text);
-  };
+  }
+  // For tests and benchmarks: the current map (float32, photo H x W) and the decoded photo (uint8 RGB).
+  api.mapBase64 = () => base64(new Uint8Array(api.map.buffer, api.map.byteOffset, api.map.byteLength));
+  api.photoBase64 = () => base64(current.photo.rgb);
 
   async function explain(file) {
     const started = performance.now();
