@@ -17,6 +17,14 @@
 
   class Refusal extends Error {}
 
+  // One request at a time: a second photo or class waits for the run in progress (a session runs one at a time).
+  let chain = Promise.resolve();
+  function exclusive(task) {
+    const next = chain.then(task, task);
+    chain = next.catch(() => {});
+    return next;
+  }
+
   api.nextResult = () => new Promise((resolve) => waiters.push(resolve));
   function settle(value) {
     const pending = waiters;
@@ -706,7 +714,7 @@
       text.className = 'text';
       text.textContent = `${label(entry.index)} — ${(100 * entry.probability).toFixed(1)}%`;
       button.append(bar, text);
-      button.addEventListener('click', () => selectClass(entry.index));
+      button.addEventListener('click', () => exclusive(() => selectClass(entry.index)));
       item.appendChild(button);
       list.appendChild(item);
     }
@@ -756,7 +764,7 @@
     };
     return api.result;
   }
-  api.selectClass = async (index) => selectClass(index);
+  api.selectClass = (index) => exclusive(() => selectClass(index));
   function base64(bytes) {
     let text = '';
     for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
@@ -813,7 +821,7 @@
       settle({ error: text });
     }
   }
-  api.explain = explain;
+  api.explain = (file) => exclusive(() => explain(file));
 
   async function otherClass() {
     if (!current) return;
@@ -841,7 +849,7 @@
     $('file').addEventListener('change', (event) => {
       const file = event.target.files[0];
       event.target.value = ''; // picking the same file again is a new request
-      if (file) explain(file);
+      if (file) exclusive(() => explain(file));
     });
     const drop = $('drop');
     drop.addEventListener('dragover', (event) => {
@@ -853,11 +861,11 @@
       event.preventDefault();
       drop.classList.remove('over');
       const file = event.dataTransfer.files[0];
-      if (file) explain(file);
+      if (file) exclusive(() => explain(file));
     });
     $('opacity').addEventListener('input', draw);
     $('show-box').addEventListener('change', draw);
-    $('other').addEventListener('change', otherClass);
+    $('other').addEventListener('change', () => exclusive(otherClass));
   }
 
   wire();
