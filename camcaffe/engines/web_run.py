@@ -208,6 +208,13 @@ def _web_model(session, head, top_k: int):
         )
     import onnx
 
+    from camcaffe.output.web_vendor import MAX_IR_VERSION, PACKAGE, VERSION
+
+    if model.ir_version > MAX_IR_VERSION:
+        raise CamcaffeError(
+            f"{session.source}: ONNX IR version {model.ir_version}, but {PACKAGE} {VERSION} reads IR {MAX_IR_VERSION} at "
+            "most; save the model with an older IR version (onnx: model.ir_version = 13 when its opsets allow)"
+        )
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     kept = [t for t in copy.graph.initializer if t.name != CLASS_INPUT]

@@ -25,6 +25,7 @@ VERSION = "1.30.0"
 # `npm view onnxruntime-web@1.30.0 dist.integrity`: the tarball is refused unless it hashes to this.
 INTEGRITY = "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7svNc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ=="
 LICENSE = "MIT, Copyright (c) Microsoft Corporation"
+MAX_IR_VERSION = 13  # the newest ONNX IR version this onnxruntime-web reads ("Unsupported model IR version")
 WASM_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 WEBGPU_FILES = (
     "ort.webgpu.min.js",

@@ -252,3 +252,14 @@ def test_a_vendor_folder_of_another_version_is_refused(tmp_path, model, vendor):
     (vendor / "VERSION.json").write_text(json.dumps({"version": "1.17.0"}))
     with pytest.raises(InputFileError, match="holds onnxruntime-web 1.17.0"):
         build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, quiet=True))
+
+
+def test_an_ir_version_onnxruntime_web_cannot_read_is_refused(tmp_path, model, vendor):
+    newer = onnx.load(str(model))
+    newer.ir_version = web_vendor.MAX_IR_VERSION + 1
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+    with pytest.raises(CamcaffeError, match=f"IR version {web_vendor.MAX_IR_VERSION + 1}"):
+        build_site(
+            WebOptions(model=tmp_path / "newer.onnx", out=tmp_path / "site", ort_web=vendor, quiet=True)
+        )
+    assert not (tmp_path / "site").exists()

@@ -372,3 +372,54 @@ def test_googlenet_cam_an_inner_product_head_with_a_softmax(browser_env):
     rows, maps = camcaffe_cam(browser_env, photos, "cam-googlenet", model)
     check_against_cam(page, photos, rows, maps)
     assert page.errors() == []
+
+
+def nhwc_model(path: Path) -> Path:
+    """A channels-last classifier (as Keras exports them): NHWC input, Transpose, conv, GAP, Gemm, Softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    weights = {
+        "W": rng.normal(0, 0.02, (6, 3, 3, 3)).astype(np.float32),
+        "fcW": rng.normal(0, 1.0, (5, 6)).astype(np.float32),
+        "fcB": rng.normal(0, 0.1, 5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["data"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "W"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["feat"]),
+        helper.make_node("GlobalAveragePool", ["feat"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fcW", "fcB"], ["fc"], transB=1),
+        helper.make_node("Softmax", ["fc"], ["prob"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 48, 40, 3])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_a_fixed_batch_a_mean_image_and_a_channels_last_input(browser_env):
+    page, _, _, _, scratch = browser_env
+    mean = np.random.default_rng(7).uniform(95, 130, (3, 256, 256)).astype(np.float32)
+    batched = scratch / "batch2_mean.onnx"
+    convert_files(
+        DEMO / "squeezenet_v1.0.prototxt",
+        DEMO / "squeezenet_v1.0.caffemodel",
+        batched,
+        ConvertOptions(batch=2),
+        preprocessing=Preprocessing(mean_image=mean, raw_scale=255.0, channel_swap=[2, 1, 0]),
+    )
+    photos = [DEMO / "images" / "caffe_cat.jpg", DEMO / "images" / "skimage_chelsea.png"]
+    for name, model in (("batch2_mean", batched), ("nhwc", nhwc_model(scratch / "nhwc.onnx"))):
+        build(browser_env, name, model, "--top-k", "2")
+        rows, maps = camcaffe_cam(browser_env, photos, f"cam-{name}", model)
+        check_against_cam(page, photos, rows, maps)
+    assert page.errors() == []
