@@ -45,22 +45,6 @@ class WebOptions:
     quiet: bool = False
 
 
-def _resolved(options: WebOptions) -> WebOptions:
-    """The options with --preset applied as `camcaffe cam` applies it (flags given win)."""
-    from camcaffe.engines.cam_run import PRESETS
-
-    if options.preset is None:
-        return options
-    if options.preset not in PRESETS:
-        raise CamcaffeError(f"--preset {options.preset}: unknown; choose one of {', '.join(PRESETS)}")
-    values = {}
-    for key, value in PRESETS[options.preset].items():
-        given = getattr(options, key)
-        if given is None or (key == "resize" and given == "warp"):
-            values[key] = value
-    return replace(options, **values)
-
-
 def _check_options(options: WebOptions) -> None:
     if options.top_k is not None and options.top_k < 1:
         raise CamcaffeError(f"--top-k must be a positive integer, got {options.top_k}")
@@ -232,6 +216,7 @@ def _web_model(session, head, top_k: int):
 def build_site(options: WebOptions) -> Path:
     """Check everything, then write the site; returns its folder."""
     from camcaffe import __version__
+    from camcaffe.engines.cam_run import apply_preset
     from camcaffe.engines.pipeline import _check_is_classifier
     from camcaffe.explain.cam_export import head_of
     from camcaffe.explain.views import make_views
@@ -240,7 +225,7 @@ def build_site(options: WebOptions) -> Path:
     from camcaffe.runtime.preprocess import max_image_pixels
     from camcaffe.runtime.session import ModelSession
 
-    options = _resolved(options)
+    options = apply_preset(options)  # --preset fills the flags not given, exactly as for camcaffe cam
     _check_options(options)
     vendor_dir = Path(options.ort_web) if options.ort_web is not None else web_vendor.default_dir()
     session = ModelSession(options.model, provider="cpu")

@@ -263,6 +263,14 @@
       if (orientation === 1) { sw = width; sh = height; }
     }
     const rgb = new Uint8Array(sw * sh * 3);
+    if (orientation === 1) {
+      for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
+        rgb[j] = rgba[i];
+        rgb[j + 1] = rgba[i + 1];
+        rgb[j + 2] = rgba[i + 2];
+      }
+      return { name, width: sw, height: sh, rgb, orientation };
+    }
     for (let sy = 0; sy < sh; sy++) {
       for (let sx = 0; sx < sw; sx++) {
         const [dx, dy] = displayedAt(orientation, sx, sy, sw, sh);
