@@ -268,6 +268,7 @@ def check_against_cam(page: cdp.Page, photos: list[Path], rows: dict, maps: dict
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_the_page_explains_photos_as_camcaffe_cam_does(browser_env, tmp_path):
     page = browser_env[0]
     build(browser_env, "warp")
@@ -288,6 +289,7 @@ def test_the_page_explains_photos_as_camcaffe_cam_does(browser_env, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_a_class_outside_the_top_k_runs_the_class_input(browser_env):
     page = browser_env[0]
     build(browser_env, "classes", None, "--top-k", "1")
@@ -305,6 +307,7 @@ def test_a_class_outside_the_top_k_runs_the_class_input(browser_env):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 @pytest.mark.parametrize(
     "flags", [("--preset", "torchvision"), ("--resize", "crop")], ids=["torchvision", "crop"]
 )
@@ -319,6 +322,7 @@ def test_the_torchvision_and_crop_resizes_match_too(browser_env, flags):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_exif_orientation_small_and_progressive_photos_are_read_as_camcaffe_reads_them(browser_env):
     page, _, _, _, scratch = browser_env
     build(browser_env, "odd")
@@ -338,6 +342,7 @@ def test_exif_orientation_small_and_progressive_photos_are_read_as_camcaffe_read
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_images_the_page_cannot_reproduce_are_refused_visibly(browser_env):
     page, _, _, _, scratch = browser_env
     build(browser_env, "refusals")
@@ -354,6 +359,7 @@ def test_images_the_page_cannot_reproduce_are_refused_visibly(browser_env):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_googlenet_cam_an_inner_product_head_with_a_softmax(browser_env):
     from tests.helpers import shared_path
 
@@ -406,6 +412,7 @@ def nhwc_model(path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_a_fixed_batch_a_mean_image_and_a_channels_last_input(browser_env):
     page, _, _, _, scratch = browser_env
     mean = np.random.default_rng(7).uniform(95, 130, (3, 256, 256)).astype(np.float32)
