@@ -227,14 +227,30 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         ".json": "application/json",
     }
 
+    extra_headers: dict[str, str] = {}
+
+    def end_headers(self) -> None:
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
+        super().end_headers()
+
     def log_message(self, *args) -> None:
         pass
 
 
+# What a page needs to be cross-origin isolated (SharedArrayBuffer, so WebAssembly threads).
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+}
+
+
 @contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """A static HTTP server on 127.0.0.1 (a free port) for `folder`, in a thread; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+def serve(folder: Path, headers: dict[str, str] | None = None) -> Iterator[str]:
+    """A static HTTP server on 127.0.0.1 (a free port) for `folder`, in a thread; yields its base URL.
+    `headers` are sent with every response (e.g. ISOLATION_HEADERS)."""
+    handler_class = type("Handler", (_QuietHandler,), {"extra_headers": dict(headers or {})})
+    handler = functools.partial(handler_class, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -430,3 +430,22 @@ def test_a_fixed_batch_a_mean_image_and_a_channels_last_input(browser_env):
         rows, maps = camcaffe_cam(browser_env, photos, f"cam-{name}", model)
         check_against_cam(page, photos, rows, maps)
     assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_a_cross_origin_isolated_page_runs_webassembly_threads_with_the_same_maps(browser_env):
+    page, _, sites, _, _ = browser_env
+    build(browser_env, "isolated")
+    photos = [DEMO / "images" / "skimage_coffee.jpg"]
+    rows, maps = camcaffe_cam(browser_env, photos, "cam-isolated")
+    with cdp.serve(sites, headers=cdp.ISOLATION_HEADERS) as url:
+        page.navigate(f"{url}/isolated/index.html?ep=wasm")
+        page.wait_for("!!(window.camcaffe && window.camcaffe.ready)")
+        assert page.evaluate("window.camcaffe.ready") is True, page.evaluate("window.camcaffe.error")
+        assert page.evaluate("self.crossOriginIsolated") is True
+        assert page.evaluate("window.camcaffe.threads") == min(
+            4, page.evaluate("navigator.hardwareConcurrency")
+        )
+        check_against_cam(page, photos, rows, maps)
+        assert page.errors() == []
