@@ -315,7 +315,13 @@ def test_the_torchvision_and_crop_resizes_match_too(browser_env, flags):
     page = browser_env[0]
     name = flags[1]
     build(browser_env, name, None, *flags)
-    photos = [p for p in PHOTOS if p.suffix == ".jpg"][:2] + [DEMO / "images" / "skimage_horse.png"]
+    large = (
+        browser_env[4] / "large.jpg"
+    )  # a strong downscale: Pillow's filter spans ~13 pixels, numpy sums them pairwise
+    if not large.exists():
+        coffee = cv2.imread(str(DEMO / "images" / "skimage_coffee.jpg"))
+        cv2.imwrite(str(large), cv2.resize(coffee, (1600, 1067), interpolation=cv2.INTER_CUBIC))
+    photos = [p for p in PHOTOS if p.suffix == ".jpg"][:2] + [DEMO / "images" / "skimage_horse.png", large]
     rows, maps = camcaffe_cam(browser_env, photos, f"cam-{name}", None, *flags)
     check_against_cam(page, photos, rows, maps)
     assert page.errors() == []
