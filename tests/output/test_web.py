@@ -8,6 +8,7 @@ import csv
 import json
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import cv2
@@ -454,4 +455,41 @@ def test_a_cross_origin_isolated_page_runs_webassembly_threads_with_the_same_map
             4, page.evaluate("navigator.hardwareConcurrency")
         )
         check_against_cam(page, photos, rows, maps)
+        assert page.errors() == []
+
+
+WEBGPU_FLAGS = (
+    "--enable-unsafe-webgpu",
+    "--enable-features=Vulkan",
+    "--use-vulkan=swiftshader",
+    "--use-webgpu-adapter=swiftshader",
+    "--enable-unsafe-swiftshader",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_the_webgpu_path_on_swiftshader_gives_the_same_classes_and_maps(browser_env):
+    """WebGPU on Chromium's CPU emulation (SwiftShader): the same page code and runtime build a GPU would use."""
+    _, _, sites, _, scratch = browser_env
+    build(browser_env, "webgpu")
+    photos = [DEMO / "images" / "caffe_cat.jpg"]  # SwiftShader compiles every shader on the CPU: ~1 min
+    rows, maps = camcaffe_cam(browser_env, photos, "cam-webgpu")
+    with cdp.serve(sites) as url, cdp.Browser.launch(scratch / "gpu-profile", *WEBGPU_FLAGS) as browser:
+        page = browser.new_page()
+        page.navigate(f"{url}/webgpu/index.html?ep=webgpu")
+        page.wait_for("!!(window.camcaffe && window.camcaffe.ready)")
+        assert page.evaluate("window.camcaffe.ready") is True, page.evaluate("window.camcaffe.error")
+        adapter = page.evaluate("navigator.gpu ? navigator.gpu.requestAdapter().then(a => !!a) : false")
+        if not adapter:
+            pytest.skip(
+                "this Chromium offers no WebGPU adapter, not even SwiftShader's; the WebGPU path is untested"
+            )
+        assert page.evaluate("window.camcaffe.ep") == "webgpu"
+        started = time.perf_counter()
+        differences = check_against_cam(page, photos, rows, maps)
+        print(
+            f"WebGPU (SwiftShader): map difference {max(differences.values()):.2e}, "
+            f"{time.perf_counter() - started:.1f} s for {len(photos)} photo(s)"
+        )
         assert page.errors() == []

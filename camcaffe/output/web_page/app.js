@@ -69,7 +69,9 @@
     let ep = 'wasm';
     if (forced !== 'wasm' && config.ort_web.webgpu && navigator.gpu) {
       try {
-        if (await navigator.gpu.requestAdapter()) ep = 'webgpu';
+        // A fallback adapter is a CPU emulation of a GPU (SwiftShader): WebAssembly is faster, unless asked.
+        const adapter = await navigator.gpu.requestAdapter();
+        if (adapter && (forced === 'webgpu' || !(adapter.info && adapter.info.isFallbackAdapter))) ep = 'webgpu';
       } catch (error) {
         ep = 'wasm';
       }
@@ -81,12 +83,13 @@
     const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.numThreads = threads;
     ort.env.logLevel = 'error';
+    const options = (provider) => ({ executionProviders: [provider], logSeverityLevel: 3 });
     try {
-      session = await ort.InferenceSession.create(config.model, { executionProviders: [ep] });
+      session = await ort.InferenceSession.create(config.model, options(ep));
     } catch (error) {
       if (ep !== 'webgpu') throw error;
       ep = 'wasm';
-      session = await ort.InferenceSession.create(config.model, { executionProviders: ['wasm'] });
+      session = await ort.InferenceSession.create(config.model, options('wasm'));
     }
     api.ep = ep;
     api.threads = threads;
