@@ -62,8 +62,11 @@
     config = await response.json();
     document.title = config.title + ' · camcaffe web';
     if (config.mean_image) {
-      const bytes = await (await fetch(config.mean_image.file)).arrayBuffer();
-      meanImage = new Float32Array(bytes);
+      const meanResponse = await fetch(config.mean_image.file);
+      if (!meanResponse.ok) throw new Error(`${config.mean_image.file}: HTTP ${meanResponse.status}`);
+      meanImage = new Float32Array(await meanResponse.arrayBuffer());
+      const [c, h, w] = config.mean_image.shape;
+      if (meanImage.length !== c * h * w) throw new Error(`${config.mean_image.file}: not ${c}x${h}x${w} floats`);
     }
     const forced = new URLSearchParams(location.search).get('ep');
     let ep = 'wasm';
