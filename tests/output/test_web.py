@@ -276,7 +276,9 @@ def test_the_page_explains_photos_as_camcaffe_cam_does(browser_env, tmp_path):
     rows, maps = camcaffe_cam(browser_env, PHOTOS, "cam-warp")
     differences = check_against_cam(page, PHOTOS, rows, maps)
     assert len(differences) >= 3
-    assert max(differences.values()) < 1e-5  # measured ~1e-6: Chromium and OpenCV decode these JPEGs alike
+    # Measured ~1e-6 (float rounding): Debian's Chromium and OpenCV decode these JPEGs to the same bytes. More
+    # means the decoders differ (bench/bench_web.py counts the differing bytes): find out why before relaxing.
+    assert max(differences.values()) < 1e-5, f"the browser decodes differently from OpenCV? {differences}"
     # The second class: a click on its button shows camcaffe's map of it.
     photo = PHOTOS[0]
     explain(page, photo)
