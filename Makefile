@@ -24,7 +24,7 @@ MODEL ?= convert/demo.onnx
 IMAGES ?= $(DEMO_IMAGES)
 
 
-.PHONY: all setup test test-fast lint proto convert weights demo demo-inputs cam report reproduce bench clean help
+.PHONY: all setup test test-fast lint proto convert weights demo demo-inputs web cam report reproduce bench clean help
 
 all: test
 
@@ -34,6 +34,7 @@ help:
 	@echo "make test-fast  the tests without the slow end-to-end cases (Ray, browser, real models)"
 	@echo "make convert  convert every prototxt/NAME.prototxt with weights/NAME.caffemodel to convert/NAME.onnx"
 	@echo "make weights  download the files listed in weights/manifest.json (checks sha256)"
+	@echo "make web      the demo model's page that explains images in the browser -> $(WEB_OUT) (fetches onnxruntime-web with npm once)"
 	@echo "make cam      MODEL=convert/x.onnx IMAGES=dir: CAMs into $(OUT)/cam"
 	@echo "make report   HTML gallery of $(OUT)/cam (run 'make cam' first) -> $(OUT)/cam/report.html"
 	@echo "make reproduce ILSVRC_IMAGES=dir ILSVRC_ANNOTATIONS=dir: the CAM paper's ILSVRC val localisation, paper vs ours"
@@ -91,6 +92,16 @@ demo: demo-inputs setup
 	$(CAMCAFFE) cam convert/demo.onnx "$(DEMO_IMAGES)" --out $(OUT)/demo --top-k 5 --report
 	@echo "overlays, $(OUT)/demo/results.csv and $(OUT)/demo/report.html written; open file://$(abspath $(OUT)/demo/report.html) in a browser"
 	@echo "next: $(CAMCAFFE) cam convert/demo.onnx YOUR_PHOTOS --out $(OUT)/mine --report  (then open $(OUT)/mine/report.html)"
+
+# make web: the static page of `camcaffe web` for the demo model; onnxruntime-web (the version pinned in
+# camcaffe/output/web_vendor.py) is fetched from the npm registry into ~/.cache/camcaffe once (or $$CAMCAFFE_ORT_WEB).
+WEB_OUT ?= build/web-demo
+
+web: demo-inputs setup
+	@mkdir -p convert $(dir $(WEB_OUT))
+	$(CAMCAFFE) convert "$(DEMO_PROTOTXT)" "$(DEMO_WEIGHTS)" -o convert/demo.onnx $(CONVERT_FLAGS) \
+	  $(if $(DEMO_LABELS),--labels "$(DEMO_LABELS)") -q
+	$(CAMCAFFE) web convert/demo.onnx -o $(WEB_OUT) --fetch
 
 cam: setup
 	$(CAMCAFFE) cam $(MODEL) $(IMAGES) --out $(OUT)/cam

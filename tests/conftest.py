@@ -1,7 +1,8 @@
 """Suite-wide rule: under CI=true the browser and Ray tests must run, so their "not installed" skips fail.
 
 `.ci/run` installs Chromium and camcaffe[ray] and stops when it cannot; this hook is the second guard, for
-a CI that goes around it: a skip whose reason says Chromium, Ray or pyarrow is missing becomes a failure."""
+a CI that goes around it: a skip whose reason says Chromium, Ray, pyarrow or onnxruntime-web (the files
+`make web` fetches for the `camcaffe web` page) is missing becomes a failure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 
 import pytest
 
-CI_REQUIRED = re.compile(r"chromium|\bRay\b|Ray Data|pyarrow", re.IGNORECASE)
+CI_REQUIRED = re.compile(r"chromium|\bRay\b|Ray Data|pyarrow|onnxruntime-web", re.IGNORECASE)
 
 
 def running_in_ci() -> bool:

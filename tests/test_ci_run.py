@@ -59,7 +59,7 @@ def test_ci_true_fails_without_chromium_or_ray(tmp_path):
     code, made, err = _ci_run(tmp_path / "a", ci=True, chromium=True, apt_ok=True, ray_ok=False)
     assert code != 0 and "camcaffe[ray]" in err and "make test" not in made
     code, made, _ = _ci_run(tmp_path / "b", ci=True, chromium=True, apt_ok=True, ray_ok=True)
-    assert code == 0 and made.splitlines() == ["make setup", "make test"]
+    assert code == 0 and made.splitlines() == ["make setup", "make web", "make test"]
 
 
 def test_outside_ci_missing_tools_only_warn(tmp_path):
@@ -73,6 +73,7 @@ def test_conftest_names_the_tools_ci_needs():
     assert CI_REQUIRED.search("no chromium binary on PATH (Debian: apt-get install chromium)")
     assert CI_REQUIRED.search("Ray is not installed (pip install 'camcaffe[ray]')")
     assert CI_REQUIRED.search("Parquet manifests need pyarrow (installed with camcaffe[ray])")
+    assert CI_REQUIRED.search("onnxruntime-web 1.30.0 files not found in /x; run 'make web' (npm, network)")
     assert not CI_REQUIRED.search("../shared/data not present (../shared reference data is only on CI)")
     assert not CI_REQUIRED.search("this OpenCV build does not decode CMYK JPEG files (array)")
 

@@ -1,0 +1,265 @@
+"""`camcaffe web`: what the command checks and settles before the site is written (refusals in one line,
+nothing written on failure, the page's settings as `camcaffe cam` would use them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from camcaffe.convert.api import Preprocessing, convert_files
+from camcaffe.convert.converter import ConvertOptions
+from camcaffe.convert.random_model import write_random_caffemodel
+from camcaffe.engines.web_run import WebOptions, build_site
+from camcaffe.errors import CamcaffeError, InputFileError
+from camcaffe.explain.cam_export import export_cam_file
+from camcaffe.output import web_vendor
+from tests.cli.test_cli import assert_one_line_error, camcaffe
+from tests.engines.test_model_inputs import SEGMENTATION
+from tests.helpers import net_text
+
+CLASSIFIER = net_text(
+    (1, 3, 24, 20),
+    """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "feat" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "feat" top: "feat" }
+layer { name: "gap" type: "Pooling" bottom: "feat" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "gap" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+""",
+)
+NO_HEAD = net_text(
+    (1, 3, 8, 8),
+    """
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 4 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+""",
+)
+LABELS = ["ant", "bee <b>", "cat", "dog"]
+
+
+def convert(
+    tmp_path: Path, text: str, preprocessing: Preprocessing | None = None, labels: bool = True
+) -> Path:
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text(text)
+    weights = tmp_path / "net.caffemodel"
+    write_random_caffemodel(prototxt, weights, seed=2)
+    label_file = None
+    if labels:
+        label_file = tmp_path / "labels.txt"
+        label_file.write_text("\n".join(LABELS) + "\n")
+    out = tmp_path / "net.onnx"
+    convert_files(
+        prototxt, weights, out, ConvertOptions(), preprocessing=preprocessing, labels_path=label_file
+    )
+    return out
+
+
+@pytest.fixture
+def vendor(tmp_path) -> Path:
+    """Stand-ins for onnxruntime-web's files: the command copies them, it never runs them."""
+    folder = tmp_path / "ort-web"
+    folder.mkdir()
+    for name in web_vendor.files_needed(webgpu=True):
+        (folder / name).write_bytes(f"// {name}\n".encode())
+    return folder
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    return convert(
+        tmp_path,
+        CLASSIFIER,
+        Preprocessing(mean=[104.0, 117.0, 123.0], raw_scale=255.0, channel_swap=[2, 1, 0]),
+    )
+
+
+def config_of(site: Path) -> dict:
+    return json.loads((site / "config.json").read_text(encoding="utf-8"))
+
+
+def test_the_page_gets_the_models_preprocessing_labels_and_cam_outputs(tmp_path, model, vendor):
+    site = build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, top_k=3, quiet=True))
+    config = config_of(site)
+    assert config["input"] == {"name": "data", "layout": "nchw", "shape": [1, 3, 24, 20]}
+    assert config["preprocess"] == {
+        "resize": "warp",
+        "crop_base": 256,
+        "channel_swap": [2, 1, 0],
+        "raw_scale": 255.0,
+        "mean": [104.0, 117.0, 123.0],
+        "std": None,
+        "input_scale": None,
+        "assumed": False,
+    }
+    assert config["labels"] == LABELS and config["num_classes"] == 4 and config["top_k"] == 3
+    assert config["outputs"]["class_input"] == "cam_class" and config["outputs"]["maps"] == "cam_maps"
+    written = onnx.load(str(site / "model.onnx"))
+    outputs = {o.name for o in written.graph.output}
+    assert {"cam_top_classes", "cam_top_probabilities", "cam_maps", "cam_class_maps"} <= outputs
+    assert "cam_maps_resized" not in outputs  # the page resizes the raw maps over the photo itself
+    # onnxruntime-web takes no feed for an input that is also an initializer: cam_class must be a plain input.
+    assert "cam_class" in {i.name for i in written.graph.input}
+    assert "cam_class" not in {t.name for t in written.graph.initializer}
+
+
+def test_the_page_maps_the_same_classes_as_the_python_session(tmp_path, model, vendor):
+    import onnxruntime as ort
+
+    site = build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, top_k=4, quiet=True))
+    session = ort.InferenceSession(str(site / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(0, 50, (1, 3, 24, 20)).astype(np.float32)
+    top, probs, maps, class_maps = session.run(
+        ["cam_top_classes", "cam_top_probabilities", "cam_maps", "cam_class_maps"],
+        {"data": x, "cam_class": np.array([[2]], np.int64)},
+    )
+    plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    prob = plain.run(["prob"], {"data": x})[0][0]
+    assert top[0].tolist() == np.argsort(-prob, kind="stable")[:4].tolist()
+    np.testing.assert_allclose(probs[0], np.sort(prob)[::-1][:4], rtol=1e-6)
+    position = top[0].tolist().index(2)
+    scale = np.abs(maps[0, position]).max()
+    np.testing.assert_allclose(class_maps[0, 0], maps[0, position], rtol=0, atol=1e-6 * scale)
+
+
+def test_presets_and_flags_settle_as_for_camcaffe_cam(tmp_path, model, vendor):
+    site = build_site(
+        WebOptions(model=model, out=tmp_path / "tv", ort_web=vendor, preset="torchvision", quiet=True)
+    )
+    tv = config_of(site)["preprocess"]
+    assert tv["resize"] == "torchvision" and tv["raw_scale"] == 1.0 and tv["channel_swap"] == [0, 1, 2]
+    np.testing.assert_allclose(tv["mean"], [0.485, 0.456, 0.406], rtol=1e-6)
+    np.testing.assert_allclose(tv["std"], [0.229, 0.224, 0.225], rtol=1e-6)
+    site = build_site(
+        WebOptions(
+            model=model, out=tmp_path / "flags", ort_web=vendor, raw_scale=1.0, input_scale=0.5, quiet=True
+        )
+    )
+    flags = config_of(site)["preprocess"]
+    assert (
+        flags["raw_scale"] == 1.0 and flags["input_scale"] == 0.5 and flags["mean"] == [104.0, 117.0, 123.0]
+    )
+
+
+def test_a_mean_image_goes_to_mean_bin_at_the_input_size(tmp_path, vendor):
+    mean = np.random.default_rng(1).uniform(90, 130, (3, 30, 26)).astype(np.float32)
+    model = convert(
+        tmp_path, CLASSIFIER, Preprocessing(mean_image=mean, raw_scale=255.0, channel_swap=[2, 1, 0])
+    )
+    site = build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, quiet=True))
+    config = config_of(site)
+    assert (
+        config["mean_image"] == {"file": "mean.bin", "shape": [3, 24, 20]}
+        and config["preprocess"]["mean"] is None
+    )
+    from camcaffe.runtime.preprocess import Transformer
+
+    transformer = Transformer({"data": (1, 3, 24, 20)})
+    transformer.set_mean("data", mean)
+    written = np.fromfile(site / "mean.bin", dtype="<f4").reshape(3, 24, 20)
+    np.testing.assert_array_equal(written, transformer.mean["data"])
+
+
+def test_a_model_without_preprocessing_gets_the_imagenet_defaults_as_in_cam(tmp_path, vendor):
+    model = convert(tmp_path, CLASSIFIER, labels=False)
+    site = build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, quiet=True))
+    config = config_of(site)
+    assert config["preprocess"]["assumed"] is True and config["preprocess"]["mean"] == [104.0, 117.0, 123.0]
+    assert config["labels"] == [f"class_{i}" for i in range(4)]
+
+
+def test_a_segmentation_net_is_refused_in_one_line_and_nothing_is_written(tmp_path, vendor):
+    (tmp_path / "seg.prototxt").write_text(SEGMENTATION)
+    assert (
+        camcaffe(
+            "convert", tmp_path / "seg.prototxt", "-o", tmp_path / "seg.onnx", "--random-weights", "1"
+        ).returncode
+        == 0
+    )
+    result = camcaffe("web", tmp_path / "seg.onnx", "-o", tmp_path / "site", "--ort-web", vendor)
+    assert_one_line_error(result, "not an image classifier", "segmentation or detection")
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_net_without_a_cam_head_is_refused_in_one_line(tmp_path, vendor):
+    model = convert(tmp_path, NO_HEAD)
+    result = camcaffe("web", model, "-o", tmp_path / "site", "--ort-web", vendor)
+    assert_one_line_error(result, "CAM")
+    assert not (tmp_path / "site").exists()
+
+
+def test_missing_runtime_files_are_refused_with_the_way_to_get_them(tmp_path, model):
+    result = camcaffe("web", model, "-o", tmp_path / "site", "--ort-web", tmp_path / "nowhere")
+    assert_one_line_error(result, "onnxruntime-web 1.30.0", "make web", "--fetch")
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--top-k", "0"], "--top-k"),
+        (["--top-k", "9"], "between 1 and 4"),
+        (["--alpha", "2"], "--alpha"),
+        (["--resize", "crop", "--input-size", "300,300"], "fixed at 24x20"),
+        (["--channel-swap", "0,1"], "channel swap"),
+        (["--std", "0,1,1"], "std"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line(tmp_path, model, vendor, flags, needle):
+    result = camcaffe("web", model, "-o", tmp_path / "site", "--ort-web", vendor, *flags)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_with_cam_model_is_used_when_it_has_the_class_input(tmp_path, model, vendor):
+    with_class = tmp_path / "with_class.onnx"
+    export_cam_file(model, with_class, 2, class_input=True)
+    site = build_site(WebOptions(model=with_class, out=tmp_path / "a", ort_web=vendor, top_k=2, quiet=True))
+    assert "cam_class" not in {t.name for t in onnx.load(str(site / "model.onnx")).graph.initializer}
+    with pytest.raises(CamcaffeError, match="top 2 classes"):
+        build_site(WebOptions(model=with_class, out=tmp_path / "b", ort_web=vendor, top_k=3, quiet=True))
+    without = tmp_path / "without.onnx"
+    export_cam_file(model, without, 2)
+    with pytest.raises(CamcaffeError, match="without the cam_class input"):
+        build_site(WebOptions(model=without, out=tmp_path / "c", ort_web=vendor, top_k=2, quiet=True))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_variable_input_size_needs_input_size(tmp_path, vendor):
+    from tests.engines.test_model_inputs import _cam_model
+
+    model = _cam_model(tmp_path / "var.onnx", ["n", 3, "h", "w"])
+    with pytest.raises(CamcaffeError, match="--input-size"):
+        build_site(WebOptions(model=model, out=tmp_path / "a", ort_web=vendor, top_k=2, quiet=True))
+    site = build_site(
+        WebOptions(model=model, out=tmp_path / "b", ort_web=vendor, top_k=2, input_size=[40, 30], quiet=True)
+    )
+    assert config_of(site)["input"]["shape"] == [1, 3, 40, 30]
+
+
+def test_the_cli_prints_how_to_serve_the_site(tmp_path, model, vendor):
+    result = camcaffe("web", model, "-o", tmp_path / "site", "--ort-web", vendor, "--no-webgpu")
+    assert result.returncode == 0, result.stderr
+    assert "python3 -m http.server" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "site" / "ort").iterdir()) == sorted(web_vendor.WASM_FILES)
+
+
+def test_a_vendor_folder_of_another_version_is_refused(tmp_path, model, vendor):
+    (vendor / "VERSION.json").write_text(json.dumps({"version": "1.17.0"}))
+    with pytest.raises(InputFileError, match="holds onnxruntime-web 1.17.0"):
+        build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, quiet=True))
+
+
+def test_an_ir_version_onnxruntime_web_cannot_read_is_refused(tmp_path, model, vendor):
+    newer = onnx.load(str(model))
+    newer.ir_version = web_vendor.MAX_IR_VERSION + 1
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+    with pytest.raises(CamcaffeError, match=f"IR version {web_vendor.MAX_IR_VERSION + 1}"):
+        build_site(
+            WebOptions(model=tmp_path / "newer.onnx", out=tmp_path / "site", ort_web=vendor, quiet=True)
+        )
+    assert not (tmp_path / "site").exists()
