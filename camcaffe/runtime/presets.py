@@ -14,6 +14,7 @@ CenterCrop(224), ToTensor, Normalize."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from camcaffe.errors import CamcaffeError
@@ -91,3 +92,77 @@ def preset(name: str, flag: str = "--preset") -> dict[str, Any]:
     if name not in PRESETS:
         raise CamcaffeError(f"{flag} {name}: unknown; choose one of {', '.join(PRESETS)}")
     return {key: (list(value) if isinstance(value, list) else value) for key, value in PRESETS[name].items()}
+
+
+RESIZES = ("warp", "crop", "torchvision")
+
+
+def _numbers(value: Any, flag: str, channels: int | None) -> list[float]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise CamcaffeError(f"{flag} takes comma-separated numbers, got {value!r}")
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise CamcaffeError(f"{flag} takes numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise CamcaffeError(f"{flag} {','.join(str(v) for v in value)}: every value must be finite")
+    if channels is not None and len(numbers) != channels:
+        raise CamcaffeError(
+            f"{flag} has {len(numbers)} values but the model's input has {channels} channels; give one per channel"
+        )
+    return numbers
+
+
+def _scalar(value: Any, flag: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CamcaffeError(f"{flag} takes a number, got {value!r}") from None
+    if not math.isfinite(number) or number == 0.0:
+        raise CamcaffeError(f"{flag} {value}: must be a finite, non-zero number")
+    return number
+
+
+def check_settings(settings: dict[str, Any], channels: int | None = None) -> dict[str, Any]:
+    """`settings` (SETTINGS keys, None for unset) checked and normalised; CamcaffeError naming the flag and the
+    value at fault. `channels`: the model input's channel count when known."""
+    checked: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in SETTINGS:
+            raise CamcaffeError(
+                f"unknown preprocessing setting '{key}'; the settings are {', '.join(SETTINGS)}"
+            )
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            checked[key] = None
+        elif key in ("mean", "std"):
+            checked[key] = _numbers(value, flag, channels)
+            if key == "std" and any(v <= 0 for v in checked[key]):
+                raise CamcaffeError(f"--std {','.join(str(v) for v in value)}: every value must be positive")
+        elif key in ("raw_scale", "input_scale"):
+            checked[key] = _scalar(value, flag)
+        elif key == "channel_swap":
+            try:
+                order = [int(v) for v in value]
+            except (TypeError, ValueError):
+                raise CamcaffeError(f"--channel-swap takes comma-separated integers, got {value!r}") from None
+            if sorted(order) != list(range(len(order))) or (channels is not None and len(order) != channels):
+                want = channels if channels is not None else len(order)
+                raise CamcaffeError(
+                    f"--channel-swap {','.join(str(v) for v in order)}: must be an order of 0..{want - 1} "
+                    "(e.g. 2,1,0 for RGB->BGR)"
+                )
+            checked[key] = order
+        elif key == "resize" and value not in RESIZES:
+            raise CamcaffeError(f"--resize {value}: unknown; choose one of {', '.join(RESIZES)}")
+        elif key == "resize_filter" and value not in RESIZE_FILTERS:
+            raise CamcaffeError(
+                f"--resize-filter {value}: unknown; choose one of {', '.join(RESIZE_FILTERS)}"
+            )
+        else:
+            checked[key] = value
+    if checked.get("resize") == "torchvision" and checked.get("resize_filter") == "caffe":
+        raise CamcaffeError(
+            "--resize torchvision resizes as Pillow does; give a pil-* --resize-filter, not caffe"
+        )
+    return checked
