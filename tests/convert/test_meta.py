@@ -172,3 +172,28 @@ def test_cli_writes_shows_and_refuses_in_one_line(model):
     assert result.stderr.startswith(f"camcaffe: error: {model}: --mean has 2 values")
     result = _cli("meta", model)
     assert result.returncode == 2 and "nothing to do" in result.stderr
+
+
+def test_convert_records_a_preset_as_meta_does(tmp_path):
+    from camcaffe.cli.main import main
+    from tests.helpers import net_text
+
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(
+        net_text(
+            (1, 3, 8, 8),
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            "convolution_param { num_output: 2 kernel_size: 3 } }",
+        )
+    )
+    out = tmp_path / "net.onnx"
+    base = ["convert", str(prototxt), "--random-weights", "0", "-o", str(out), "-q"]
+    assert main([*base, "--preset", "keras-vgg", "--std", "2,2,2"]) == 0
+    stored = _stored(out)
+    assert stored["preset"] == "keras-vgg" and stored["resize_filter"] == "pil-nearest"
+    assert stored["mean"] == [103.939, 116.779, 123.68] and stored["std"] == [2.0, 2.0, 2.0]  # the flag wins
+    annotated = tmp_path / "annotated.onnx"
+    annotated.write_bytes(out.read_bytes())
+    update_metadata(annotated, metadata_changes(annotated, "keras-vgg", {"std": [2.0, 2.0, 2.0]}))
+    assert _stored(annotated) == stored
+    assert main([*base, "--std", "0,1,1"]) == 2  # refused in one line before converting
