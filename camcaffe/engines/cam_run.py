@@ -137,12 +137,13 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         from camcaffe.runtime.preprocess import load_mean_file
 
         mean_image = load_mean_file(options.mean_file)
-    preprocess, assumed = preprocess_from_metadata(
-        session,
-        Preprocess(
-            options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
-        ),
+    given = Preprocess(
+        options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
     )
+    if options.preset is not None:  # the whole recipe: a setting the preset leaves out (std) is not the model's
+        preprocess, assumed = given, False
+    else:
+        preprocess, assumed = preprocess_from_metadata(session, given)
     stored = session.info.preprocess  # convert --preset / camcaffe meta: how this model wants its images
     resize = options.resize or stored.get("resize") or "warp"
     same_resize = options.resize is None or options.resize == stored.get("resize")

@@ -237,3 +237,25 @@ def test_the_caffe_resize_is_not_keras_preprocessing(keras_vgg, tmp_path):
     _, inputs = pipeline.load(PHOTOS[0])
     theirs = _keras_input(keras, PHOTOS[0], "vgg16", 224)
     assert np.abs(inputs.transpose(0, 2, 3, 1) - theirs).max() > 1.0
+
+
+def test_a_preset_replaces_the_models_stored_preprocessing(tmp_path):
+    """A model annotated for torchvision (std in its metadata) run with --preset keras-vgg: no std is left over
+    from the metadata, and without --preset the metadata's recipe applies."""
+    from camcaffe.convert.meta import metadata_changes, update_metadata
+    from camcaffe.engines.cam_run import build_job
+
+    model = _nhwc_model(tmp_path / "m.onnx", 224)
+    update_metadata(model, metadata_changes(model, "torchvision"))
+    photos = [str(PHOTOS[0])]
+    job, *_ = build_job(CamOptions(model, photos, tmp_path / "a", preset="keras-vgg", workers=1))
+    assert job.preprocess.std is None and job.preprocess.mean == [103.939, 116.779, 123.68]
+    assert (job.settings.resize, job.settings.resize_filter) == ("warp", "pil-nearest")
+    job, *_ = build_job(CamOptions(model, photos, tmp_path / "b", workers=1))
+    assert job.preprocess.std == [0.229, 0.224, 0.225] and job.preprocess.raw_scale == 1.0
+    assert (job.settings.resize, job.settings.resize_filter) == ("torchvision", "pil-bilinear")
+    job, *_ = build_job(CamOptions(model, photos, tmp_path / "c", resize="crop", workers=1))
+    assert (job.settings.resize, job.settings.resize_filter) == (
+        "crop",
+        None,
+    )  # the stored filter was torchvision's
