@@ -163,15 +163,17 @@ def _cli(*args) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_writes_shows_and_refuses_in_one_line(model):
+def test_cli_writes_shows_and_refuses_in_one_line(model, capsys):
+    from camcaffe.cli.main import main
+
     result = _cli("meta", model, "--preset", "keras-tf", "--resize-filter", "pil-bilinear", "--show")
     assert result.returncode == 0, result.stderr
     assert '"resize_filter": "pil-bilinear"' in result.stdout and '"preset": "keras-tf"' in result.stdout
-    result = _cli("meta", model, "--mean", "1,2")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"camcaffe: error: {model}: --mean has 2 values")
-    result = _cli("meta", model)
-    assert result.returncode == 2 and "nothing to do" in result.stderr
+    capsys.readouterr()
+    assert main(["meta", str(model), "--mean", "1,2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"camcaffe: error: {model}: --mean has 2 values"), err
+    assert main(["meta", str(model)]) == 2 and "nothing to do" in capsys.readouterr().err
 
 
 def test_convert_records_a_preset_as_meta_does(tmp_path):
