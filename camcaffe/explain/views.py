@@ -19,12 +19,11 @@ import numpy as np
 
 from camcaffe.errors import CamcaffeError
 from camcaffe.explain.cam import normalize, upsample
-from camcaffe.runtime.pil_resize import PIL_FILTERS, centre_crop_offset, pil_resize, torchvision_resize_size
+from camcaffe.runtime.pil_resize import centre_crop_offset, pil_resize, torchvision_resize_size
 from camcaffe.runtime.preprocess import oversample, resize_image
 from camcaffe.runtime.presets import RESIZE_FILTERS
 
-CAFFE_FILTER = "caffe"
-assert (CAFFE_FILTER, *(f"pil-{name}" for name in PIL_FILTERS)) == RESIZE_FILTERS
+CAFFE_FILTER = "caffe"  # RESIZE_FILTERS is this and "pil-" + each of pil_resize.PIL_FILTERS
 
 
 def _to_pixels(image: np.ndarray) -> np.ndarray:
