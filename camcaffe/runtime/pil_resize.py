@@ -98,12 +98,18 @@ def _pass(pixels: np.ndarray, out_size: int, axis: int, name: str = "bilinear") 
     """One 8-bit resampling pass of a (H, W, C) uint8 array along axis 0 or 1."""
     starts, fixed = _coefficients(pixels.shape[axis], out_size, name)
     index = np.minimum(starts[:, None] + np.arange(fixed.shape[1]), pixels.shape[axis] - 1)
-    gathered = np.take(pixels.astype(np.int64), index, axis=axis)  # axis -> (out, ksize)
-    if axis == 0:
-        total = np.einsum("okwc,ok->owc", gathered, fixed)
-    else:
-        total = np.einsum("hokc,ok->hoc", gathered, fixed)
-    total += 1 << (_PRECISION_BITS - 1)
+    shape = [1, 1, 1]
+    shape[axis] = out_size
+    out_shape = list(pixels.shape)
+    out_shape[axis] = out_size
+    # 32-bit sums as Pillow's own (int ss); one filter tap at a time: integer sums are exact in any order, and a
+    # 12-megapixel photo never needs a (rows, out, taps, channels) array.
+    total = np.full(out_shape, 1 << (_PRECISION_BITS - 1), np.int32)
+    fixed = fixed.astype(np.int32)
+    for tap in range(fixed.shape[1]):
+        weights = fixed[:, tap]
+        if weights.any():
+            total += np.take(pixels, index[:, tap], axis=axis) * weights.reshape(shape)
     return np.clip(total >> _PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
