@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from camcaffe.cli.options import parse_floats, parse_ints
+from camcaffe.runtime.presets import PRESETS, RESIZE_FILTERS
 
 
 def add_parser(subparsers) -> None:
@@ -47,16 +48,27 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--resize",
         choices=["warp", "crop", "torchvision"],
-        default="warp",
-        help="warp: resize the whole image to the input (caffe.io); crop: resize to 256, centre crop; "
-        "torchvision: shorter side to 256 with Pillow's bilinear filter, centre crop (Resize + CenterCrop)",
+        default=None,
+        help="warp: resize the whole image to the input (caffe.io; the default unless the model's metadata says "
+        "otherwise); crop: resize to 256, centre crop; torchvision: shorter side to 256, centre crop (Resize + "
+        "CenterCrop)",
+    )
+    parser.add_argument(
+        "--resize-filter",
+        choices=RESIZE_FILTERS,
+        default=None,
+        help="how --resize resamples: caffe (caffe.io's bilinear on floats; warp and crop's default) or Pillow's "
+        "filter reproduced exactly on the 8-bit pixels (pil-bilinear: torchvision's default; pil-nearest: "
+        "Keras's load_img)",
     )
     parser.add_argument(
         "--preset",
-        choices=["caffe", "torchvision"],
+        choices=list(PRESETS),
         default=None,
-        help="preprocessing of a framework, for the flags not given: caffe (the default: the model's metadata "
-        "or BGR 0-255 mean 104,117,123); torchvision (RGB, 0-1, ImageNet mean/std, --resize torchvision)",
+        help="a framework's preprocessing, for the flags not given: caffe (BGR 0-255, mean 104,117,123), "
+        "torchvision (RGB 0-1, ImageNet mean/std, --resize torchvision), keras-vgg (load_img + preprocess_input "
+        "'caffe' mode: BGR, mean 103.939,116.779,123.68, pil-nearest), keras-tf / inception ('tf' mode: x/127.5-1), "
+        "keras-torch ('torch' mode); without it, the model's metadata (convert/meta), else caffe",
     )
     parser.add_argument(
         "--crops",

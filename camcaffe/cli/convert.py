@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from camcaffe.cli.export_cam import add_cam_flags
 from camcaffe.cli.options import parse_floats, parse_ints
 from camcaffe.errors import CamcaffeError, VerificationError
+from camcaffe.runtime.presets import PRESETS
 
 if TYPE_CHECKING:
     from camcaffe.explain.cam_export import CamOutputs
@@ -60,6 +61,15 @@ def add_parser(subparsers) -> None:
         help="channel order, e.g. 2,1,0 for RGB->BGR",
     )
     parser.add_argument("--input-scale", type=float, help="multiply after mean subtraction")
+    parser.add_argument(
+        "--std", type=lambda t: parse_floats(t, "--std"), help="per-channel divisor after the mean"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="record a framework's preprocessing in the model (as 'camcaffe meta --preset'); the flags above "
+        "override its values",
+    )
     parser.add_argument("--batch", type=int, help="fix the batch size (default: symbolic)")
     parser.add_argument(
         "--input-shape",
@@ -123,22 +133,26 @@ def run(args: argparse.Namespace) -> int:
     if args.verify and args.weights is None:
         raise CamcaffeError("convert: --verify needs a caffemodel (OpenCV reads the same files)")
     preprocessing = None
-    if any(
-        v is not None
-        for v in (args.mean, args.mean_file, args.raw_scale, args.channel_swap, args.input_scale)
-    ):
+    given = {
+        "mean": args.mean,
+        "raw_scale": args.raw_scale,
+        "channel_swap": args.channel_swap,
+        "input_scale": args.input_scale,
+        "std": args.std,
+    }
+    if args.preset is not None or args.mean_file is not None or any(v is not None for v in given.values()):
+        from camcaffe.runtime.presets import check_settings
+
+        check_settings(given)
         mean_image = None
         if args.mean_file is not None:
             from camcaffe.runtime.preprocess import load_mean_file
 
             mean_image = load_mean_file(args.mean_file)
-        preprocessing = Preprocessing(
-            mean=args.mean,
-            mean_image=mean_image,
-            raw_scale=args.raw_scale,
-            channel_swap=args.channel_swap,
-            input_scale=args.input_scale,
-        )
+        if args.preset is not None:
+            preprocessing = Preprocessing.from_preset(args.preset, mean_image=mean_image, **given)
+        else:
+            preprocessing = Preprocessing(mean_image=mean_image, **given)
     input_shapes = dict(args.input_shape)
     if len(input_shapes) != len(args.input_shape):
         raise CamcaffeError("convert: --input-shape names a blob twice; give each input once")

@@ -16,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from camcaffe.cli import cam, convert, evaluate, export_cam, inspect, report, web
+    from camcaffe.cli import cam, convert, evaluate, export_cam, inspect, meta, report, web
 
     parser = argparse.ArgumentParser(
         prog="camcaffe",
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (convert, export_cam, inspect, cam, evaluate, report, web):
+    for module in (convert, export_cam, inspect, meta, cam, evaluate, report, web):
         module.add_parser(subparsers)
     # The global flags work after the subcommand too (`camcaffe cam ... --quiet --debug`); SUPPRESS keeps a
     # flag given before the subcommand when it is not repeated after it.

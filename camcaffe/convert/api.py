@@ -34,6 +34,20 @@ class Preprocessing:
     raw_scale: float | None = None
     channel_swap: list[int] | None = None
     input_scale: float | None = None
+    std: list[float] | None = None  # per channel, after the mean (torchvision's Normalize)
+    resize: str | None = None  # how `cam` cuts the photo: warp, crop, torchvision
+    resize_filter: str | None = None  # caffe or a pil-* filter (runtime/presets.RESIZE_FILTERS)
+    preset: str | None = None  # the preset these came from, for people reading the metadata
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> Preprocessing:
+        """A preset's settings (runtime/presets.py), with the given non-None values instead."""
+        from camcaffe.runtime.presets import preset
+
+        values = {**preset(name), **{k: v for k, v in overrides.items() if v is not None}}
+        if overrides.get("mean_image") is not None:
+            values["mean"] = None
+        return cls(**values, preset=name)
 
     def to_metadata(self) -> dict[str, str]:
         meta: dict[str, str] = {}
@@ -42,6 +56,10 @@ class Preprocessing:
             "raw_scale": self.raw_scale,
             "channel_swap": self.channel_swap,
             "input_scale": self.input_scale,
+            "std": self.std,
+            "resize": self.resize,
+            "resize_filter": self.resize_filter,
+            "preset": self.preset,
         }
         settings = {k: v for k, v in settings.items() if v is not None}
         if self.mean_image is not None:

@@ -24,30 +24,17 @@ EXIT_SOME_FAILED = 1
 
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
-# --preset: the preprocessing of a framework's tutorials, for the flags a user did not give.
-PRESETS: dict[str, dict[str, Any]] = {
-    "caffe": {},
-    "torchvision": {  # transforms.Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)
-        "resize": "torchvision",
-        "raw_scale": 1.0,
-        "channel_swap": [0, 1, 2],
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    },
-}
 
 
 def apply_preset(options: CamOptions) -> CamOptions:
-    """`options` with the preset's settings where the flag was not given (--resize: where it is 'warp')."""
+    """`options` with the preset's settings (runtime/presets.py) where the flag was not given."""
     if options.preset is None:
         return options
-    if options.preset not in PRESETS:
-        raise CamcaffeError(f"--preset {options.preset}: unknown; choose one of {', '.join(PRESETS)}")
-    values = {}
-    for key, value in PRESETS[options.preset].items():
-        given = getattr(options, key)
-        if given is None or (key == "resize" and given == "warp"):
-            values[key] = value
+    from camcaffe.runtime.presets import preset
+
+    values = {key: value for key, value in preset(options.preset).items() if getattr(options, key) is None}
+    if options.mean_file is not None:
+        values.pop("mean", None)  # --mean-file is the mean the user gave
     return replace(options, **values)
 
 
@@ -68,7 +55,8 @@ class CamOptions:
     workers: int | None = None
     alpha: float = 0.5
     box_threshold: float = 0.2
-    resize: str = "warp"
+    resize: str | None = None  # None: the model's metadata, else warp
+    resize_filter: str | None = None  # None: the model's metadata, else the view's own
     crops: int = 1
     method: str = "cam"
     boxes: str = "threshold"
@@ -113,8 +101,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {options.box_threshold}")
     if options.crops not in (1, 10):
         raise CamcaffeError(f"--crops must be 1 or 10, got {options.crops}")
-    if options.crops == 10 and options.resize != "warp":
-        raise CamcaffeError("--crops 10 makes its own crops of a 256 resize; drop --resize crop")
+    if options.crops == 10 and options.resize not in (None, "warp"):
+        raise CamcaffeError(f"--crops 10 makes its own crops of a 256 resize; drop --resize {options.resize}")
     if options.input_size is not None and (len(options.input_size) != 2 or min(options.input_size) <= 0):
         raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
     if options.score != "logit" and options.method not in GRADIENT_METHODS:
@@ -149,12 +137,19 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         from camcaffe.runtime.preprocess import load_mean_file
 
         mean_image = load_mean_file(options.mean_file)
-    preprocess, assumed = preprocess_from_metadata(
-        session,
-        Preprocess(
-            options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
-        ),
+    given = Preprocess(
+        options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
     )
+    if options.preset is not None:  # the whole recipe: a setting the preset leaves out (std) is not the model's
+        preprocess, assumed = given, False
+    else:
+        preprocess, assumed = preprocess_from_metadata(session, given)
+    stored = session.info.preprocess  # convert --preset / camcaffe meta: how this model wants its images
+    resize = options.resize or stored.get("resize") or "warp"
+    same_resize = options.resize is None or options.resize == stored.get("resize")
+    resize_filter = options.resize_filter or (stored.get("resize_filter") if same_resize else None)
+    if options.crops == 10:
+        resize, resize_filter = "tencrop", options.resize_filter
     settings = CamSettings(
         top_k=top_k,
         classes=list(options.classes),
@@ -162,7 +157,8 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         box_threshold=options.box_threshold,
         save_npy=options.save_npy,
         write_overlays=not options.no_overlays,
-        resize="tencrop" if options.crops == 10 else options.resize,
+        resize=resize,
+        resize_filter=resize_filter,
         method=options.method,
         boxes=options.boxes,
         batch_size=options.batch_size,

@@ -136,6 +136,7 @@ def run_evaluate(options: EvaluateOptions) -> int:
             CamSettings(
                 top_k=1,
                 resize=resize,
+                resize_filter=run.get("resize_filter") if resize == run.get("resize") else None,
                 method=options.method or run.get("method") or "cam",
                 batch_size=options.batch_size,
                 layout=run.get("layout"),

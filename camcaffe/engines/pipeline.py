@@ -67,6 +67,7 @@ class CamSettings:
     input_size: tuple[int, int] | None = None  # (H, W) for a model whose input height/width are variable
     layout: str | None = None  # "nchw" | "nhwc" (channels-last: Keras, tf2onnx); None: from the input's shape
     score: str = "logit"  # what the gradient methods differentiate: "logit" or the Softmax "prob"
+    resize_filter: str | None = None  # a views.RESIZE_FILTERS name; None: the view's own (caffe, or Pillow's)
 
 
 @dataclass
@@ -215,7 +216,7 @@ class CamPipeline:
             self.transformer.set_std(self.input_name, preprocess.std)
         if preprocess.input_scale is not None:
             self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
-        self.views = make_views(settings.resize, self.input_hw, settings.crop_base)
+        self.views = make_views(settings.resize, self.input_hw, settings.crop_base, settings.resize_filter)
         if self.views.count > 1 and settings.method == "eigencam":
             raise CamcaffeError(
                 "--crops 10 merges the crops' maps by absolute value, as the CAM authors did; Eigen-CAM's maps are "
@@ -309,6 +310,10 @@ class CamPipeline:
         """Decode and preprocess one image: (the photo as uint8 H×W×3 BGR for drawing, net inputs
         views×C×H×W). The inputs are caffe.io's (load_image, then Transformer.preprocess of each view)."""
         decoded = decode_image(path)
+        if self.views.pil_filter is not None:  # Pillow's resize of the 8-bit pixels, as Keras and torchvision
+            display = display_pixels(decoded, path)
+            views = self.views.pixels(np.ascontiguousarray(display[:, :, ::-1]))
+            return display, np.stack([self.transformer.preprocess_pixels(self.input_name, v) for v in views])
         if self.views.count == 1 and type(self.views) is ImageViews:
             fast = self.transformer.preprocess_decoded(self.input_name, decoded)
             if fast is not None:

@@ -78,6 +78,7 @@ def write_settings(job: CamJob, mean_file: Path | None) -> None:
             "feature_layer": job.feature_layer,
             "fc_layer": job.fc_layer,
             "resize": job.settings.resize,
+            "resize_filter": job.settings.resize_filter,
             "crops": 10 if job.settings.resize == "tencrop" else 1,
             "boxes": job.settings.boxes,
             "box_threshold": job.settings.box_threshold,

@@ -3,7 +3,13 @@
 A view strategy gives `count` images at the net's input size (or larger, for the Transformer to resize) per
 photo, and places the raw maps of those inputs back over the photo. `warp` (caffe.io: the whole image
 resized to the input), `crop` (resize to 256, centre crop) and `torchvision` (shorter side to 256 with Pillow's
-bilinear filter, centre crop) give one input each; `tencrop` (the CAM demo's oversampling) gives ten."""
+bilinear filter, centre crop) give one input each; `tencrop` (the CAM demo's oversampling) gives ten.
+
+The resize filter (`--resize-filter`) is `caffe` (caffe.io's bilinear resize of the float image, the default of
+warp, crop and tencrop) or one of Pillow's filters reproduced exactly on the 8-bit pixels (`pil-nearest`,
+`pil-bilinear`, ...; torchvision's default is `pil-bilinear`, Keras's `load_img` resizes with `pil-nearest`). With
+a Pillow filter a view gives 8-bit pixels at the input size (`pixels`), which the pipeline turns into the net
+input without a round trip through floats."""
 
 from __future__ import annotations
 
@@ -13,22 +19,62 @@ import numpy as np
 
 from camcaffe.errors import CamcaffeError
 from camcaffe.explain.cam import normalize, upsample
-from camcaffe.runtime.pil_resize import centre_crop_offset, pil_bilinear_resize, torchvision_resize_size
+from camcaffe.runtime.pil_resize import centre_crop_offset, pil_resize, torchvision_resize_size
 from camcaffe.runtime.preprocess import oversample, resize_image
+from camcaffe.runtime.presets import RESIZE_FILTERS
+
+CAFFE_FILTER = "caffe"  # RESIZE_FILTERS is this and "pil-" + each of pil_resize.PIL_FILTERS
+
+
+def _to_pixels(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] (load_image's) as the 8-bit pixels it was decoded from."""
+    return np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 class ImageViews:
-    """Base: the whole image, resized to the input by the Transformer."""
+    """Base: the whole image, resized to the input by the Transformer (or by Pillow's filter)."""
 
     name = "warp"
+    flag = "--resize warp"
     count = 1
+    default_filter = CAFFE_FILTER
+    pil_capable = True  # whether the view can resize with a Pillow filter
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
+    def __init__(self, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None):
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.crop_base = int(crop_base)
+        chosen = resize_filter or self.default_filter
+        if chosen not in RESIZE_FILTERS:
+            raise CamcaffeError(
+                f"--resize-filter {chosen}: unknown; choose one of {', '.join(RESIZE_FILTERS)}"
+            )
+        if chosen != CAFFE_FILTER and not self.pil_capable:
+            raise CamcaffeError(f"{self.flag} resizes with caffe.io only; drop --resize-filter {chosen}")
+        if chosen == CAFFE_FILTER and self.default_filter != CAFFE_FILTER:
+            raise CamcaffeError(
+                f"{self.flag} resizes as Pillow does; give a pil-* --resize-filter (default "
+                f"{self.default_filter}), not {chosen}"
+            )
+        self.resize_filter = chosen
+
+    @property
+    def pil_filter(self) -> str | None:
+        """The Pillow filter's name ('nearest', 'bilinear', ...), or None for caffe.io's resize."""
+        return None if self.resize_filter == CAFFE_FILTER else self.resize_filter[len("pil-") :]
+
+    def pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """With a Pillow filter: the views of 8-bit RGB pixels (H, W, 3), each at the input size."""
+        return [pil_resize(pixels, self.input_hw, self._require_pil())]
+
+    def _require_pil(self) -> str:
+        if self.pil_filter is None:
+            raise CamcaffeError(f"{self.flag}: 8-bit views need a Pillow --resize-filter")
+        return self.pil_filter
 
     def inputs(self, image: np.ndarray) -> list[np.ndarray]:
         """H×W×3 float images, one per view, for the Transformer (which resizes them to the input)."""
+        if self.pil_filter is not None:
+            return [view.astype(np.float32) / np.float32(255.0) for view in self.pixels(_to_pixels(image))]
         return [image]
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -43,8 +89,8 @@ class CentreCropViews(ImageViews):
     name = "crop"
     flag = "--resize crop"
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
-        super().__init__(input_hw, crop_base)
+    def __init__(self, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None):
+        super().__init__(input_hw, crop_base, resize_filter)
         if max(self.input_hw) > self.crop_base:
             raise CamcaffeError(
                 f"{self.flag}: the net input {self.input_hw} is larger than the {self.crop_base} x "
@@ -55,8 +101,15 @@ class CentreCropViews(ImageViews):
         return (self.crop_base - self.input_hw[0]) // 2, (self.crop_base - self.input_hw[1]) // 2
 
     def inputs(self, image: np.ndarray) -> list[np.ndarray]:
+        if self.pil_filter is not None:
+            return super().inputs(image)
         top, left = self.offset()
         resized = resize_image(image, (self.crop_base, self.crop_base))
+        return [resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]]
+
+    def pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        top, left = self.offset()
+        resized = pil_resize(pixels, (self.crop_base, self.crop_base), self._require_pil())
         return [resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]]
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -82,6 +135,7 @@ class TenCropViews(CentreCropViews):
     name = "tencrop"
     flag = "--crops 10"
     count = 10
+    pil_capable = False
 
     def offsets(self) -> list[tuple[int, int]]:
         """(top, left) of the five crops on the canvas, as caffe.io.oversample places them."""
@@ -115,6 +169,7 @@ class TorchvisionViews(ImageViews):
 
     name = "torchvision"
     flag = "--resize torchvision"
+    default_filter = "pil-bilinear"
 
     def geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((resized height, width), (top, left) of the crop) for a photo of this size."""
@@ -126,12 +181,10 @@ class TorchvisionViews(ImageViews):
             )
         return resized, centre_crop_offset(resized[0], resized[1], self.input_hw)
 
-    def inputs(self, image: np.ndarray) -> list[np.ndarray]:
-        (height, width), (top, left) = self.geometry(image.shape[0], image.shape[1])
-        pixels = np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
-        resized = pil_bilinear_resize(pixels, (height, width))
-        crop = resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]
-        return [crop.astype(np.float32) / np.float32(255.0)]
+    def pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
+        (height, width), (top, left) = self.geometry(pixels.shape[0], pixels.shape[1])
+        resized = pil_resize(pixels, (height, width), self._require_pil())
+        return [resized[top : top + self.input_hw[0], left : left + self.input_hw[1]]]
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
         maps = raw[0]
@@ -151,9 +204,11 @@ VIEWS: dict[str, type[ImageViews]] = {
 }
 
 
-def make_views(name: str, input_hw: Sequence[int], crop_base: int = 256) -> ImageViews:
+def make_views(
+    name: str, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None
+) -> ImageViews:
     try:
         cls = VIEWS[name]
     except KeyError:
         raise CamcaffeError(f"unknown view mode '{name}'; choose one of {', '.join(sorted(VIEWS))}") from None
-    return cls(input_hw, crop_base)
+    return cls(input_hw, crop_base, resize_filter)

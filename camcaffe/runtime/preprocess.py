@@ -547,6 +547,24 @@ class Transformer:
             planes = np.repeat(resized[np.newaxis], 3, axis=0)
         else:
             planes = resized.transpose(2, 0, 1)[::-1]  # BGR -> RGB, as load_image gives
+        return self._from_rgb255(name, planes)
+
+    def preprocess_pixels(self, name: str, pixels: np.ndarray) -> np.ndarray:
+        """The net input from 8-bit RGB pixels (H, W, 3) already at the input's size, as a framework that reads
+        images with Pillow computes it: float32(pixel) * raw_scale / 255, then mean, std and input scale. With
+        raw_scale 255 the pixels enter unchanged (no round trip through 1/255), so `x - mean` is bit for bit
+        Keras's `preprocess_input`."""
+        shape = self._check_input(name)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise PreprocessError(f"preprocess_pixels takes 8-bit RGB pixels (H, W, 3), got {pixels.shape}")
+        if len(shape) != 4 or tuple(pixels.shape[:2]) != tuple(shape[2:]) or shape[1] != 3:
+            raise PreprocessError(
+                f"pixels of {pixels.shape[0]}x{pixels.shape[1]} do not fit the input '{name}' of shape {shape}"
+            )
+        return self._from_rgb255(name, pixels.transpose(2, 0, 1))
+
+    def _from_rgb255(self, name: str, planes: np.ndarray) -> np.ndarray:
+        """(3, H, W) RGB planes in 0..255 -> the net input: channel swap, raw scale, mean, std, input scale."""
         if name in self.channel_swap:
             planes = planes[list(self.channel_swap[name])]
         scale = np.float32(self.raw_scale.get(name, 1.0) / 255.0)

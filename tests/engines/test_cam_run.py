@@ -172,6 +172,9 @@ def test_presets_fill_only_the_flags_not_given(model, tmp_path):
 
     filled = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="torchvision", raw_scale=255.0))
     assert filled.raw_scale == 255.0 and filled.std == [0.229, 0.224, 0.225] and filled.resize == "torchvision"
-    assert apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="caffe")).mean is None
+    caffe = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="caffe"))
+    assert caffe.mean == [104.0, 117.0, 123.0] and caffe.channel_swap == [2, 1, 0] and caffe.resize_filter == "caffe"
+    keras = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras-vgg", mean_file=tmp_path / "m.npy"))
+    assert keras.mean is None and keras.resize_filter == "pil-nearest"  # --mean-file is the user's mean
     with pytest.raises(CamcaffeError, match="--preset keras: unknown"):
         apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras"))

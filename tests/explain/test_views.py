@@ -86,3 +86,28 @@ def test_torchvision_view_refuses_a_crop_larger_than_the_resize():
     views = make_views("torchvision", (300, 300))
     with pytest.raises(CamcaffeError, match="--resize torchvision: .* smaller than the net input"):
         views.inputs(np.zeros((400, 500, 3), np.float32))
+
+
+def test_resize_filters_each_view_accepts():
+    assert make_views("warp", (8, 8)).resize_filter == "caffe"
+    assert make_views("torchvision", (8, 8)).resize_filter == "pil-bilinear"
+    assert make_views("crop", (8, 8), resize_filter="pil-bicubic").pil_filter == "bicubic"
+    with pytest.raises(
+        CamcaffeError, match="--crops 10 resizes with caffe.io only; drop --resize-filter pil-nearest"
+    ):
+        make_views("tencrop", (8, 8), resize_filter="pil-nearest")
+    with pytest.raises(CamcaffeError, match="--resize torchvision resizes as Pillow does"):
+        make_views("torchvision", (8, 8), resize_filter="caffe")
+    with pytest.raises(CamcaffeError, match="--resize-filter pil-area: unknown"):
+        make_views("warp", (8, 8), resize_filter="pil-area")
+
+
+def test_pillow_views_give_the_same_pixels_from_floats_and_from_8_bits():
+    """`inputs` (float images, as evaluate's masked photos) and `pixels` (the pipeline's 8-bit path) agree."""
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for name in ("warp", "crop", "torchvision"):
+        views = make_views(name, (16, 16), crop_base=24, resize_filter="pil-nearest")
+        from_floats = views.inputs(pixels.astype(np.float32) / np.float32(255.0))[0]
+        (from_bytes,) = views.pixels(pixels)
+        assert from_bytes.shape == (16, 16, 3)
+        np.testing.assert_allclose(from_floats, from_bytes / np.float32(255.0), rtol=0, atol=1e-7)

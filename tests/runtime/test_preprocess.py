@@ -518,3 +518,21 @@ def test_bad_std_is_refused(std) -> None:
     t = Transformer({"data": (1, 3, 4, 4)})
     with pytest.raises(PreprocessError, match="std"):
         t.set_std("data", std)
+
+
+def test_preprocess_pixels_keeps_8_bit_values_exact():
+    """With raw_scale 255 the pixels enter as float32(pixel): x - mean equals Keras's preprocess_input bit for bit
+    (going through load_image's [0, 1] would be off by up to 1.5e-5)."""
+    from camcaffe.runtime.preprocess import PreprocessError, Transformer
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    transformer = Transformer({"data": (1, 3, 4, 5)})
+    transformer.set_transpose("data", (2, 0, 1))
+    transformer.set_channel_swap("data", (2, 1, 0))
+    transformer.set_raw_scale("data", 255.0)
+    mean = np.float32([103.939, 116.779, 123.68])
+    transformer.set_mean("data", mean)
+    expected = pixels[:, :, ::-1].astype(np.float32) - mean  # vgg16.preprocess_input on img_to_array's floats
+    np.testing.assert_array_equal(transformer.preprocess_pixels("data", pixels), expected.transpose(2, 0, 1))
+    with pytest.raises(PreprocessError, match="pixels of 5x4 do not fit the input 'data'"):
+        transformer.preprocess_pixels("data", np.zeros((5, 4, 3), np.uint8))
