@@ -23,8 +23,9 @@ class ImageViews:
     name = "warp"
     count = 1
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+    def __init__(self, input_hw: Sequence[int] | None, crop_base: int = 256):
+        # None: the net takes each image at its own size (a model with a variable input height/width)
+        self.input_hw = None if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
         self.crop_base = int(crop_base)
 
     def inputs(self, image: np.ndarray) -> list[np.ndarray]:
@@ -43,7 +44,9 @@ class CentreCropViews(ImageViews):
     name = "crop"
     flag = "--resize crop"
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256):
+    def __init__(self, input_hw: Sequence[int] | None, crop_base: int = 256):
+        if input_hw is None:
+            raise CamcaffeError(f"{self.flag} needs a fixed net input size; give --input-size H,W")
         super().__init__(input_hw, crop_base)
         if max(self.input_hw) > self.crop_base:
             raise CamcaffeError(
@@ -151,7 +154,7 @@ VIEWS: dict[str, type[ImageViews]] = {
 }
 
 
-def make_views(name: str, input_hw: Sequence[int], crop_base: int = 256) -> ImageViews:
+def make_views(name: str, input_hw: Sequence[int] | None, crop_base: int = 256) -> ImageViews:
     try:
         cls = VIEWS[name]
     except KeyError:

@@ -186,7 +186,8 @@ def _last_conv_feature(lookup: _Lookup, score: str) -> str | None:
     for index, node in enumerate(lookup.nodes):
         out = node.output[0] if node.output else ""
         shape = lookup.shapes.get(out)
-        spatial = shape is not None and len(shape) == 4 and (shape[2] or 0) * (shape[3] or 0) > 1
+        # a variable height/width (None) may well be spatial
+        spatial = shape is not None and len(shape) == 4 and (None in shape[2:] or shape[2] * shape[3] > 1)
         if node.op_type == "Conv" and out in before and spatial:
             best = index
     if best is None:
