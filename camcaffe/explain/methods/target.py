@@ -111,7 +111,8 @@ class _Lookup:
 
 
 def _resolve_name(lookup: _Lookup, blobs: dict[str, str], name: str, what: str) -> str:
-    """A Caffe blob name (its final value), an ONNX tensor name, or a node (Caffe layer) name."""
+    """A Caffe blob name (its final value), an ONNX tensor name, a node (Caffe layer) name, or a framework's
+    layer name kept in the node names (`layer4`, `fc`, `block5_conv3`: explain.layer_names)."""
     if name in blobs:
         return blobs[name]
     if name in lookup.producer or name in lookup.inputs:
@@ -119,7 +120,17 @@ def _resolve_name(lookup: _Lookup, blobs: dict[str, str], name: str, what: str) 
     for node in lookup.nodes:
         if node.name == name and node.output:
             return node.output[0]
-    pool = sorted(set(blobs) | set(lookup.producer) | {n.name for n in lookup.nodes if n.name})
+    from camcaffe.explain.layer_names import layer_output, scope_names
+
+    framework = layer_output(lookup.nodes, lookup.outputs, name, what, before_softmax=what == "fc layer")
+    if framework is not None:
+        return framework
+    pool = sorted(
+        set(blobs)
+        | set(lookup.producer)
+        | {n.name for n in lookup.nodes if n.name}
+        | set(scope_names(lookup.nodes))
+    )
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.5)
     hint = f"closest: {', '.join(close)}" if close else "list the names with `camcaffe inspect`"
     raise CamHeadError(f"{what} '{name}' is not in the model; {hint}")
