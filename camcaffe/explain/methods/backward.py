@@ -814,7 +814,9 @@ def _value_info(
 ) -> onnx.ValueInfoProto:
     if shape is None:
         return helper.make_tensor_value_info(name, dtype, None)
-    dims = ["batch" if i == 0 else (d if d is not None else f"{name}_d{i}") for i, d in enumerate(shape)]
+    # A batch the net fixes (torch's dynamo export: 1, its Reshape to (1, C) baked in) stays fixed, so that the
+    # tail's session runs several rows (an image's classes) in pieces of that size; any other dim is symbolic.
+    dims = [d if d is not None else ("batch" if i == 0 else f"{name}_d{i}") for i, d in enumerate(shape)]
     return helper.make_tensor_value_info(name, dtype, dims)
 
 
