@@ -536,3 +536,62 @@ def test_keras_layer_names_are_not_in_a_torch_backend_export(keras_export):
     _, _, path, _ = keras_export
     with pytest.raises(CamHeadError, match="feature layer 'block5_conv3' is not in"):
         _pipeline(path, "gradcam", feature_layer="block5_conv3")
+
+
+@pytest.fixture(scope="module")
+def keras_channels_first_export(tmp_path_factory):
+    """The small VGG-style GAP + Dense net with data_format='channels_first' on every layer (as with
+    image_data_format 'channels_first'): the input is N,C,H,W and Keras's Convs need no Transposes."""
+    keras = _keras_module()
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    first = {"data_format": "channels_first"}
+    image = keras.Input((3, 48, 48))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv1", **first)(image)
+    x = layers.MaxPooling2D(name="block1_pool", **first)(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block5_conv3", **first)(x)
+    pooled = layers.GlobalAveragePooling2D(name="gap", **first)(x)
+    model = keras.Model(image, layers.Dense(3, activation="softmax", name="predictions")(pooled))
+    dense = model.get_layer("predictions")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 4.0, bias])
+    model(np.zeros((1, 3, 48, 48), np.float32))
+    path = tmp_path_factory.mktemp("keras_first") / "vgg_gap_channels_first.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.export(str(path), format="onnx")
+    inputs = np.random.default_rng(1).uniform(-1, 1, size=(2, 3, 48, 48)).astype(np.float32)
+    return keras, model, path, inputs
+
+
+@pytest.mark.slow
+def test_keras_cam_channels_first(keras_channels_first_export):
+    keras, model, path, inputs = keras_channels_first_export
+    pipeline = _pipeline(path, "cam")
+    assert pipeline.layout == "nchw" and pipeline.head.layout == "nchw" and pipeline.input_hw == [48, 48]
+    ours = _maps(pipeline, inputs, [0, 2])
+    features = np.asarray(_keras_feature_model(keras, model)(inputs)[0].detach().cpu())  # (N, C, h, w)
+    kernel = model.get_layer("predictions").get_weights()[0]
+    for j, cls in enumerate((0, 2)):
+        theirs = np.einsum("nchw,c->nhw", features, kernel[:, cls])
+        error = _relative_error(ours[:, j], theirs)
+        assert error <= RELATIVE, f"class {cls}: relative error {error:.3g}"
+
+
+@pytest.mark.slow
+def test_keras_gradcam_channels_first_with_probability_score(keras_channels_first_export):
+    import torch
+
+    keras, model, path, inputs = keras_channels_first_export
+    pipeline = _pipeline(path, "gradcam", score="prob")
+    ours = _maps(pipeline, inputs, [0])[:, 0]
+    grad_model = _keras_feature_model(keras, model)
+    for image, mine in zip(inputs, ours, strict=True):
+        conv_output, predictions = grad_model(torch.from_numpy(image[None]))
+        (grads,) = torch.autograd.grad(predictions[:, 0].sum(), conv_output)
+        heatmap = (
+            (conv_output[0] * grads.mean(dim=(0, 2, 3))[:, None, None]).mean(dim=0).detach().cpu().numpy()
+        )
+        heatmap = np.maximum(heatmap, 0)
+        error = _relative_error(mine / mine.max(), heatmap / heatmap.max())
+        assert error <= RELATIVE, f"relative error {error:.3g}"
