@@ -212,7 +212,8 @@ def run_cam(options: CamOptions) -> int:
         print(
             f"camcaffe: {len(job.paths)} image(s), provider {session.provider_used}, "
             f"{job.settings.method.upper() if job.settings.method != 'cam' else 'CAM'} of "
-            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
+            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'"
+            + (", each image at its own size" if pipeline.feed_hw is None else ""),
             file=sys.stderr,
         )
     if not quiet:

@@ -48,6 +48,8 @@ METHOD_TITLES = {
     "ablationcam": "Ablation-CAM",
     "eigencam": "Eigen-CAM",
 }
+# transforms.CenterCrop(224) of torchvision's preprocessing: --resize torchvision on a model of variable size
+TORCHVISION_CROP = (224, 224)
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
 
 
@@ -287,8 +289,9 @@ class CamPipeline:
 
     def _input_shape(self) -> list[int | None]:
         """(N, C, H, W) the images are fed at: the declared dims; for a variable H, W: --input-size, else the
-        size the model's metadata gives, else None, None (each image at its own size, as the frameworks'
-        tutorials feed an unresized image), which only the plain whole-image view allows."""
+        size the model's metadata gives, else torchvision's 224 x 224 centre crop for --resize torchvision, else
+        None, None (each image at its own size, as the frameworks' tutorials feed an unresized image), which only
+        the plain whole-image view allows."""
         dims = nchw_dims(self.session.input_dims(self.input_name), self.layout)
         source, name = self.session.source, self.input_name
         if len(dims) != 4:
@@ -318,12 +321,14 @@ class CamPipeline:
                 f"{source}: input '{name}' has one variable side (C,H,W = {shown}); give the size to feed the "
                 "images at with --input-size H,W"
             )
+        if self.settings.resize == "torchvision":  # Resize(256) + CenterCrop(224), as the preset says
+            return [dims[0] or 1, dims[1], *TORCHVISION_CROP]
         if self.settings.resize != "warp":
             flag = "--crops 10" if self.settings.resize == "tencrop" else f"--resize {self.settings.resize}"
             raise CamcaffeError(
                 f"{source}: input '{name}' has a variable height/width (C,H,W = {shown}) and {flag} cuts a "
-                "fixed-size net input: give it with --input-size H,W (torchvision's CenterCrop(224): "
-                "--input-size 224,224), or drop the flag to feed each image at its own size"
+                "fixed-size net input: give it with --input-size H,W, or drop the flag to feed each image at its "
+                "own size"
             )
         return [dims[0] or 1, dims[1], None, None]
 
@@ -371,7 +376,7 @@ class CamPipeline:
     def net_input(self, image: np.ndarray) -> np.ndarray:
         """The single view's net input (C, H, W) of an H×W×3 float image (evaluate's perturbations)."""
         if self.views.count != 1:
-            raise CamcaffeError("one net input per image needs a single-view pipeline (--resize warp or crop)")
+            raise CamcaffeError("one net input per image needs one view per image (--resize warp or crop)")
         view = self.views.inputs(image)[0]
         return (self.transformer or self.transformer_for(view.shape[:2])).preprocess(self.input_name, view)
 
@@ -534,9 +539,7 @@ class CamPipeline:
                 )
         return [o for o in outcomes if o is not None]
 
-    def _infer_group(
-        self, inputs: list[np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _infer_group(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities, classes, ranks, raw maps) per image for net inputs of one size (views×C×H×W each)."""
         in_graph = self.infer_in_graph(np.concatenate(inputs)) if self.in_graph is not None else None
         if in_graph is not None:

@@ -95,7 +95,6 @@ def test_variable_height_width_runs_each_image_at_its_own_size(tmp_path, photos)
     [
         (["--resize", "crop"], "--resize crop"),
         (["--crops", "10"], "--crops 10"),
-        (["--preset", "torchvision"], "--resize torchvision"),
     ],
 )
 def test_variable_height_width_with_a_fixed_size_view_is_refused(tmp_path, photos, flags, named):
@@ -115,7 +114,9 @@ def test_variable_height_width_with_a_size_in_the_metadata_takes_that_size(tmp_p
     """A fixed-size preprocessing recorded in the model's metadata wins over the images' own sizes."""
     model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
     stored = onnx.load(model)
-    preprocess = '{"mean": [104, 117, 123], "raw_scale": 255, "channel_swap": [2, 1, 0], "input_size": [24, 20]}'
+    preprocess = (
+        '{"mean": [104, 117, 123], "raw_scale": 255, "channel_swap": [2, 1, 0], "input_size": [24, 20]}'
+    )
     onnx.helper.set_model_props(stored, {"camcaffe.preprocess": preprocess})
     onnx.save(stored, tmp_path / "meta.onnx")
     result = camcaffe("cam", tmp_path / "meta.onnx", photos, "--out", tmp_path / "out", "-q")
@@ -230,3 +231,42 @@ def test_a_net_without_a_classification_head_is_named_as_such(tmp_path, photos, 
     result = camcaffe("cam", tmp_path / "seg.onnx", photos, "--out", tmp_path / "out", "--method", method)
     assert_one_line_error(result, "not an image classifier", "prob ?x5x16x16", "segmentation or detection")
     assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_variable_height_width_with_the_torchvision_resize_takes_its_224_crop(tmp_path, photos):
+    """--preset torchvision is Resize(256) + CenterCrop(224): on a model of variable size the crop is 224."""
+    model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    result = camcaffe(
+        "cam", model, photos, "--out", tmp_path / "out", "--preset", "torchvision", "--save-npy"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "each image at its own size" not in result.stderr
+    given = camcaffe(
+        "cam",
+        model,
+        photos,
+        "--out",
+        tmp_path / "out2",
+        "--preset",
+        "torchvision",
+        "--input-size",
+        "224,224",
+        "-q",
+    )
+    assert given.returncode == 0, given.stderr
+    ours, theirs = (pd.read_csv(tmp_path / name / "results.csv") for name in ("out", "out2"))
+    np.testing.assert_allclose(ours["probability"], theirs["probability"], rtol=1e-6)
+    assert np.load(tmp_path / "out" / "p0_cam.npy").shape == (1, 224, 224)
+
+
+def test_variable_height_width_report_shows_every_image(tmp_path, photos):
+    """The report of a run at each image's own size: one card per photo, its overlay at the photo's width."""
+    model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    result = camcaffe("cam", model, photos, "--out", tmp_path / "out", "--report")
+    assert result.returncode == 0, result.stderr
+    assert "each image at its own size" in result.stderr
+    report = (tmp_path / "out" / "report.html").read_text()
+    for photo in sorted(photos.iterdir()):
+        assert f"{photo.stem}_cam.png" in report
+        overlay = cv2.imread(str(tmp_path / "out" / f"{photo.stem}_cam.png"))
+        assert overlay.shape[1] == cv2.imread(str(photo)).shape[1]  # (a caption band is added below)
