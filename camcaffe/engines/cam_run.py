@@ -266,8 +266,8 @@ def announce_cost(pipeline, images: int) -> None:
     method = pipeline.settings.method
     print(
         f"camcaffe: {method} runs {passes} extra forward passes per image: about {format_duration(seconds)} per "
-        f"image here, {format_duration(seconds * images)} for {images} image(s) (--batch-size sets how many run "
-        "at once)",
+        f"image here{' at 224x224 (larger photos cost more)' if pipeline.feed_hw is None else ''}, "
+        f"{format_duration(seconds * images)} for {images} image(s) (--batch-size sets how many run at once)",
         file=sys.stderr,
     )
     pipeline.method.on_step = StepLine(method)

@@ -595,3 +595,75 @@ def test_keras_gradcam_channels_first_with_probability_score(keras_channels_firs
         heatmap = np.maximum(heatmap, 0)
         error = _relative_error(mine / mine.max(), heatmap / heatmap.max())
         assert error <= RELATIVE, f"relative error {error:.3g}"
+
+
+# ------------------------------------------------------------------------------------------------- tf2onnx
+
+TF2ONNX_PYTHON_ENV = "CAMCAFFE_TF2ONNX_PYTHON"  # a Python with tensorflow-cpu + tf2onnx (its own venv)
+_TF2ONNX_SCRIPT = r"""
+import os, sys, warnings
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, keras
+folder = sys.argv[1]
+layers = keras.layers
+keras.utils.set_random_seed(0)
+references = {}
+for name, dims in (("static", (48, 48, 3)), ("variable", (None, None, 3))):
+    image = keras.Input(dims)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv1")(image)
+    x = layers.MaxPooling2D(name="block1_pool")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block5_conv3")(x)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(image, layers.Dense(3, activation="softmax", name="predictions")(pooled))
+    model(np.zeros((1, 48, 48, 3), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.export(os.path.join(folder, name + ".onnx"), format="onnx", verbose=False)
+    features = keras.Model(model.inputs, model.get_layer("block5_conv3").output)
+    kernel = model.get_layer("predictions").get_weights()[0]
+    for size in ((48, 48), (40, 56)) if name == "variable" else ((48, 48),):
+        x = np.random.default_rng(size[1]).uniform(-1, 1, (1, *size, 3)).astype(np.float32)
+        key = f"{name}_{size[0]}x{size[1]}"
+        references[key + "_input"] = x
+        references[key + "_cam"] = np.einsum("hwc,ck->khw", np.asarray(features(x))[0], kernel)
+np.savez(os.path.join(folder, "references.npz"), **references)
+"""
+
+
+def _tf2onnx_python() -> str:
+    import importlib.util
+    import sys
+
+    given = os.environ.get(TF2ONNX_PYTHON_ENV)
+    if given:
+        return given
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None:
+        pytest.skip(
+            f"tf2onnx exports need tensorflow-cpu and tf2onnx (not installed by CI: a 274 MB wheel); set "
+            f"{TF2ONNX_PYTHON_ENV} to a Python that has them"
+        )
+    return sys.executable
+
+
+@pytest.mark.slow
+def test_tf2onnx_keras_exports_cam_and_layer_names(tmp_path):
+    """Keras on TensorFlow exported by tf2onnx (`model.export(format='onnx')`): NHWC input, NCHW inside; the CAM
+    equals Keras's Dense kernel . block5_conv3, with the default head and with --feature-layer block5_conv3
+    (its scope is functional_1/block5_conv3_1), fixed size and variable size at the input's own size."""
+    import subprocess
+
+    done = subprocess.run(
+        [_tf2onnx_python(), "-c", _TF2ONNX_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    references = np.load(tmp_path / "references.npz")
+    for key in sorted(k[: -len("_input")] for k in references.files if k.endswith("_input")):
+        model = tmp_path / f"{key.split('_')[0]}.onnx"
+        for feature_layer in (None, "block5_conv3"):
+            pipeline = _pipeline(model, "cam", feature_layer=feature_layer)
+            assert pipeline.layout == "nhwc" and "block5_conv3" in pipeline.head.feature_blob
+            inputs = references[f"{key}_input"].transpose(0, 3, 1, 2)
+            ours = _maps(pipeline, inputs, [0, 1, 2])[0]
+            error = _relative_error(ours, references[f"{key}_cam"])
+            assert error <= RELATIVE, f"{key} {feature_layer}: relative error {error:.3g}"
