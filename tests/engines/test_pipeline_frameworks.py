@@ -441,6 +441,7 @@ def test_torch_variable_size_export_maps_each_photo_at_its_own_size(torch_net, e
             assert error <= RELATIVE, f"{photo.name} class {row['class_index']}: relative error {error:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("export", EXPORTS)
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
 def test_torch_module_names_as_feature_and_fc_layer(torch_net, export, method):
@@ -464,6 +465,7 @@ def test_torch_module_names_as_feature_and_fc_layer(torch_net, export, method):
         assert error <= RELATIVE, f"{export} class {cls}: relative error {error:.3g}"
 
 
+@pytest.mark.slow
 def test_torch_module_name_that_is_not_there_is_one_line(torch_net):
     from camcaffe.errors import CamHeadError
 
@@ -528,6 +530,7 @@ def test_keras_variable_size_export_maps_each_photo_at_its_own_size(keras_variab
             assert error <= RELATIVE, f"class {row['class_index']}: relative error {error:.3g}"
 
 
+@pytest.mark.slow
 def test_keras_layer_names_are_not_in_a_torch_backend_export(keras_export):
     """Keras 3 on the torch backend exports nodes named /Conv_1, /Relu_1: no layer name survives, so
     block5_conv3 is refused in one line (tf2onnx exports keep them: tests/explain/test_layer_names.py)."""
