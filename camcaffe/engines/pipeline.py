@@ -513,7 +513,7 @@ class CamPipeline:
             except CamcaffeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
-                if self.feed_hw is not None or not type(exc).__module__.startswith("onnxruntime"):
+                if self.feed_hw is not None or not _fails_at_run_time(exc):
                     raise
                 # The net cannot run on this size (too small for its poolings): those images fail, not the run.
                 detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
@@ -621,6 +621,16 @@ class CamPipeline:
 
             save_npy_atomic(out_dir / f"{stem}_cam.npy", raw.astype(np.float32))
         return ImageOutcome(path, stem, rows, cams=raw)
+
+
+_RUN_TIME_FAILURES = {"Fail", "RuntimeException", "InvalidArgument"}  # onnxruntime's error classes
+
+
+def _fails_at_run_time(exc: Exception) -> bool:
+    """An error onnxruntime raises while running a graph on given inputs (a size the net cannot take), not one
+    about the model itself (an invalid graph, a missing file)."""
+    kind = type(exc)
+    return kind.__module__.startswith("onnxruntime") and kind.__name__ in _RUN_TIME_FAILURES
 
 
 def _ranking(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
