@@ -53,6 +53,10 @@ TORCHVISION_CROP = (224, 224)
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
 
 
+class EmptyFeatureMap(CamcaffeError):
+    """The net input is too small: the feature map has no pixel left."""
+
+
 @dataclass
 class CamSettings:
     top_k: int = 1
@@ -510,10 +514,9 @@ class CamPipeline:
             inputs = [prepared.inputs[position] for position in positions]
             try:
                 probabilities, classes, ranks, raw = self._infer_group(inputs)
-            except CamcaffeError:
-                raise
             except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
-                if self.feed_hw is not None or not _fails_at_run_time(exc):
+                own_size = self.feed_hw is None
+                if not own_size or not (isinstance(exc, EmptyFeatureMap) or _fails_at_run_time(exc)):
                     raise
                 # The net cannot run on this size (too small for its poolings): those images fail, not the run.
                 detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
@@ -548,7 +551,7 @@ class CamPipeline:
         batch = np.concatenate(inputs)
         view_probabilities, features = self.infer(batch)
         if features.shape[2] == 0 or features.shape[3] == 0:
-            raise CamcaffeError(
+            raise EmptyFeatureMap(
                 f"{self.session.source}: a {batch.shape[2]}x{batch.shape[3]} input gives an empty feature map "
                 f"{features.shape[1:]}; give a larger --input-size"
             )
