@@ -48,6 +48,7 @@ METHOD_TITLES = {
     "ablationcam": "Ablation-CAM",
     "eigencam": "Eigen-CAM",
 }
+TRANSFORMERS_KEPT = 16  # Transformers (one per net input size) a pipeline keeps for images at their own size
 # transforms.CenterCrop(224) of torchvision's preprocessing: --resize torchvision on a model of variable size
 TORCHVISION_CROP = (224, 224)
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
@@ -288,6 +289,8 @@ class CamPipeline:
             transformer.set_std(name, preprocess.std)
         if preprocess.input_scale is not None:
             transformer.set_input_scale(name, preprocess.input_scale)
+        if len(self._transformers) >= TRANSFORMERS_KEPT:  # photos of many sizes: a mean image is held per size
+            self._transformers.pop(next(k for k in self._transformers if k != self.feed_hw))
         self._transformers[key] = transformer
         return transformer
 
