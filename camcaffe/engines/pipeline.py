@@ -289,7 +289,7 @@ class CamPipeline:
             transformer.set_std(name, preprocess.std)
         if preprocess.input_scale is not None:
             transformer.set_input_scale(name, preprocess.input_scale)
-        if len(self._transformers) >= TRANSFORMERS_KEPT:  # photos of many sizes: a mean image is held per size
+        if len(self._transformers) >= TRANSFORMERS_KEPT:  # (a mean image is held resized for each size)
             self._transformers.pop(next(k for k in self._transformers if k != self.feed_hw))
         self._transformers[key] = transformer
         return transformer

@@ -270,3 +270,17 @@ def test_variable_height_width_report_shows_every_image(tmp_path, photos):
         assert f"{photo.stem}_cam.png" in report
         overlay = cv2.imread(str(tmp_path / "out" / f"{photo.stem}_cam.png"))
         assert overlay.shape[1] == cv2.imread(str(photo)).shape[1]  # (a caption band is added below)
+
+
+def test_a_pipeline_keeps_a_bounded_number_of_transformers(tmp_path):
+    """Photos of many sizes: one Transformer per size (a mean image resized for each), the oldest dropped."""
+    from camcaffe.engines.pipeline import TRANSFORMERS_KEPT, CamPipeline, CamSettings, Preprocess
+    from camcaffe.runtime.session import ModelSession
+
+    model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    pipeline = CamPipeline(ModelSession(model, "cpu"), Preprocess(), CamSettings())
+    for height in range(10, 10 + TRANSFORMERS_KEPT + 5):
+        transformer = pipeline.transformer_for((height, 12))
+        assert transformer.inputs["data"] == (1, 3, height, 12)
+    assert len(pipeline._transformers) == TRANSFORMERS_KEPT
+    assert (10 + TRANSFORMERS_KEPT + 4, 12) in pipeline._transformers and (10, 12) not in pipeline._transformers
