@@ -208,7 +208,8 @@ def run_cam(options: CamOptions) -> int:
         print(
             f"camcaffe: {len(job.paths)} image(s), provider {session.provider_used}, "
             f"{job.settings.method.upper() if job.settings.method != 'cam' else 'CAM'} of "
-            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'",
+            f"'{pipeline.head.feature_blob}' by '{pipeline.head.fc_node}'"
+            + (", each image at its own size" if pipeline.feed_hw is None else ""),
             file=sys.stderr,
         )
     if not quiet:
@@ -261,8 +262,8 @@ def announce_cost(pipeline, images: int) -> None:
     method = pipeline.settings.method
     print(
         f"camcaffe: {method} runs {passes} extra forward passes per image: about {format_duration(seconds)} per "
-        f"image here, {format_duration(seconds * images)} for {images} image(s) (--batch-size sets how many run "
-        "at once)",
+        f"image here{' at 224x224 (larger photos cost more)' if pipeline.feed_hw is None else ''}, "
+        f"{format_duration(seconds * images)} for {images} image(s) (--batch-size sets how many run at once)",
         file=sys.stderr,
     )
     pipeline.method.on_step = StepLine(method)

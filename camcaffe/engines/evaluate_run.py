@@ -141,6 +141,7 @@ def run_evaluate(options: EvaluateOptions) -> int:
                 batch_size=options.batch_size,
                 layout=run.get("layout"),
                 score=run.get("score") or "logit",
+                input_size=tuple(run["input_size"]) if run.get("input_size") else None,
             ),
             feature_layer=options.feature_layer or run.get("feature_layer"),
             fc_layer=options.fc_layer or run.get("fc_layer"),

@@ -48,7 +48,14 @@ METHOD_TITLES = {
     "ablationcam": "Ablation-CAM",
     "eigencam": "Eigen-CAM",
 }
+TRANSFORMERS_KEPT = 16  # Transformers (one per net input size) a pipeline keeps for images at their own size
+# transforms.CenterCrop(224) of torchvision's preprocessing: --resize torchvision on a model of variable size
+TORCHVISION_CROP = (224, 224)
 IMAGENET_DEFAULTS = {"mean": [104.0, 117.0, 123.0], "raw_scale": 255.0, "channel_swap": [2, 1, 0]}
+
+
+class EmptyFeatureMap(CamcaffeError):
+    """The net input is too small: the feature map has no pixel left."""
 
 
 @dataclass
@@ -121,6 +128,24 @@ def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tu
         input_scale=overrides.input_scale if overrides.input_scale is not None else base.get("input_scale"),
         std=overrides.std if overrides.std is not None else base.get("std"),
     ), assumed
+
+
+def metadata_input_size(session: ModelSession) -> tuple[int, int] | None:
+    """The net input size (H, W) the model's preprocessing metadata fixes (`camcaffe.preprocess` key
+    "input_size", e.g. a torchvision-style crop), or None."""
+    size = session.info.preprocess.get("input_size")
+    if size is None:
+        return None
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise CamcaffeError(
+            f"{session.source}: metadata camcaffe.preprocess input_size {size!r} is not [H, W] in pixels; "
+            "give --input-size H,W or write the metadata again"
+        )
+    return size[0], size[1]
 
 
 def _check_is_classifier(session: ModelSession) -> None:
@@ -199,24 +224,15 @@ class CamPipeline:
                 f"{where} has {len(self.labels)} labels but the classifier '{self.head.fc_node}' has "
                 f"{self.head.num_classes} classes; give a matching --labels file"
             )
+        self.preprocess = preprocess
         shape = self._input_shape()
         self.input_shape = shape
         self.input_hw = shape[-2:]
-        self.transformer = Transformer({self.input_name: (1, *shape[1:])})
-        self.transformer.set_transpose(self.input_name, (2, 0, 1))
-        if preprocess.channel_swap is not None:
-            self.transformer.set_channel_swap(self.input_name, preprocess.channel_swap)
-        if preprocess.raw_scale is not None:
-            self.transformer.set_raw_scale(self.input_name, preprocess.raw_scale)
-        if preprocess.mean_image is not None:
-            self.transformer.set_mean(self.input_name, preprocess.mean_image)
-        elif preprocess.mean is not None:
-            self.transformer.set_mean(self.input_name, np.asarray(preprocess.mean, dtype=np.float32))
-        if preprocess.std is not None:
-            self.transformer.set_std(self.input_name, preprocess.std)
-        if preprocess.input_scale is not None:
-            self.transformer.set_input_scale(self.input_name, preprocess.input_scale)
-        self.views = make_views(settings.resize, self.input_hw, settings.crop_base, settings.resize_filter)
+        # None: a model with a variable input height/width fed each image at its own size (see _input_shape)
+        self.feed_hw: tuple[int, int] | None = None if shape[2] is None else (shape[2], shape[3])
+        self._transformers: dict[tuple[int, int], Transformer] = {}
+        self.transformer = None if self.feed_hw is None else self.transformer_for(self.feed_hw)
+        self.views = make_views(settings.resize, self.feed_hw, settings.crop_base, settings.resize_filter)
         if self.views.count > 1 and settings.method == "eigencam":
             raise CamcaffeError(
                 "--crops 10 merges the crops' maps by absolute value, as the CAM authors did; Eigen-CAM's maps are "
@@ -253,8 +269,37 @@ class CamPipeline:
             return None
         return record
 
-    def _input_shape(self) -> list[int]:
-        """(N, C, H, W) the images are fed at: the declared dims, with --input-size for a variable H, W."""
+    def transformer_for(self, hw: Sequence[int]) -> Transformer:
+        """caffe.io's Transformer for net inputs of height, width `hw` (one per size, made on first use)."""
+        key = (int(hw[0]), int(hw[1]))
+        transformer = self._transformers.get(key)
+        if transformer is not None:
+            return transformer
+        preprocess, name = self.preprocess, self.input_name
+        transformer = Transformer({name: (1, self.input_shape[1], *key)})
+        transformer.set_transpose(name, (2, 0, 1))
+        if preprocess.channel_swap is not None:
+            transformer.set_channel_swap(name, preprocess.channel_swap)
+        if preprocess.raw_scale is not None:
+            transformer.set_raw_scale(name, preprocess.raw_scale)
+        if preprocess.mean_image is not None:
+            transformer.set_mean(name, preprocess.mean_image)
+        elif preprocess.mean is not None:
+            transformer.set_mean(name, np.asarray(preprocess.mean, dtype=np.float32))
+        if preprocess.std is not None:
+            transformer.set_std(name, preprocess.std)
+        if preprocess.input_scale is not None:
+            transformer.set_input_scale(name, preprocess.input_scale)
+        if len(self._transformers) >= TRANSFORMERS_KEPT:  # (a mean image is held resized for each size)
+            self._transformers.pop(next(k for k in self._transformers if k != self.feed_hw))
+        self._transformers[key] = transformer
+        return transformer
+
+    def _input_shape(self) -> list[int | None]:
+        """(N, C, H, W) the images are fed at: the declared dims; for a variable H, W: --input-size, else the
+        size the model's metadata gives, else torchvision's 224 x 224 centre crop for --resize torchvision, else
+        None, None (each image at its own size, as the frameworks' tutorials feed an unresized image), which only
+        the plain whole-image view allows."""
         dims = nchw_dims(self.session.input_dims(self.input_name), self.layout)
         source, name = self.session.source, self.input_name
         if len(dims) != 4:
@@ -273,20 +318,35 @@ class CamPipeline:
                     f"{size[0]},{size[1]} does not fit it (drop --input-size)"
                 )
             return [dims[0] or 1, dims[1], size[0], size[1]]
-        if dims[2] is None or dims[3] is None:
-            shown = "x".join("?" if d is None else str(d) for d in dims[1:])
+        if dims[2] is not None and dims[3] is not None:
+            return [dims[0] or 1, dims[1], dims[2], dims[3]]
+        shown = "x".join("?" if d is None else str(d) for d in dims[1:])
+        stored = metadata_input_size(self.session)
+        if stored is not None and all(d is None or d == s for d, s in zip(dims[2:], stored, strict=True)):
+            return [dims[0] or 1, dims[1], stored[0], stored[1]]
+        if dims[2] is not None or dims[3] is not None:
             raise CamcaffeError(
-                f"{source}: input '{name}' has a variable height/width (C,H,W = {shown}); give the size to feed "
-                "the images at with --input-size H,W (e.g. --input-size 224,224)"
+                f"{source}: input '{name}' has one variable side (C,H,W = {shown}); give the size to feed the "
+                "images at with --input-size H,W"
             )
-        return [dims[0] or 1, dims[1], dims[2], dims[3]]
+        if self.settings.resize == "torchvision":  # Resize(256) + CenterCrop(224), as the preset says
+            return [dims[0] or 1, dims[1], *TORCHVISION_CROP]
+        if self.settings.resize != "warp":
+            flag = "--crops 10" if self.settings.resize == "tencrop" else f"--resize {self.settings.resize}"
+            raise CamcaffeError(
+                f"{source}: input '{name}' has a variable height/width (C,H,W = {shown}) and {flag} cuts a "
+                "fixed-size net input: give it with --input-size H,W, or drop the flag to feed each image at its "
+                "own size"
+            )
+        return [dims[0] or 1, dims[1], None, None]
 
     def extra_cost(self) -> tuple[int, float] | None:
         """For methods that run extra passes per image (Score-CAM, Ablation-CAM): (passes per image, estimated
-        seconds per image), measured on one blank input; None for the others."""
+        seconds per image), measured on one blank input (224 x 224 when images go in at their own size); None
+        for the others."""
         if self.in_graph is not None:  # plain CAM: one forward pass, nothing to measure
             return None
-        probe = np.zeros((1, *self.input_shape[1:]), np.float32)
+        probe = np.zeros((1, self.input_shape[1], *(self.feed_hw or (224, 224))), np.float32)
         _, features = self.infer(probe)
         cost = self.method.extra_passes(features.shape, probe)
         if cost is None:
@@ -308,20 +368,29 @@ class CamPipeline:
     # --- stages -------------------------------------------------------------------------------------
     def load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Decode and preprocess one image: (the photo as uint8 H×W×3 BGR for drawing, net inputs
-        views×C×H×W). The inputs are caffe.io's (load_image, then Transformer.preprocess of each view)."""
+        views×C×H×W). The inputs are caffe.io's (load_image, then Transformer.preprocess of each view); a model
+        with a variable input size gets the image at its own size."""
         decoded = decode_image(path)
+        transformer = self.transformer or self.transformer_for(decoded.shape[:2])
         if self.views.pil_filter is not None:  # Pillow's resize of the 8-bit pixels, as Keras and torchvision
             display = display_pixels(decoded, path)
             views = self.views.pixels(np.ascontiguousarray(display[:, :, ::-1]))
-            return display, np.stack([self.transformer.preprocess_pixels(self.input_name, v) for v in views])
+            return display, np.stack([transformer.preprocess_pixels(self.input_name, v) for v in views])
         if self.views.count == 1 and type(self.views) is ImageViews:
-            fast = self.transformer.preprocess_decoded(self.input_name, decoded)
+            fast = transformer.preprocess_decoded(self.input_name, decoded)
             if fast is not None:
                 return display_pixels(decoded, path), fast[np.newaxis]
         image = image_from_decoded(decoded, path)
         views = self.views.inputs(image)
-        inputs = np.stack([self.transformer.preprocess(self.input_name, view) for view in views])
+        inputs = np.stack([transformer.preprocess(self.input_name, view) for view in views])
         return np.clip(image[:, :, ::-1] * 255.0 + 0.5, 0, 255).astype(np.uint8), inputs
+
+    def net_input(self, image: np.ndarray) -> np.ndarray:
+        """The single view's net input (C, H, W) of an H×W×3 float image (evaluate's perturbations)."""
+        if self.views.count != 1:
+            raise CamcaffeError("one net input per image needs one view per image (--resize warp or crop)")
+        view = self.views.inputs(image)[0]
+        return (self.transformer or self.transformer_for(view.shape[:2])).preprocess(self.input_name, view)
 
     def to_image_space(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
         """Raw maps of one image, (k, h, w) or (views, k, h, w) -> (k, height, width) normalised to [0, 1]."""
@@ -437,41 +506,42 @@ class CamPipeline:
         return prepared
 
     def finish_batch(self, prepared: PreparedBatch, out_dir: Path | None) -> list[ImageOutcome]:
-        """Inference, maps, boxes and overlays of a prepared batch: outcomes in input order."""
+        """Inference, maps, boxes and overlays of a prepared batch: outcomes in input order. Images whose net
+        inputs differ in size (a model fed each image at its own size) run in groups of one size."""
         paths, stems = prepared.paths, prepared.stems
         outcomes: list[ImageOutcome | None] = [None] * len(paths)
-        images, inputs, positions = [], [], []
+        groups: dict[tuple[int, ...], list[int]] = {}
         for position, (image, data, error) in enumerate(
             zip(prepared.images, prepared.inputs, prepared.errors, strict=True)
         ):
             if error is not None or image is None or data is None:
                 outcomes[position] = ImageOutcome(paths[position], stems[position], [], error=error)
                 continue
-            images.append(image)
-            inputs.append(data)
-            positions.append(position)
-        in_graph = (
-            self.infer_in_graph(np.concatenate(inputs)) if inputs and self.in_graph is not None else None
-        )
-        if in_graph is not None:
-            probabilities, classes, ranks, raw = in_graph
-        elif inputs:
-            views = self.views.count
-            batch = np.concatenate(inputs)
-            view_probabilities, features = self.infer(batch)
-            # Several views of one image: classes are ranked on the averaged probabilities.
-            probabilities = view_probabilities.reshape(len(inputs), views, -1).mean(axis=1)
-            classes, ranks = self.select_classes(probabilities)
-            raw = self.maps(batch, features, view_probabilities, np.repeat(classes, views, axis=0))
-            raw = raw.reshape(len(inputs), views, *raw.shape[1:])
-            if views == 1:
-                raw = raw[:, 0]
-        if inputs:
+            groups.setdefault(tuple(data.shape), []).append(position)
+        for shape, positions in groups.items():
+            inputs = [prepared.inputs[position] for position in positions]
+            try:
+                probabilities, classes, ranks, raw = self._infer_group(inputs)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+                own_size = self.feed_hw is None
+                if not own_size or not (isinstance(exc, EmptyFeatureMap) or _fails_at_run_time(exc)):
+                    raise
+                # The net cannot run on this size (too small for its poolings): those images fail, not the run.
+                detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+                for position in positions:
+                    outcomes[position] = ImageOutcome(
+                        paths[position],
+                        stems[position],
+                        [],
+                        error=f"{paths[position]}: the model cannot run on a {shape[-2]}x{shape[-1]} input "
+                        f"({detail}); give --input-size H,W",
+                    )
+                continue
             for i, position in enumerate(positions):
                 outcomes[position] = self._finish(
                     paths[position],
                     stems[position],
-                    images[i],
+                    prepared.images[position],
                     probabilities[i],
                     classes[i],
                     ranks[i],
@@ -479,6 +549,28 @@ class CamPipeline:
                     out_dir,
                 )
         return [o for o in outcomes if o is not None]
+
+    def _infer_group(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities, classes, ranks, raw maps) per image for net inputs of one size (views×C×H×W each)."""
+        in_graph = self.infer_in_graph(np.concatenate(inputs)) if self.in_graph is not None else None
+        if in_graph is not None:
+            return in_graph
+        views = self.views.count
+        batch = np.concatenate(inputs)
+        view_probabilities, features = self.infer(batch)
+        if features.shape[2] == 0 or features.shape[3] == 0:
+            raise EmptyFeatureMap(
+                f"{self.session.source}: a {batch.shape[2]}x{batch.shape[3]} input gives an empty feature map "
+                f"{features.shape[1:]}; give a larger --input-size"
+            )
+        # Several views of one image: classes are ranked on the averaged probabilities.
+        probabilities = view_probabilities.reshape(len(inputs), views, -1).mean(axis=1)
+        classes, ranks = self.select_classes(probabilities)
+        raw = self.maps(batch, features, view_probabilities, np.repeat(classes, views, axis=0))
+        raw = raw.reshape(len(inputs), views, *raw.shape[1:])
+        if views == 1:
+            raw = raw[:, 0]
+        return probabilities, classes, ranks, raw
 
     def process(
         self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None
@@ -540,6 +632,16 @@ class CamPipeline:
 
             save_npy_atomic(out_dir / f"{stem}_cam.npy", raw.astype(np.float32))
         return ImageOutcome(path, stem, rows, cams=raw)
+
+
+_RUN_TIME_FAILURES = {"Fail", "RuntimeException", "InvalidArgument"}  # onnxruntime's error classes
+
+
+def _fails_at_run_time(exc: Exception) -> bool:
+    """An error onnxruntime raises while running a graph on given inputs (a size the net cannot take), not one
+    about the model itself (an invalid graph, a missing file)."""
+    kind = type(exc)
+    return kind.__module__.startswith("onnxruntime") and kind.__name__ in _RUN_TIME_FAILURES
 
 
 def _ranking(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,9 @@ CAM needs a feature map F (N, C, h, w) that is globally averaged and fed to a li
 blob name such as `CAM_conv` in camcaffe's files, or the ReLU layer's name in caffe2onnx's files). Without
 overrides the head nearest the graph output whose classifier output reaches a graph output (through
 reshapes and Softmax) is taken; SE-style gating blocks do not qualify. The overrides `feature_layer` and
-`fc_layer` accept node names, tensor names, Caffe layer names and initializer prefixes (`CAM_fc` matches
-`CAM_fc_W`).
+`fc_layer` accept node names, tensor names, Caffe layer names, initializer prefixes (`CAM_fc` matches
+`CAM_fc_W`) and the layer names of other frameworks that their exporters keep (`layer4`, `block5_conv3`: see
+`layer_names`).
 """
 
 from __future__ import annotations
@@ -659,8 +660,11 @@ def _auto_detect(g: _Graph) -> CamHead:
 
 
 def _name_pool(g: _Graph) -> list[str]:
+    from camcaffe.explain.layer_names import scope_names
+
     names = set(g.tensor_names())
     names.update(node.name for node in g.nodes if node.name)
+    names.update(scope_names(g.nodes))
     for init in g.constants:
         names.add(init)
         match = re.match(r"^(.*?)[_./:](w|weight|weights|b|bias|biases|kernel)$", init, re.IGNORECASE)
@@ -681,7 +685,17 @@ def _resolve_feature_tensor(g: _Graph, name: str) -> str:
     for node in g.nodes:
         if node.name == name and node.output:
             return node.output[0]
+    tensor = _framework_layer(g, name, "feature layer")
+    if tensor is not None:
+        return tensor
     raise _not_found(g, "feature layer", name)
+
+
+def _framework_layer(g: _Graph, name: str, what: str) -> str | None:
+    """The output of a framework layer named in the node names (`layer4`, `fc`, `block5_conv3`), or None."""
+    from camcaffe.explain.layer_names import layer_output
+
+    return layer_output(g.nodes, sorted(g.graph_outputs), name, what, before_softmax=what == "fc layer")
 
 
 def _pools_from_feature(g: _Graph, tensor: str) -> list[int]:
@@ -727,6 +741,10 @@ def _fc_matches(g: _Graph, index: int, name: str) -> bool:
 
 def _resolve_fc_node(g: _Graph, name: str) -> int:
     matches = [i for i in range(len(g.nodes)) if _fc_matches(g, i, name)]
+    if not matches:
+        tensor = _framework_layer(g, name, "fc layer")
+        if tensor is not None and g.producer_of(tensor) is not None:
+            matches = [g.producer_of(tensor)]
     classifier = [i for i in matches if g.nodes[i].op_type in _CLASSIFIER_OPS]
     if not classifier:
         # a MatMul + Add classifier may be named by its Add

@@ -40,8 +40,9 @@ class ImageViews:
     default_filter = CAFFE_FILTER
     pil_capable = True  # whether the view can resize with a Pillow filter
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None):
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+    def __init__(self, input_hw: Sequence[int] | None, crop_base: int = 256, resize_filter: str | None = None):
+        # None: the net takes each image at its own size (a model with a variable input height/width)
+        self.input_hw = None if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
         self.crop_base = int(crop_base)
         chosen = resize_filter or self.default_filter
         if chosen not in RESIZE_FILTERS:
@@ -63,8 +64,12 @@ class ImageViews:
         return None if self.resize_filter == CAFFE_FILTER else self.resize_filter[len("pil-") :]
 
     def pixels(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """With a Pillow filter: the views of 8-bit RGB pixels (H, W, 3), each at the input size."""
-        return [pil_resize(pixels, self.input_hw, self._require_pil())]
+        """With a Pillow filter: the views of 8-bit RGB pixels (H, W, 3), each at the input size (at their own
+        size for a net with a variable input size)."""
+        filter_name = self._require_pil()
+        if self.input_hw is None:
+            return [pixels]
+        return [pil_resize(pixels, self.input_hw, filter_name)]
 
     def _require_pil(self) -> str:
         if self.pil_filter is None:
@@ -89,7 +94,9 @@ class CentreCropViews(ImageViews):
     name = "crop"
     flag = "--resize crop"
 
-    def __init__(self, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None):
+    def __init__(self, input_hw: Sequence[int] | None, crop_base: int = 256, resize_filter: str | None = None):
+        if input_hw is None:
+            raise CamcaffeError(f"{self.flag} needs a fixed net input size; give --input-size H,W")
         super().__init__(input_hw, crop_base, resize_filter)
         if max(self.input_hw) > self.crop_base:
             raise CamcaffeError(
@@ -205,7 +212,7 @@ VIEWS: dict[str, type[ImageViews]] = {
 
 
 def make_views(
-    name: str, input_hw: Sequence[int], crop_base: int = 256, resize_filter: str | None = None
+    name: str, input_hw: Sequence[int] | None, crop_base: int = 256, resize_filter: str | None = None
 ) -> ImageViews:
     try:
         cls = VIEWS[name]

@@ -370,7 +370,6 @@ def saliency_metrics(
         raise EvaluationError(f"--steps must be a positive integer, got {steps}")
     hits = trials = 0
     deletion, insertion, drops, increases = [], [], [], []
-    name = pipeline.input_name
     keys = [k for k in sorted(groundtruth) if groundtruth[k] and k in paths]
     for key in keys:
         path = Path(paths[key])
@@ -379,7 +378,7 @@ def saliency_metrics(
                 f"{path}: image listed in results.csv not found; run evaluate from the same folder"
             )
         image = load_image(path)
-        x = pipeline.transformer.preprocess(name, pipeline.views.inputs(image)[0])
+        x = pipeline.net_input(image)
         probabilities, features = pipeline.infer(x[None])
         predicted = int(np.argmax(probabilities[0]))
         gt_classes = list(dict.fromkeys(o.cls for o in groundtruth[key]))
@@ -393,7 +392,7 @@ def saliency_metrics(
                 continue
             cam = pipeline.to_image_space(raw[wanted.index(index)][None], height, width)[0]
             hits += pointing_hit(cam, [o.box for o in groundtruth[key] if o.cls == cls], tolerance)
-        saliency = upsample(raw[0], pipeline.input_hw)
+        saliency = upsample(raw[0], x.shape[-2:])
         curves = []
         for substrate, reveal in ((np.zeros_like(x), False), (blurred(x), True)):
             series = perturbation_series(x, saliency, steps, substrate, reveal)
@@ -407,7 +406,7 @@ def saliency_metrics(
         deletion.append(curves[0])
         insertion.append(curves[1])
         mask = pipeline.to_image_space(raw[0][None], height, width)[0]
-        explained = pipeline.transformer.preprocess(name, pipeline.views.inputs(image * mask[:, :, None])[0])
+        explained = pipeline.net_input(image * mask[:, :, None])
         before = float(probabilities[0, predicted])
         after = float(pipeline.infer(explained[None])[0][0, predicted])
         drops.append(max(0.0, before - after) / before if before > 0 else 0.0)

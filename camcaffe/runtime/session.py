@@ -164,7 +164,8 @@ class BoundRunner:
             else:
                 value.update_inplace(array)
             self.binding.bind_ortvalue_input(name, value)
-        key = (tuple(fetch), tuple((name, self._inputs[name].shape()[0]) for name in feeds))
+        # Output buffers fit one set of input shapes (a model with a variable input size changes them).
+        key = (tuple(fetch), tuple((name, tuple(self._inputs[name].shape())) for name in feeds))
         self.binding.clear_binding_outputs()
         reused = self._outputs.get(key)
         if reused is None:

@@ -254,3 +254,18 @@ def test_worker_plan_and_its_errors():
         plan_workers({"CPU": 2.0}, "auto", 2, 1.0)
     with pytest.raises(CamcaffeError, match="--num-workers must be a positive integer, got 0"):
         plan_workers({"CPU": 2.0}, "auto", 0, None)
+
+
+def test_ray_engine_on_a_model_of_variable_size(local_ray, images, tmp_path):
+    """Each image at its own size (a model with a variable height/width, no --input-size): decode tasks ship
+    inputs of several sizes, actors run them size by size, and the rows are the local engine's."""
+    from tests.engines.test_model_inputs import _cam_model
+
+    variable = _cam_model(tmp_path / "variable.onnx", ["N", 3, "H", "W"])
+    chosen = [str(images / f"img_{i:04d}.png") for i in range(12)] + [str(images / BAD)]
+    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
+    assert main(["-q", "cam", str(variable), *chosen, "--out", str(local_out), "--top-k", "2"]) == 1
+    assert _cam_ray(variable, chosen, ray_out, "--num-workers", "1", "--batch-size", "4") == 1
+    local = _results(local_out)
+    assert local["image"].nunique() == 13 and (local["error"] != "").sum() == 1
+    _assert_same_rows(_results(ray_out), local, ray_out)

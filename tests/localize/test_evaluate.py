@@ -228,6 +228,9 @@ class _ScriptedPipeline:
             "T", (), {"preprocess": staticmethod(lambda name, view: view.transpose(2, 0, 1))}
         )()
 
+    def net_input(self, image: np.ndarray) -> np.ndarray:
+        return self.transformer.preprocess(self.input_name, image)
+
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p0 = [self.table.get(round(float(x.mean()) * 255), 0.5) for x in batch]
         return np.array([[p, 1 - p] for p in p0], np.float32), np.zeros((len(batch), 1, 2, 2), np.float32)

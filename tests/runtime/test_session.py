@@ -72,3 +72,26 @@ def test_io_binding_gives_the_same_values_and_reuses_buffers(model):
     np.testing.assert_array_equal(first, first_copy)  # the caller's input array is never written
     c = bound.run({"data": first[:1]}, ["fc"])  # another batch size: new buffers, right values
     np.testing.assert_allclose(c["fc"], a["fc"][:1], rtol=1e-5, atol=1e-6)
+
+
+def test_io_binding_follows_a_variable_input_size():
+    """A model with a variable height/width: output buffers bound for one input size are not reused for another
+    (they were keyed by the batch size alone)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    session = ModelSession(model, "cpu", io_binding=True)
+    rng = np.random.default_rng(0)
+    for shape in [(1, 3, 4, 5), (1, 3, 6, 7), (1, 3, 4, 5), (2, 3, 6, 7)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        (y,) = session.run({"x": x}, ["y"]).values()
+        assert y.shape == shape
+        np.testing.assert_array_equal(y, np.maximum(x, 0))

@@ -11,7 +11,7 @@ provider as the net (CPU or CUDA) and only the tail is recomputed:
   MaxPool -> the pooling indices (second output) and ScatterElements(reduction=add), which, unlike
   MaxUnpool, adds up gradients where overlapping windows (AlexNet's 3x3 stride 2) picked the same input;
   AveragePool -> gradient / window count (precomputed per output position, counting padding as the op does)
-  spread back by a depthwise ConvTranspose of ones;  GlobalAveragePool -> Expand / (h w);
+  spread back by a depthwise ConvTranspose of ones;  GlobalAveragePool -> Expand / (h w) (at run time for a variable size);
   Conv -> ConvTranspose with the same weights (output_padding restores the input size) and back;
   LRN (across channels) -> the closed form with the channel-window sums done by a 1-D Conv of ones;
   Softmax/LogSoftmax -> y (dy - sum(dy y));  Concat <-> Split, Slice <-> Pad, reshapes -> Reshape to the
@@ -500,9 +500,14 @@ def _global_average(e, node, dys, need):
     rank = len(e.shape(x) or ())
     if rank < 3:
         raise _Refusal(f"input '{x}' has no known spatial axes")
-    area = int(np.prod(e.static(x, range(2, rank), "the pooled area")))
     spread = e.op("Expand", [dys[0], e.op("Shape", [x])])
-    return [e.op("Mul", [spread, e.const(np.float32(1.0 / area), "inverse_area")])]
+    shape = e.shape(x)
+    if shape is not None and all(d is not None for d in shape[2:]):
+        area = int(np.prod(shape[2:]))
+        return [e.op("Mul", [spread, e.const(np.float32(1.0 / area), "inverse_area")])]
+    # A variable input height/width: the pooled area Size(x) / Size(y), at run time (as ReduceMean's rule).
+    sizes = [e.op("Cast", [e.op("Size", [t])], to=onnx.TensorProto.FLOAT) for t in (x, node.output[0])]
+    return [e.op("Div", [spread, e.op("Div", [sizes[0], sizes[1]])])]
 
 
 @_rule("GlobalMaxPool")
@@ -811,7 +816,9 @@ def _value_info(
 ) -> onnx.ValueInfoProto:
     if shape is None:
         return helper.make_tensor_value_info(name, dtype, None)
-    dims = ["batch" if i == 0 else (d if d is not None else f"{name}_d{i}") for i, d in enumerate(shape)]
+    # A batch the net fixes (torch's dynamo export: 1, its Reshape to (1, C) baked in) stays fixed, so that the
+    # tail's session runs several rows (an image's classes) in pieces of that size; any other dim is symbolic.
+    dims = [d if d is not None else ("batch" if i == 0 else f"{name}_d{i}") for i, d in enumerate(shape)]
     return helper.make_tensor_value_info(name, dtype, dims)
 
 

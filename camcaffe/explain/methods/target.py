@@ -111,7 +111,8 @@ class _Lookup:
 
 
 def _resolve_name(lookup: _Lookup, blobs: dict[str, str], name: str, what: str) -> str:
-    """A Caffe blob name (its final value), an ONNX tensor name, or a node (Caffe layer) name."""
+    """A Caffe blob name (its final value), an ONNX tensor name, a node (Caffe layer) name, or a framework's
+    layer name kept in the node names (`layer4`, `fc`, `block5_conv3`: explain.layer_names)."""
     if name in blobs:
         return blobs[name]
     if name in lookup.producer or name in lookup.inputs:
@@ -119,7 +120,17 @@ def _resolve_name(lookup: _Lookup, blobs: dict[str, str], name: str, what: str) 
     for node in lookup.nodes:
         if node.name == name and node.output:
             return node.output[0]
-    pool = sorted(set(blobs) | set(lookup.producer) | {n.name for n in lookup.nodes if n.name})
+    from camcaffe.explain.layer_names import layer_output, scope_names
+
+    framework = layer_output(lookup.nodes, lookup.outputs, name, what, before_softmax=what == "fc layer")
+    if framework is not None:
+        return framework
+    pool = sorted(
+        set(blobs)
+        | set(lookup.producer)
+        | {n.name for n in lookup.nodes if n.name}
+        | set(scope_names(lookup.nodes))
+    )
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.5)
     hint = f"closest: {', '.join(close)}" if close else "list the names with `camcaffe inspect`"
     raise CamHeadError(f"{what} '{name}' is not in the model; {hint}")
@@ -186,7 +197,8 @@ def _last_conv_feature(lookup: _Lookup, score: str) -> str | None:
     for index, node in enumerate(lookup.nodes):
         out = node.output[0] if node.output else ""
         shape = lookup.shapes.get(out)
-        spatial = shape is not None and len(shape) == 4 and (shape[2] or 0) * (shape[3] or 0) > 1
+        # a variable height/width (None) may well be spatial
+        spatial = shape is not None and len(shape) == 4 and (None in shape[2:] or shape[2] * shape[3] > 1)
         if node.op_type == "Conv" and out in before and spatial:
             best = index
     if best is None:
