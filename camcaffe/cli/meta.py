@@ -38,6 +38,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--resize-filter", choices=list(RESIZE_FILTERS), help="caffe or a Pillow filter")
     parser.add_argument(
+        "--input-size",
+        type=lambda t: parse_ints(t, "--input-size"),
+        help="H,W to feed a model whose input height/width are variable (default: each image's own size)",
+    )
+    parser.add_argument(
         "--labels", type=Path, help="label file to embed (index label / CSV / synset_words / JSON)"
     )
     parser.add_argument("--show", action="store_true", help="print camcaffe's metadata (after any change)")
@@ -58,14 +63,17 @@ def run(args: argparse.Namespace) -> int:
         "resize_filter": args.resize_filter,
     }
     changing = (
-        args.preset is not None or args.labels is not None or any(v is not None for v in settings.values())
+        args.preset is not None
+        or args.labels is not None
+        or args.input_size is not None
+        or any(v is not None for v in settings.values())
     )
     if not changing and not args.show:
         raise CamcaffeError(
             "meta: nothing to do; give --preset, a setting (--mean, --std, ...), --labels or --show"
         )
     if changing:
-        changes = metadata_changes(args.model, args.preset, settings, args.labels)
+        changes = metadata_changes(args.model, args.preset, settings, args.labels, args.input_size)
         metadata = update_metadata(args.model, changes)
         if not args.quiet:
             print(

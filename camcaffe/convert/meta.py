@@ -145,6 +145,35 @@ def _input_channels(model) -> int | None:
     return None
 
 
+def _input_hw(model) -> tuple[int | None, int | None] | None:
+    """(H, W) of the model's image input, None for a variable side; None when it is not a 4-d image input."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            return None
+        channels_last = dims[1] not in (1, 3, 4) and dims[3] in (1, 3, 4)
+        return (dims[1], dims[2]) if channels_last else (dims[2], dims[3])
+    return None
+
+
+def _check_input_size(model, size: list[int], path: str | os.PathLike) -> list[int]:
+    """--input-size H,W for a model whose input height/width are variable (a fixed side must agree)."""
+    if len(size) != 2 or min(size) <= 0:
+        raise CamcaffeError(f"--input-size must be two positive integers H,W, got {size}")
+    declared = _input_hw(model)
+    if declared is not None:
+        for name, fixed, wanted in zip(("height", "width"), declared, size, strict=True):
+            if fixed is not None and fixed != wanted:
+                raise CamcaffeError(
+                    f"{path}: the input's {name} is fixed at {fixed}; --input-size {size[0]},{size[1]} does not "
+                    "fit it (the size is only for models whose height/width are variable)"
+                )
+    return [int(size[0]), int(size[1])]
+
+
 def _output_classes(model) -> int | None:
     outputs = list(model.graph.output)
     if not outputs:
@@ -160,9 +189,10 @@ def metadata_changes(
     preset_name: str | None = None,
     settings: dict[str, Any] | None = None,
     labels_path: str | os.PathLike | None = None,
+    input_size: list[int] | None = None,
 ) -> dict[str, str | None]:
     """The metadata entries that record a preset, single settings (runtime/presets.SETTINGS keys; they win over
-    the preset's) and a label file in the model at `path`, merged with what it holds; checked against its input
+    the preset's), the size to feed a model of variable input size at and a label file in the model at `path`, merged with what it holds; checked against its input
     channels and output classes."""
     from camcaffe.runtime.model import read_lite_model
     from camcaffe.runtime.presets import SETTINGS, check_settings, preset
@@ -171,7 +201,7 @@ def metadata_changes(
     current = {p.key: p.value for p in model.metadata_props}
     changes: dict[str, str | None] = {}
     given = {k: v for k, v in (settings or {}).items() if v is not None}
-    if preset_name is not None or given:
+    if preset_name is not None or given or input_size is not None:
         try:
             stored = json.loads(current.get(PREPROCESS_KEY, "{}"))
         except json.JSONDecodeError:
@@ -191,6 +221,8 @@ def metadata_changes(
         except CamcaffeError as exc:
             raise CamcaffeError(f"{path}: {exc}") from None
         stored.update(checked)
+        if input_size is not None:
+            stored["input_size"] = _check_input_size(model, input_size, path)
         changes[PREPROCESS_KEY] = json.dumps({k: v for k, v in stored.items() if v is not None})
     if labels_path is not None:
         from camcaffe.runtime.labels import load_labels

@@ -108,11 +108,21 @@ class PreparedBatch:
     errors: list[str | None]
 
 
+PIXEL_SETTINGS = ("mean", "raw_scale", "channel_swap", "input_scale", "std")
+"""The keys of `camcaffe.preprocess` that say how pixel values become net input values."""
+
+
 def preprocess_from_metadata(session: ModelSession, overrides: Preprocess) -> tuple[Preprocess, bool]:
     """Metadata written by `convert`, overridden by flags; (settings, whether defaults were assumed)."""
     meta = session.info.preprocess
+    # Metadata that records only how to resize (`meta --input-size`, `--resize-filter`) says nothing of the
+    # pixel values: the defaults are assumed for them as for a model without metadata.
+    records_pixels = any(key in meta for key in PIXEL_SETTINGS) or session.info.mean_image() is not None
     assumed = (
-        not meta and overrides.mean is None and overrides.mean_image is None and overrides.raw_scale is None
+        not records_pixels
+        and overrides.mean is None
+        and overrides.mean_image is None
+        and overrides.raw_scale is None
     )
     base = IMAGENET_DEFAULTS if assumed else meta
     mean_image = overrides.mean_image if overrides.mean_image is not None else session.info.mean_image()

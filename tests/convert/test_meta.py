@@ -199,3 +199,13 @@ def test_convert_records_a_preset_as_meta_does(tmp_path):
     update_metadata(annotated, metadata_changes(annotated, "keras-vgg", {"std": [2.0, 2.0, 2.0]}))
     assert _stored(annotated) == stored
     assert main([*base, "--std", "0,1,1"]) == 2  # refused in one line before converting
+
+
+def test_input_size_is_stored_and_must_fit_a_fixed_side(model):
+    """--input-size records the size to feed a variable-size model at; a side the model fixes must agree."""
+    update_metadata(model, metadata_changes(model, input_size=[16, 16]))
+    assert _stored(model)["input_size"] == [16, 16]
+    with pytest.raises(CamcaffeError, match="height is fixed at 16; --input-size 20,16 does not fit"):
+        metadata_changes(model, input_size=[20, 16])
+    with pytest.raises(CamcaffeError, match="two positive integers"):
+        metadata_changes(model, input_size=[0, 16])

@@ -127,6 +127,21 @@ def test_variable_height_width_with_a_size_in_the_metadata_takes_that_size(tmp_p
     np.testing.assert_allclose(ours["probability"], theirs["probability"], rtol=1e-6)
 
 
+def test_variable_height_width_with_a_size_written_by_meta_takes_that_size(tmp_path, photos):
+    """`camcaffe meta --input-size` records the size; cam then feeds it as if --input-size were given."""
+    model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    annotated = tmp_path / "annotated.onnx"
+    annotated.write_bytes(model.read_bytes())
+    assert camcaffe("meta", annotated, "--input-size", "24,20", "-q").returncode == 0
+    result = camcaffe("cam", annotated, photos, "--out", tmp_path / "out", "-q")
+    assert result.returncode == 0, result.stderr
+    given = camcaffe("cam", model, photos, "--out", tmp_path / "out2", "--input-size", "24,20", "-q")
+    assert given.returncode == 0, given.stderr
+    ours, theirs = (pd.read_csv(tmp_path / name / "results.csv") for name in ("out", "out2"))
+    np.testing.assert_allclose(ours["probability"], theirs["probability"], rtol=1e-6)
+    assert ours["class_index"].tolist() == theirs["class_index"].tolist()
+
+
 def test_bad_input_size_in_the_metadata_is_one_line(tmp_path, photos):
     model = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
     stored = onnx.load(model)
