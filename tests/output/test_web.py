@@ -338,8 +338,12 @@ def check_pillow_views_against_cam(
     assert max(differences.values()) < 1e-5, differences
     for photo in photos:
         explain(page, photo)
-        expected = pipeline.load(photo)[1][0]
-        np.testing.assert_array_equal(page_input(page, expected.shape), expected, err_msg=photo.name)
+        expected = pipeline.load(photo)[1][0]  # C, H, W
+        if pipeline.layout == "nhwc":
+            got = page_input(page, (*expected.shape[1:], expected.shape[0])).transpose(2, 0, 1)
+        else:
+            got = page_input(page, expected.shape)
+        np.testing.assert_array_equal(got, expected, err_msg=photo.name)
 
 
 @pytest.mark.slow
@@ -513,6 +517,41 @@ def test_a_fixed_batch_a_mean_image_and_a_channels_last_input(browser_env):
         build(browser_env, name, model, "--top-k", "2")
         rows, maps, _ = camcaffe_cam(browser_env, photos, f"cam-{name}", model)
         check_against_cam(page, photos, rows, maps)
+    assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_pillow_filters_with_a_mean_image_std_input_scale_crop_and_channels_last(browser_env):
+    """The 8-bit path through every other Transformer step: a mean image (batch of 2), std and input scale, the
+    crop view, channels-last; the page's net input is camcaffe's to the bit."""
+    page, _, _, _, scratch = browser_env
+    mean = np.random.default_rng(7).uniform(95, 130, (3, 256, 256)).astype(np.float32)
+    batched = scratch / "batch2_mean_pil.onnx"
+    convert_files(
+        DEMO / "squeezenet_v1.0.prototxt",
+        DEMO / "squeezenet_v1.0.caffemodel",
+        batched,
+        ConvertOptions(batch=2),
+        preprocessing=Preprocessing(mean_image=mean, raw_scale=255.0, channel_swap=[2, 1, 0]),
+    )
+    photos = [DEMO / "images" / "caffe_cat.jpg", DEMO / "images" / "skimage_horse.png"]
+    cases = (
+        (
+            "mean-crop-hamming",
+            batched,
+            ("--resize", "crop", "--resize-filter", "pil-hamming", "--std", "2,3,4"),
+        ),
+        (
+            "nhwc-lanczos",
+            nhwc_model(scratch / "nhwc_pil.onnx"),
+            ("--resize-filter", "pil-lanczos", "--input-scale", "0.5"),
+        ),
+    )
+    for name, model, flags in cases:
+        build(browser_env, name, model, "--top-k", "2", *flags)
+        rows, maps, pipeline = camcaffe_cam(browser_env, photos, f"cam-{name}", model, *flags)
+        check_pillow_views_against_cam(page, photos, rows, maps, pipeline)
     assert page.errors() == []
 
 
