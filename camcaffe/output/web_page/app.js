@@ -407,6 +407,7 @@
     const ksize = Math.ceil(support) * 2 + 1;
     const inverse = 1.0 / filterscale;
     const starts = new Int32Array(outSize);
+    const counts = new Int32Array(outSize); // taps inside the image; the rest of the ksize weights are 0
     const fixed = new Float64Array(outSize * ksize);
     const weights = new Float64Array(ksize);
     for (let xx = 0; xx < outSize; xx++) {
@@ -424,36 +425,41 @@
         fixed[xx * ksize + k] = scaled < 0 ? Math.trunc(scaled - 0.5) : Math.trunc(scaled + 0.5);
       }
       starts[xx] = xmin;
+      counts[xx] = xmax;
     }
-    return { starts, fixed, ksize };
+    return { starts, counts, fixed, ksize };
   }
 
   // One 8-bit pass of Pillow's resampling along the width (axis 1) or the height (axis 0). The integer sums are
-  // exact in doubles; floor((sum + 2^21) / 2^22) is Pillow's shift.
+  // exact in doubles; floor((sum + 2^21) / 2^22) is Pillow's shift. Taps past the image edge weigh 0 and are
+  // skipped.
   function pilPass(pixels, h, w, outSize, axis, filter) {
     const inSize = axis === 1 ? w : h;
-    const { starts, fixed, ksize } = pilCoefficients(inSize, outSize, filter);
+    const { starts, counts, fixed, ksize } = pilCoefficients(inSize, outSize, filter);
     const outH = axis === 1 ? h : outSize;
     const outW = axis === 1 ? outSize : w;
     const out = new Uint8Array(outH * outW * 3);
     const half = 1 << (PRECISION_BITS - 1);
     const unit = 1 << PRECISION_BITS;
     const step = axis === 1 ? 3 : w * 3; // from one input sample to the next along the axis
+    const clip = (value) => (value < 0 ? 0 : value > 255 ? 255 : value);
     for (let y = 0; y < outH; y++) {
       for (let x = 0; x < outW; x++) {
         const o = axis === 1 ? x : y;
-        const base = axis === 1 ? y * w * 3 : x * 3;
-        for (let c = 0; c < 3; c++) {
-          let total = half;
-          for (let k = 0; k < ksize; k++) {
-            const weight = fixed[o * ksize + k];
-            if (weight === 0) continue;
-            const i = Math.min(starts[o] + k, inSize - 1);
-            total += pixels[base + i * step + c] * weight;
-          }
-          const value = Math.floor(total / unit);
-          out[(y * outW + x) * 3 + c] = value < 0 ? 0 : value > 255 ? 255 : value;
+        let at = (axis === 1 ? y * w : x) * 3 + starts[o] * step;
+        let r = half;
+        let g = half;
+        let b = half;
+        for (let k = o * ksize, end = k + counts[o]; k < end; k++, at += step) {
+          const weight = fixed[k];
+          r += pixels[at] * weight;
+          g += pixels[at + 1] * weight;
+          b += pixels[at + 2] * weight;
         }
+        const to = (y * outW + x) * 3;
+        out[to] = clip(Math.floor(r / unit));
+        out[to + 1] = clip(Math.floor(g / unit));
+        out[to + 2] = clip(Math.floor(b / unit));
       }
     }
     return out;
