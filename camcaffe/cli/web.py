@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from camcaffe.cli.options import parse_floats, parse_ints
+from camcaffe.runtime.presets import PRESETS, RESIZE_FILTERS
 
 
 def add_parser(subparsers) -> None:
@@ -38,10 +39,23 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--resize",
         choices=["warp", "crop", "torchvision"],
-        default="warp",
-        help="as camcaffe cam: warp (caffe.io, default), crop (256 + centre crop), torchvision (Pillow resize)",
+        default=None,
+        help="as camcaffe cam: warp (the default unless the model's metadata says otherwise), crop (256 + centre "
+        "crop), torchvision (shorter side to 256 + centre crop)",
     )
-    parser.add_argument("--preset", choices=["caffe", "torchvision"], default=None, help="as camcaffe cam")
+    parser.add_argument(
+        "--resize-filter",
+        choices=RESIZE_FILTERS,
+        default=None,
+        help="as camcaffe cam: caffe (caffe.io's resize) or one of Pillow's filters, which the page reproduces "
+        "on the 8-bit pixels (default: the model's metadata, else the resize's own)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="as camcaffe cam: a framework's whole preprocessing recipe, flags given win",
+    )
     parser.add_argument("--mean", type=lambda t: parse_floats(t, "--mean"), help="override the model's mean")
     parser.add_argument("--mean-file", type=Path, help="override with a mean image (.binaryproto/.npy)")
     parser.add_argument("--raw-scale", type=float, help="override raw scale")

@@ -11,13 +11,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from camcaffe.engines.job import CamJob
 from camcaffe.engines.results import prepare_out_dir, remove_unlisted_outputs, write_results, write_settings
 from camcaffe.errors import CamcaffeError, InputFileError
 
 if TYPE_CHECKING:
+    from camcaffe.engines.pipeline import Preprocess
     from camcaffe.runtime.session import ModelSession
 
 EXIT_SOME_FAILED = 1
@@ -26,8 +27,12 @@ EXIT_SOME_FAILED = 1
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 
 
-def apply_preset(options: CamOptions) -> CamOptions:
-    """`options` with the preset's settings (runtime/presets.py) where the flag was not given."""
+Options = TypeVar("Options")
+
+
+def apply_preset(options: Options) -> Options:
+    """`options` (CamOptions, WebOptions) with the preset's settings (runtime/presets.py) where the flag was not
+    given."""
     if options.preset is None:
         return options
     from camcaffe.runtime.presets import preset
@@ -36,6 +41,43 @@ def apply_preset(options: CamOptions) -> CamOptions:
     if options.mean_file is not None:
         values.pop("mean", None)  # --mean-file is the mean the user gave
     return replace(options, **values)
+
+
+@dataclass
+class SettledPreprocessing:
+    """How a model's photos become its input, as `cam` and `web` settle it."""
+
+    preprocess: Preprocess
+    resize: str  # a views.VIEWS name
+    resize_filter: str | None  # None: the view's own filter
+    assumed: bool  # the model records no preprocessing and no flag gave it: ImageNet Caffe defaults
+
+
+def settle_preprocessing(options: Any, session: ModelSession) -> SettledPreprocessing:
+    """The preprocessing of `options` (CamOptions or WebOptions, after `apply_preset`) for this model. With
+    --preset the preset is the whole recipe (a setting it leaves out, such as std, is not the model's);
+    without, the model's metadata (convert/meta) with the flags given winning, else the ImageNet Caffe defaults.
+    The resize is the flag, else the metadata's, else warp; the metadata's filter applies only to its own
+    resize (another --resize gets that view's own filter unless --resize-filter names one)."""
+    from camcaffe.engines.pipeline import Preprocess, preprocess_from_metadata
+
+    mean_image = None
+    if options.mean_file is not None:
+        from camcaffe.runtime.preprocess import load_mean_file
+
+        mean_image = load_mean_file(options.mean_file)
+    given = Preprocess(
+        options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
+    )
+    if options.preset is not None:
+        preprocess, assumed = given, False
+    else:
+        preprocess, assumed = preprocess_from_metadata(session, given)
+    stored = session.info.preprocess  # convert --preset / camcaffe meta: how this model wants its images
+    resize = options.resize or stored.get("resize") or "warp"
+    same_resize = options.resize is None or options.resize == stored.get("resize")
+    resize_filter = options.resize_filter or (stored.get("resize_filter") if same_resize else None)
+    return SettledPreprocessing(preprocess, resize, resize_filter, assumed)
 
 
 @dataclass
@@ -90,7 +132,7 @@ class CamOptions:
 def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
     """Validate the flags and describe the job; (job, first session, workers, preprocessing assumed)."""
     from camcaffe.engines.inputs import expand_inputs, output_stems
-    from camcaffe.engines.pipeline import CamSettings, Preprocess, preprocess_from_metadata
+    from camcaffe.engines.pipeline import CamSettings
 
     options = apply_preset(options)
     if options.batch_size <= 0:
@@ -132,22 +174,9 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         from camcaffe.runtime.labels import load_labels
 
         labels = load_labels(options.labels)
-    mean_image = None
-    if options.mean_file is not None:
-        from camcaffe.runtime.preprocess import load_mean_file
-
-        mean_image = load_mean_file(options.mean_file)
-    given = Preprocess(
-        options.mean, mean_image, options.raw_scale, options.channel_swap, options.input_scale, options.std
-    )
-    if options.preset is not None:  # the whole recipe: a setting the preset leaves out (std) is not the model's
-        preprocess, assumed = given, False
-    else:
-        preprocess, assumed = preprocess_from_metadata(session, given)
-    stored = session.info.preprocess  # convert --preset / camcaffe meta: how this model wants its images
-    resize = options.resize or stored.get("resize") or "warp"
-    same_resize = options.resize is None or options.resize == stored.get("resize")
-    resize_filter = options.resize_filter or (stored.get("resize_filter") if same_resize else None)
+    settled = settle_preprocessing(options, session)
+    preprocess, assumed = settled.preprocess, settled.assumed
+    resize, resize_filter = settled.resize, settled.resize_filter
     if options.crops == 10:
         resize, resize_filter = "tencrop", options.resize_filter
     settings = CamSettings(

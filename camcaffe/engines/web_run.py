@@ -15,6 +15,16 @@ from camcaffe.errors import CamcaffeError, LabelsError
 
 MAX_MODEL_BYTES = 1_900_000_000  # one protobuf message, and more than a browser tab will load anyway
 VIEW_MODES = ("warp", "crop", "torchvision")
+PAGE_FILTERS = (
+    "caffe",
+    "pil-nearest",
+    "pil-box",
+    "pil-bilinear",
+    "pil-hamming",
+    "pil-bicubic",
+    "pil-lanczos",
+)
+"""The --resize-filter values app.js reproduces (caffe.io's float resize; Pillow's filters on 8-bit pixels)."""
 
 
 @dataclass
@@ -27,7 +37,8 @@ class WebOptions:
     top_k: int | None = None  # default: 5, or every class of a smaller classifier
     alpha: float = 0.5
     box_threshold: float = 0.2
-    resize: str = "warp"
+    resize: str | None = None  # None: the model's metadata, else warp (as camcaffe cam)
+    resize_filter: str | None = None  # None: the model's metadata, else the view's own
     crop_base: int = 256
     preset: str | None = None
     mean: list[float] | None = None
@@ -52,8 +63,6 @@ def _check_options(options: WebOptions) -> None:
         raise CamcaffeError(f"--alpha must lie in [0, 1], got {options.alpha}")
     if not 0.0 <= options.box_threshold <= 1.0:
         raise CamcaffeError(f"--box-threshold must lie in [0, 1], got {options.box_threshold}")
-    if options.resize not in VIEW_MODES:
-        raise CamcaffeError(f"--resize {options.resize}: the page does {', '.join(VIEW_MODES)}")
     if options.input_size is not None and (len(options.input_size) != 2 or min(options.input_size) <= 0):
         raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
 
@@ -93,23 +102,25 @@ def _input_geometry(session, options: WebOptions) -> tuple[str, str, list[int]]:
     return name, layout, [dims[0] or 1, 3, int(height), int(width)]
 
 
-def _preprocessing(
-    session, options: WebOptions, name: str, shape: list[int]
-) -> tuple[dict, np.ndarray | None, bool]:
-    """(page settings, mean image or None, whether ImageNet defaults were assumed), through the same
-    Transformer checks as `camcaffe cam`."""
-    from camcaffe.engines.pipeline import Preprocess, preprocess_from_metadata
-    from camcaffe.runtime.preprocess import Transformer, load_mean_file
+def _check_page_reproduces(views) -> None:
+    """The page reproduces every view and filter `camcaffe cam` offers here; one it did not learn is refused."""
+    if views.name not in VIEW_MODES:
+        raise CamcaffeError(
+            f"{views.flag}: the page reproduces --resize {', '.join(VIEW_MODES)} only; give one of those"
+        )
+    if views.resize_filter not in PAGE_FILTERS:
+        raise CamcaffeError(
+            f"--resize-filter {views.resize_filter}: the page reproduces {', '.join(PAGE_FILTERS)} only; give one "
+            "of those (--resize-filter overrides the model's metadata)"
+        )
 
-    overrides = Preprocess(
-        mean=options.mean,
-        mean_image=load_mean_file(options.mean_file) if options.mean_file is not None else None,
-        raw_scale=options.raw_scale,
-        channel_swap=options.channel_swap,
-        input_scale=options.input_scale,
-        std=options.std,
-    )
-    settings, assumed = preprocess_from_metadata(session, overrides)
+
+def _preprocessing(settled, views, name: str, shape: list[int]) -> tuple[dict, np.ndarray | None]:
+    """(page settings, mean image or None) of the settled preprocessing, through the same Transformer checks
+    as `camcaffe cam`."""
+    from camcaffe.runtime.preprocess import Transformer
+
+    settings = settled.preprocess
     transformer = Transformer({name: (1, *shape[1:])})
     transformer.set_transpose(name, (2, 0, 1))
     if settings.channel_swap is not None:
@@ -132,16 +143,17 @@ def _preprocessing(
     elif mean is not None:
         mean_image = np.asarray(mean, np.float32)
     page = {
-        "resize": options.resize,
-        "crop_base": options.crop_base,
+        "resize": views.name,
+        "resize_filter": views.resize_filter,
+        "crop_base": views.crop_base,
         "channel_swap": list(transformer.channel_swap.get(name, (0, 1, 2))),
         "raw_scale": transformer.raw_scale.get(name),
         "mean": mean_vector,
         "std": [float(v) for v in transformer.std[name].reshape(-1)] if name in transformer.std else None,
         "input_scale": transformer.input_scale.get(name),
-        "assumed": assumed,
+        "assumed": settled.assumed,
     }
-    return page, mean_image, assumed
+    return page, mean_image
 
 
 def _labels(session, options: WebOptions, num_classes: int) -> list[str]:
@@ -216,7 +228,7 @@ def _web_model(session, head, top_k: int):
 def build_site(options: WebOptions) -> Path:
     """Check everything, then write the site; returns its folder."""
     from camcaffe import __version__
-    from camcaffe.engines.cam_run import apply_preset
+    from camcaffe.engines.cam_run import apply_preset, settle_preprocessing
     from camcaffe.engines.pipeline import _check_is_classifier
     from camcaffe.explain.cam_export import head_of
     from camcaffe.explain.views import make_views
@@ -236,8 +248,12 @@ def build_site(options: WebOptions) -> Path:
     if options.top_k > head.num_classes:
         raise CamcaffeError(f"--top-k {options.top_k} must lie between 1 and {head.num_classes}")
     name, layout, shape = _input_geometry(session, options)
-    make_views(options.resize, shape[2:], options.crop_base)  # --resize crop refuses inputs over 256
-    page_preprocess, mean_image, assumed = _preprocessing(session, options, name, shape)
+    settled = settle_preprocessing(options, session)  # the very settlement of camcaffe cam
+    # the view refuses what camcaffe cam refuses (an input over 256 for --resize crop, caffe for torchvision)
+    views = make_views(settled.resize, shape[2:], options.crop_base, settled.resize_filter)
+    _check_page_reproduces(views)
+    page_preprocess, mean_image = _preprocessing(settled, views, name, shape)
+    assumed = settled.assumed
     labels = _labels(session, options, head.num_classes)
     if options.fetch and web_vendor.missing_files(vendor_dir, options.webgpu):
         web_vendor.fetch(vendor_dir, log=lambda text: None if options.quiet else print(text, file=sys.stderr))

@@ -88,6 +88,7 @@ def test_the_page_gets_the_models_preprocessing_labels_and_cam_outputs(tmp_path,
     assert config["input"] == {"name": "data", "layout": "nchw", "shape": [1, 3, 24, 20]}
     assert config["preprocess"] == {
         "resize": "warp",
+        "resize_filter": "caffe",
         "crop_base": 256,
         "channel_swap": [2, 1, 0],
         "raw_scale": 255.0,
@@ -131,9 +132,27 @@ def test_presets_and_flags_settle_as_for_camcaffe_cam(tmp_path, model, vendor):
         WebOptions(model=model, out=tmp_path / "tv", ort_web=vendor, preset="torchvision", quiet=True)
     )
     tv = config_of(site)["preprocess"]
-    assert tv["resize"] == "torchvision" and tv["raw_scale"] == 1.0 and tv["channel_swap"] == [0, 1, 2]
+    assert tv["resize"] == "torchvision" and tv["resize_filter"] == "pil-bilinear"
+    assert tv["raw_scale"] == 1.0 and tv["channel_swap"] == [0, 1, 2]
     np.testing.assert_allclose(tv["mean"], [0.485, 0.456, 0.406], rtol=1e-6)
     np.testing.assert_allclose(tv["std"], [0.229, 0.224, 0.225], rtol=1e-6)
+    site = build_site(
+        WebOptions(model=model, out=tmp_path / "vgg", ort_web=vendor, preset="keras-vgg", quiet=True)
+    )
+    vgg = config_of(site)["preprocess"]
+    assert vgg["resize"] == "warp" and vgg["resize_filter"] == "pil-nearest" and vgg["std"] is None
+    np.testing.assert_allclose(vgg["mean"], [103.939, 116.779, 123.68], rtol=1e-6)
+    site = build_site(
+        WebOptions(
+            model=model,
+            out=tmp_path / "bicubic",
+            ort_web=vendor,
+            preset="torchvision",
+            resize_filter="pil-bicubic",
+            quiet=True,
+        )
+    )
+    assert config_of(site)["preprocess"]["resize_filter"] == "pil-bicubic"  # the flag wins over the preset
     site = build_site(
         WebOptions(
             model=model, out=tmp_path / "flags", ort_web=vendor, raw_scale=1.0, input_scale=0.5, quiet=True
@@ -143,6 +162,88 @@ def test_presets_and_flags_settle_as_for_camcaffe_cam(tmp_path, model, vendor):
     assert (
         flags["raw_scale"] == 1.0 and flags["input_scale"] == 0.5 and flags["mean"] == [104.0, 117.0, 123.0]
     )
+
+
+@pytest.fixture
+def keras_vgg_model(tmp_path, model) -> Path:
+    """The classifier with `camcaffe meta --preset keras-vgg` written into its metadata."""
+    from camcaffe.cli.main import main
+
+    assert main(["-q", "meta", str(model), "--preset", "keras-vgg"]) == 0
+    return model
+
+
+def test_a_model_annotated_by_meta_preset_is_honoured_without_flags(tmp_path, keras_vgg_model, vendor):
+    site = build_site(WebOptions(model=keras_vgg_model, out=tmp_path / "a", ort_web=vendor, quiet=True))
+    page = config_of(site)["preprocess"]
+    assert page["resize"] == "warp" and page["resize_filter"] == "pil-nearest" and not page["assumed"]
+    np.testing.assert_allclose(page["mean"], [103.939, 116.779, 123.68], rtol=1e-6)
+    # Another --resize leaves the recorded filter behind (it was chosen for warp), as camcaffe cam does.
+    site = build_site(
+        WebOptions(model=keras_vgg_model, out=tmp_path / "b", ort_web=vendor, resize="crop", quiet=True)
+    )
+    assert config_of(site)["preprocess"]["resize_filter"] == "caffe"
+
+
+SETTLEMENTS = [
+    {},
+    {"resize": "crop"},
+    {"resize": "torchvision"},
+    {"preset": "torchvision"},
+    {"preset": "keras-tf", "resize_filter": "pil-lanczos"},
+    {"preset": "caffe", "std": [2.0, 2.0, 2.0]},
+    {"resize_filter": "pil-box", "mean": [1.0, 2.0, 3.0], "input_scale": 0.25},
+    {"resize": "crop", "resize_filter": "pil-hamming", "channel_swap": [1, 0, 2]},
+]
+
+
+@pytest.mark.parametrize("annotated", [False, True], ids=["convert-metadata", "meta-keras-vgg"])
+@pytest.mark.parametrize(
+    "flags", SETTLEMENTS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "none"
+)
+def test_the_page_settles_every_setting_as_the_cam_pipeline_does(tmp_path, model, vendor, flags, annotated):
+    from camcaffe.cli.main import main
+    from camcaffe.engines.cam_run import CamOptions, build_job
+
+    if annotated:
+        assert main(["-q", "meta", str(model), "--preset", "keras-vgg"]) == 0
+    photo = tmp_path / "photo.png"
+    import cv2
+
+    cv2.imwrite(str(photo), np.zeros((30, 30, 3), np.uint8))
+    job, session, _, assumed = build_job(
+        CamOptions(model, [str(photo)], tmp_path / "cam", quiet=True, **flags)
+    )
+    pipeline = job.make_pipeline(session)
+    site = build_site(WebOptions(model=model, out=tmp_path / "site", ort_web=vendor, quiet=True, **flags))
+    page = config_of(site)["preprocess"]
+    transformer, name = pipeline.transformer, pipeline.input_name
+    assert (page["resize"], page["resize_filter"]) == (pipeline.views.name, pipeline.views.resize_filter)
+    assert page["channel_swap"] == list(transformer.channel_swap.get(name, (0, 1, 2)))
+    assert page["raw_scale"] == transformer.raw_scale.get(name)
+    assert page["input_scale"] == transformer.input_scale.get(name)
+    assert page["mean"] == np.asarray(transformer.mean[name], np.float32).reshape(-1).tolist()
+    std = transformer.std.get(name)
+    assert page["std"] == (None if std is None else std.reshape(-1).tolist())
+    assert page["assumed"] is assumed
+
+
+def test_every_resize_filter_of_camcaffe_cam_is_one_the_page_reproduces(tmp_path, model, vendor, monkeypatch):
+    from camcaffe.engines import web_run
+    from camcaffe.runtime.presets import RESIZE_FILTERS
+
+    assert set(web_run.PAGE_FILTERS) == set(RESIZE_FILTERS)
+    # A filter added to camcaffe cam before the page learns it is refused, not approximated.
+    monkeypatch.setattr(web_run, "PAGE_FILTERS", ("caffe", "pil-bilinear"))
+    with pytest.raises(
+        CamcaffeError, match="--resize-filter pil-lanczos: the page reproduces caffe, pil-bilinear"
+    ):
+        build_site(
+            WebOptions(
+                model=model, out=tmp_path / "site", ort_web=vendor, resize_filter="pil-lanczos", quiet=True
+            )
+        )
+    assert not (tmp_path / "site").exists()
 
 
 def test_a_mean_image_goes_to_mean_bin_at_the_input_size(tmp_path, vendor):
@@ -207,6 +308,7 @@ def test_missing_runtime_files_are_refused_with_the_way_to_get_them(tmp_path, mo
         (["--resize", "crop", "--input-size", "300,300"], "fixed at 24x20"),
         (["--channel-swap", "0,1"], "channel swap"),
         (["--std", "0,1,1"], "std"),
+        (["--resize", "torchvision", "--resize-filter", "caffe"], "pil-*"),
     ],
 )
 def test_bad_flags_are_refused_in_one_line(tmp_path, model, vendor, flags, needle):

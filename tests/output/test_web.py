@@ -208,31 +208,23 @@ def page_map(page: cdp.Page, result: dict) -> np.ndarray:
 
 
 def camcaffe_cam(env, photos: list[Path], out: str, model: Path | None = None, *flags: str):
-    """`camcaffe cam` on the photos: (results.csv rows by file name, image-space maps by (name, class))."""
-    from camcaffe.engines.cam_run import CamOptions, apply_preset
-    from camcaffe.engines.pipeline import CamPipeline, CamSettings, Preprocess, preprocess_from_metadata
-    from camcaffe.runtime.session import ModelSession
+    """`camcaffe cam` on the photos: (results.csv rows by file name, image-space maps by (name, class), the
+    pipeline of the same command line, whose settings and net inputs are the command's)."""
+    from camcaffe.cli.main import build_parser
+    from camcaffe.engines.cam_run import CamOptions, build_job
 
     _, _, _, demo, scratch = env
     model = model or demo
     folder = scratch / out
     args = ["-q", "cam", str(model), *map(str, photos), "--out", str(folder), "--save-npy", "--no-overlays"]
-    assert main([*args, "--top-k", "2", *flags]) == 0
+    argv = [*args, "--top-k", "2", *flags]
+    assert main(argv) == 0
     rows: dict[str, list[dict]] = {}
     with open(folder / "results.csv", newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             rows.setdefault(Path(row["image"]).name, []).append(row)
-    preset = flags[flags.index("--preset") + 1] if "--preset" in flags else None
-    resize = flags[flags.index("--resize") + 1] if "--resize" in flags else "warp"
-    options = apply_preset(CamOptions(model=model, inputs=[], out=folder, preset=preset, resize=resize))
-    session = ModelSession(model, provider="cpu")
-    settings, _ = preprocess_from_metadata(
-        session,
-        Preprocess(
-            mean=options.mean, raw_scale=options.raw_scale, channel_swap=options.channel_swap, std=options.std
-        ),
-    )
-    pipeline = CamPipeline(session, settings, CamSettings(resize=options.resize, top_k=2))
+    job, session, _, _ = build_job(CamOptions.from_namespace(build_parser().parse_args(argv)))
+    pipeline = job.make_pipeline(session)
     maps = {}
     for photo in photos:
         raw = np.load(folder / f"{photo.stem}_cam.npy")
@@ -240,7 +232,7 @@ def camcaffe_cam(env, photos: list[Path], out: str, model: Path | None = None, *
         image_maps = pipeline.to_image_space(raw, height, width)
         for row, image_map in zip(rows[photo.name], image_maps, strict=True):
             maps[(photo.name, int(row["class_index"]))] = image_map
-    return rows, maps
+    return rows, maps, pipeline
 
 
 def check_against_cam(page: cdp.Page, photos: list[Path], rows: dict, maps: dict) -> dict[str, float]:
@@ -273,7 +265,7 @@ def check_against_cam(page: cdp.Page, photos: list[Path], rows: dict, maps: dict
 def test_the_page_explains_photos_as_camcaffe_cam_does(browser_env, tmp_path):
     page = browser_env[0]
     build(browser_env, "warp")
-    rows, maps = camcaffe_cam(browser_env, PHOTOS, "cam-warp")
+    rows, maps, _ = camcaffe_cam(browser_env, PHOTOS, "cam-warp")
     differences = check_against_cam(page, PHOTOS, rows, maps)
     assert len(differences) >= 3
     # Measured ~1e-6 (float rounding): Debian's Chromium and OpenCV decode these JPEGs to the same bytes. More
@@ -297,7 +289,7 @@ def test_a_class_outside_the_top_k_runs_the_class_input(browser_env):
     page = browser_env[0]
     build(browser_env, "classes", None, "--top-k", "1")
     photo = DEMO / "images" / "skimage_coffee.jpg"
-    _, maps = camcaffe_cam(browser_env, [photo], "cam-class", None, "--class", "281")
+    _, maps, _ = camcaffe_cam(browser_env, [photo], "cam-class", None, "--class", "281")
     explain(page, photo)
     page.evaluate(
         "const o = document.getElementById('other'); o.value = '281'; o.dispatchEvent(new Event('change')); 0"
@@ -320,13 +312,100 @@ def test_the_torchvision_and_crop_resizes_match_too(browser_env, flags):
     build(browser_env, name, None, *flags)
     large = (
         browser_env[4] / "large.jpg"
-    )  # a strong downscale: Pillow's filter spans ~13 pixels, numpy sums them pairwise
+    )  # a strong downscale: Pillow's filter spans ~13 pixels, its weights summed one by one
     if not large.exists():
         coffee = cv2.imread(str(DEMO / "images" / "skimage_coffee.jpg"))
         cv2.imwrite(str(large), cv2.resize(coffee, (1600, 1067), interpolation=cv2.INTER_CUBIC))
     photos = [p for p in PHOTOS if p.suffix == ".jpg"][:2] + [DEMO / "images" / "skimage_horse.png", large]
-    rows, maps = camcaffe_cam(browser_env, photos, f"cam-{name}", None, *flags)
+    rows, maps, _ = camcaffe_cam(browser_env, photos, f"cam-{name}", None, *flags)
     check_against_cam(page, photos, rows, maps)
+    assert page.errors() == []
+
+
+def page_input(page: cdp.Page, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(
+        base64.b64decode(page.evaluate("window.camcaffe.inputBase64()")), np.float32
+    ).reshape(shape)
+
+
+def check_pillow_views_against_cam(
+    page: cdp.Page, photos: list[Path], rows: dict, maps: dict, pipeline
+) -> None:
+    """With a Pillow filter the page's net input is camcaffe's to the bit (8-bit resize, float32 arithmetic of
+    Transformer.preprocess_pixels), so its maps are camcaffe's to float rounding (< 1e-5), not MAP_TOLERANCE."""
+    assert pipeline.views.pil_filter is not None
+    differences = check_against_cam(page, photos, rows, maps)
+    assert max(differences.values()) < 1e-5, differences
+    for photo in photos:
+        explain(page, photo)
+        expected = pipeline.load(photo)[1][0]  # C, H, W
+        if pipeline.layout == "nhwc":
+            got = page_input(page, (*expected.shape[1:], expected.shape[0])).transpose(2, 0, 1)
+        else:
+            got = page_input(page, expected.shape)
+        np.testing.assert_array_equal(got, expected, err_msg=photo.name)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+@pytest.mark.parametrize(
+    "flags",
+    [("--preset", "keras-vgg"), ("--preset", "torchvision", "--resize-filter", "pil-bicubic")],
+    ids=["keras-vgg", "torchvision-bicubic"],
+)
+def test_keras_and_torchvision_presets_with_pillow_filters_match_camcaffe_cam(browser_env, flags):
+    page = browser_env[0]
+    name = "-".join(flags[1::2])
+    build(browser_env, name, None, *flags)
+    photos = [
+        DEMO / "images" / "caffe_cat.jpg",
+        DEMO / "images" / "skimage_coffee.jpg",
+        DEMO / "images" / "skimage_horse.png",
+    ]
+    rows, maps, pipeline = camcaffe_cam(browser_env, photos, f"cam-{name}", None, *flags)
+    check_pillow_views_against_cam(page, photos, rows, maps, pipeline)
+    assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_a_model_annotated_by_meta_preset_keras_vgg_is_honoured_without_flags(browser_env):
+    page, _, _, demo, scratch = browser_env
+    model = scratch / "demo_keras_vgg.onnx"
+    shutil.copyfile(demo, model)
+    assert main(["-q", "meta", str(model), "--preset", "keras-vgg"]) == 0
+    build(browser_env, "meta-keras-vgg", model)
+    assert "warp resize (pil-nearest)" in page.evaluate("document.getElementById('model-line').textContent")
+    photos = [DEMO / "images" / "caffe_fish-bike.jpg", DEMO / "images" / "skimage_chelsea.png"]
+    rows, maps, pipeline = camcaffe_cam(browser_env, photos, "cam-meta-keras-vgg", model)
+    assert pipeline.views.resize_filter == "pil-nearest"
+    check_pillow_views_against_cam(page, photos, rows, maps, pipeline)
+    assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_every_pillow_filter_resizes_as_pil_resize_does(browser_env):
+    """Each filter, up and down, both of Pillow 13's pass orders, on a real photo: the page's pixels are
+    runtime/pil_resize.py's (which tests/runtime checks against Pillow itself)."""
+    from camcaffe.runtime.pil_resize import PIL_FILTERS, pil_resize
+
+    page = browser_env[0]
+    build(browser_env, "filters", None, "--resize-filter", "pil-box")
+    photo = DEMO / "images" / "skimage_coffee.jpg"  # 400 x 600
+    assert "error" not in explain(page, photo)
+    rgb = cv2.imread(str(photo))[:, :, ::-1]
+    # (height, width): down both ways, vertical pass first (the height loses > 2x the width's loss), upscale, one
+    # axis only, and a mixed up/down
+    sizes = [(224, 224), (100, 590), (731, 1003), (400, 97), (37, 800)]
+    for name in PIL_FILTERS:
+        for size in sizes:
+            data = base64.b64decode(
+                page.evaluate(f"window.camcaffe.pilResizeBase64('{name}', {size[0]}, {size[1]})")
+            )
+            got = np.frombuffer(data, np.uint8).reshape(*size, 3)
+            expected = pil_resize(np.ascontiguousarray(rgb), size, name)
+            assert (got != expected).sum() == 0, (name, size, int((got != expected).sum()))
     assert page.errors() == []
 
 
@@ -344,7 +423,7 @@ def test_exif_orientation_small_and_progressive_photos_are_read_as_camcaffe_read
     Image.open(DEMO / "images" / "skimage_coffee.jpg").save(progressive, "JPEG", quality=85, progressive=True)
     turned = [exif_jpeg(scratch / "turned6.jpg", cat, 6), exif_jpeg(scratch / "turned3.jpg", cat, 3)]
     photos = [*turned, small, progressive]
-    rows, maps = camcaffe_cam(browser_env, photos, "cam-odd")
+    rows, maps, _ = camcaffe_cam(browser_env, photos, "cam-odd")
     check_against_cam(page, photos, rows, maps)
     assert explain(page, photos[0])["orientation"] == 6
     assert page.errors() == []
@@ -384,7 +463,7 @@ def test_googlenet_cam_an_inner_product_head_with_a_softmax(browser_env):
     )
     build(browser_env, "googlenet", model)
     photos = [p for p in PHOTOS if p.suffix == ".jpg"]
-    rows, maps = camcaffe_cam(browser_env, photos, "cam-googlenet", model)
+    rows, maps, _ = camcaffe_cam(browser_env, photos, "cam-googlenet", model)
     check_against_cam(page, photos, rows, maps)
     assert page.errors() == []
 
@@ -436,8 +515,43 @@ def test_a_fixed_batch_a_mean_image_and_a_channels_last_input(browser_env):
     photos = [DEMO / "images" / "caffe_cat.jpg", DEMO / "images" / "skimage_chelsea.png"]
     for name, model in (("batch2_mean", batched), ("nhwc", nhwc_model(scratch / "nhwc.onnx"))):
         build(browser_env, name, model, "--top-k", "2")
-        rows, maps = camcaffe_cam(browser_env, photos, f"cam-{name}", model)
+        rows, maps, _ = camcaffe_cam(browser_env, photos, f"cam-{name}", model)
         check_against_cam(page, photos, rows, maps)
+    assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_pillow_filters_with_a_mean_image_std_input_scale_crop_and_channels_last(browser_env):
+    """The 8-bit path through every other Transformer step: a mean image (batch of 2), std and input scale, the
+    crop view, channels-last; the page's net input is camcaffe's to the bit."""
+    page, _, _, _, scratch = browser_env
+    mean = np.random.default_rng(7).uniform(95, 130, (3, 256, 256)).astype(np.float32)
+    batched = scratch / "batch2_mean_pil.onnx"
+    convert_files(
+        DEMO / "squeezenet_v1.0.prototxt",
+        DEMO / "squeezenet_v1.0.caffemodel",
+        batched,
+        ConvertOptions(batch=2),
+        preprocessing=Preprocessing(mean_image=mean, raw_scale=255.0, channel_swap=[2, 1, 0]),
+    )
+    photos = [DEMO / "images" / "caffe_cat.jpg", DEMO / "images" / "skimage_horse.png"]
+    cases = (
+        (
+            "mean-crop-hamming",
+            batched,
+            ("--resize", "crop", "--resize-filter", "pil-hamming", "--std", "2,3,4"),
+        ),
+        (
+            "nhwc-lanczos",
+            nhwc_model(scratch / "nhwc_pil.onnx"),
+            ("--resize-filter", "pil-lanczos", "--input-scale", "0.5"),
+        ),
+    )
+    for name, model, flags in cases:
+        build(browser_env, name, model, "--top-k", "2", *flags)
+        rows, maps, pipeline = camcaffe_cam(browser_env, photos, f"cam-{name}", model, *flags)
+        check_pillow_views_against_cam(page, photos, rows, maps, pipeline)
     assert page.errors() == []
 
 
@@ -447,7 +561,7 @@ def test_a_cross_origin_isolated_page_runs_webassembly_threads_with_the_same_map
     page, _, sites, _, _ = browser_env
     build(browser_env, "isolated")
     photos = [DEMO / "images" / "skimage_coffee.jpg"]
-    rows, maps = camcaffe_cam(browser_env, photos, "cam-isolated")
+    rows, maps, _ = camcaffe_cam(browser_env, photos, "cam-isolated")
     with cdp.serve(sites, headers=cdp.ISOLATION_HEADERS) as url:
         page.navigate(f"{url}/isolated/index.html?ep=wasm")
         page.wait_for("!!(window.camcaffe && window.camcaffe.ready)")
@@ -476,7 +590,7 @@ def test_the_webgpu_path_on_swiftshader_gives_the_same_classes_and_maps(browser_
     _, _, sites, _, scratch = browser_env
     build(browser_env, "webgpu")
     photos = [DEMO / "images" / "caffe_cat.jpg"]  # SwiftShader compiles every shader on the CPU: ~1 min
-    rows, maps = camcaffe_cam(browser_env, photos, "cam-webgpu")
+    rows, maps, _ = camcaffe_cam(browser_env, photos, "cam-webgpu")
     with cdp.serve(sites) as url, cdp.Browser.launch(scratch / "gpu-profile", *WEBGPU_FLAGS) as browser:
         page = browser.new_page()
         page.navigate(f"{url}/webgpu/index.html?ep=webgpu")

@@ -3,8 +3,10 @@
    outputs (cam_top_classes, cam_top_probabilities, cam_maps; cam_class -> cam_class_maps), so one
    onnxruntime-web session gives the classes and their raw maps. Everything around it follows camcaffe's Python
    pipeline number for number: caffe.io's resize (min-max normalise, pixel-centre linear zoom with a zero
-   border, de-normalise), Pillow's fixed-point bilinear resize for the torchvision preset, OpenCV's
-   INTER_LINEAR upsampling of the maps, min-max normalisation, and the box rule of localize/boxes.py. */
+   border, de-normalise), Pillow's fixed-point resize with each of its filters (nearest, box, bilinear, hamming,
+   bicubic, lanczos) and the float32 arithmetic of Transformer.preprocess_pixels for --resize-filter pil-* (the
+   Keras and torchvision presets), OpenCV's INTER_LINEAR upsampling of the maps, min-max normalisation, and the
+   box rule of localize/boxes.py. */
 (function () {
   const $ = (id) => document.getElementById(id);
   const api = { results: 0, result: null, map: null, ep: null, threads: null, loadMs: null, error: null };
@@ -101,7 +103,7 @@
     const how = ep === 'webgpu' ? 'WebGPU' : `WebAssembly, ${threads} thread${threads > 1 ? 's' : ''}`;
     $('model-line').textContent =
       `${config.title}: ${config.num_classes} classes, input ${shape[2]}×${shape[3]}, ` +
-      `${config.preprocess.resize} resize — ready (${how}, loaded in ${Math.round(api.loadMs)} ms)`;
+      `${config.preprocess.resize} resize (${config.preprocess.resize_filter}) — ready (${how}, loaded in ${Math.round(api.loadMs)} ms)`;
     if (config.preprocess.assumed) {
       $('model-line').textContent += '; no preprocessing recorded in the model: ImageNet Caffe defaults assumed';
     }
@@ -356,94 +358,154 @@
     return out;
   }
 
-  // numpy's pairwise summation (what w.sum() does in pil_resize._coefficients), for bit-equal weights.
-  function pairwiseSum(values, start, n) {
-    if (n < 8) {
-      let total = 0;
-      for (let i = 0; i < n; i++) total += values[start + i];
-      return total;
-    }
-    if (n <= 128) {
-      const r = new Float64Array(8);
-      for (let k = 0; k < 8; k++) r[k] = values[start + k];
-      let i = 8;
-      for (; i < n - (n % 8); i += 8) {
-        for (let k = 0; k < 8; k++) r[k] += values[start + i + k];
-      }
-      let total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-      for (; i < n; i++) total += values[start + i];
-      return total;
-    }
-    let half = Math.floor(n / 2);
-    half -= half % 8;
-    return pairwiseSum(values, start, half) + pairwiseSum(values, start + half, n - half);
+  const PRECISION_BITS = 22;
+  // Pillow writes the Hamming window's constants as C floats (0.54f, 0.46f).
+  const HAMMING_A = Math.fround(0.54);
+  const HAMMING_B = Math.fround(0.46);
+
+  function sinc(x) {
+    if (x === 0) return 1.0;
+    const angle = x * Math.PI;
+    return Math.sin(angle) / angle;
   }
 
-  const PRECISION_BITS = 22;
+  // Pillow's convolution filters and their supports (Resample.c), written as runtime/pil_resize.py writes them so
+  // that the weights come out the same to the last bit.
+  const PIL_FILTERS = {
+    box: { support: 0.5, weight: (x) => (x > -0.5 && x <= 0.5 ? 1.0 : 0.0) },
+    bilinear: { support: 1.0, weight: (x) => Math.max(1.0 - Math.abs(x), 0.0) },
+    hamming: {
+      support: 1.0,
+      weight: (x) => {
+        const ax = Math.abs(x);
+        if (ax === 0) return 1.0;
+        if (ax >= 1) return 0.0;
+        const angle = ax * Math.PI;
+        return Math.sin(angle) / angle * (HAMMING_A + HAMMING_B * Math.cos(angle));
+      },
+    },
+    bicubic: {
+      support: 2.0,
+      weight: (x) => {
+        const a = -0.5;
+        const ax = Math.abs(x);
+        if (ax < 1.0) return ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1;
+        if (ax < 2.0) return (((ax - 5) * ax + 8) * ax - 4) * a;
+        return 0.0;
+      },
+    },
+    lanczos: { support: 3.0, weight: (x) => (x >= -3.0 && x < 3.0 ? sinc(x) * sinc(x / 3) : 0.0) },
+  };
 
-  function pilCoefficients(inSize, outSize) {
+  // Pillow's precompute_coeffs + normalize_coeffs_8bpc: per output position the first input index and the
+  // weights of the stretched filter, normalised (summed one by one, as Pillow sums) and turned into integers
+  // with 22 fractional bits.
+  function pilCoefficients(inSize, outSize, filter) {
     const scale = inSize / outSize;
     const filterscale = Math.max(scale, 1.0);
-    const support = filterscale;
+    const support = filter.support * filterscale;
     const ksize = Math.ceil(support) * 2 + 1;
+    const inverse = 1.0 / filterscale;
     const starts = new Int32Array(outSize);
+    const counts = new Int32Array(outSize); // taps inside the image; the rest of the ksize weights are 0
     const fixed = new Float64Array(outSize * ksize);
     const weights = new Float64Array(ksize);
     for (let xx = 0; xx < outSize; xx++) {
       const center = (xx + 0.5) * scale;
       const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
       const xmax = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+      let total = 0;
       for (let k = 0; k < xmax; k++) {
-        const x = (k + xmin - center + 0.5) / filterscale;
-        weights[k] = Math.max(1.0 - Math.abs(x), 0.0);
+        weights[k] = filter.weight((k + xmin - center + 0.5) * inverse);
+        total += weights[k];
       }
-      const total = pairwiseSum(weights, 0, xmax);
-      for (let k = 0; k < ksize; k++) {
-        const w = k < xmax ? (total !== 0 ? weights[k] / total : weights[k]) : 0;
+      for (let k = 0; k < xmax; k++) {
+        const w = total !== 0 ? weights[k] / total : weights[k];
         const scaled = w * (1 << PRECISION_BITS);
         fixed[xx * ksize + k] = scaled < 0 ? Math.trunc(scaled - 0.5) : Math.trunc(scaled + 0.5);
       }
       starts[xx] = xmin;
+      counts[xx] = xmax;
     }
-    return { starts, fixed, ksize };
+    return { starts, counts, fixed, ksize };
   }
 
-  // One 8-bit pass of Pillow's resampling along the width (axis 1) or the height (axis 0).
-  function pilPass(pixels, h, w, outSize, axis) {
+  // One 8-bit pass of Pillow's resampling along the width (axis 1) or the height (axis 0). The integer sums are
+  // exact in doubles; floor((sum + 2^21) / 2^22) is Pillow's shift. Taps past the image edge weigh 0 and are
+  // skipped.
+  function pilPass(pixels, h, w, outSize, axis, filter) {
     const inSize = axis === 1 ? w : h;
-    const { starts, fixed, ksize } = pilCoefficients(inSize, outSize);
+    const { starts, counts, fixed, ksize } = pilCoefficients(inSize, outSize, filter);
     const outH = axis === 1 ? h : outSize;
     const outW = axis === 1 ? outSize : w;
     const out = new Uint8Array(outH * outW * 3);
     const half = 1 << (PRECISION_BITS - 1);
     const unit = 1 << PRECISION_BITS;
+    const step = axis === 1 ? 3 : w * 3; // from one input sample to the next along the axis
+    const clip = (value) => (value < 0 ? 0 : value > 255 ? 255 : value);
     for (let y = 0; y < outH; y++) {
       for (let x = 0; x < outW; x++) {
         const o = axis === 1 ? x : y;
-        for (let c = 0; c < 3; c++) {
-          let total = 0;
-          for (let k = 0; k < ksize; k++) {
-            const i = Math.min(starts[o] + k, inSize - 1);
-            const p = axis === 1 ? pixels[(y * w + i) * 3 + c] : pixels[(i * w + x) * 3 + c];
-            total += p * fixed[o * ksize + k];
-          }
-          const value = Math.floor((total + half) / unit);
-          out[(y * outW + x) * 3 + c] = value < 0 ? 0 : value > 255 ? 255 : value;
+        let at = (axis === 1 ? y * w : x) * 3 + starts[o] * step;
+        let r = half;
+        let g = half;
+        let b = half;
+        for (let k = o * ksize, end = k + counts[o]; k < end; k++, at += step) {
+          const weight = fixed[k];
+          r += pixels[at] * weight;
+          g += pixels[at + 1] * weight;
+          b += pixels[at + 2] * weight;
         }
+        const to = (y * outW + x) * 3;
+        out[to] = clip(Math.floor(r / unit));
+        out[to + 1] = clip(Math.floor(g / unit));
+        out[to + 2] = clip(Math.floor(b / unit));
       }
     }
     return out;
   }
 
-  function pilResize(pixels, h, w, outH, outW) {
-    let image = pixels;
-    let width = w;
-    if (w !== outW) {
-      image = pilPass(image, h, w, outW, 1);
-      width = outW;
+  // Pillow's NEAREST (ImagingScaleAffine): the source position starts at scale / 2 and grows by scale per output
+  // pixel, accumulated in doubles, then truncated.
+  function nearestIndex(inSize, outSize) {
+    const scale = inSize / outSize;
+    const index = new Int32Array(outSize);
+    let position = scale * 0.5;
+    for (let i = 0; i < outSize; i++) {
+      if (i > 0) position += scale;
+      index[i] = Math.min(Math.trunc(position), inSize - 1);
     }
-    if (h !== outH) image = pilPass(image, h, width, outH, 0);
-    return image;
+    return index;
+  }
+
+  // runtime/pil_resize.py pil_resize: uint8 h x w x 3 -> outH x outW x 3 with Pillow's filter `name`.
+  function pilResize(pixels, h, w, outH, outW, name) {
+    if (h === outH && w === outW) return pixels;
+    if (name === 'nearest') {
+      const rows = nearestIndex(h, outH);
+      const cols = nearestIndex(w, outW);
+      const out = new Uint8Array(outH * outW * 3);
+      for (let y = 0; y < outH; y++) {
+        for (let x = 0; x < outW; x++) {
+          const from = (rows[y] * w + cols[x]) * 3;
+          const to = (y * outW + x) * 3;
+          out[to] = pixels[from];
+          out[to + 1] = pixels[from + 1];
+          out[to + 2] = pixels[from + 2];
+        }
+      }
+      return out;
+    }
+    const filter = PIL_FILTERS[name];
+    if (!filter) throw new Refusal(`Pillow filter '${name}' is not one the page can reproduce`);
+    // Pillow 13 passes vertically first when the height shrinks by more than twice what the width loses; the
+    // passes round to 8 bits in between, so the order shows.
+    if (h > outH && h - outH > 2 * (w - outW)) {
+      const tall = pilPass(pixels, h, w, outH, 0, filter);
+      return w !== outW ? pilPass(tall, outH, w, outW, 1, filter) : tall;
+    }
+    const wide = w !== outW ? pilPass(pixels, h, w, outW, 1, filter) : pixels;
+    return h !== outH ? pilPass(wide, h, outW, outH, 0, filter) : wide;
   }
 
   // Python's round() of a half-integer goes to the even neighbour; torchvision's CenterCrop uses it.
@@ -455,33 +517,42 @@
     return floor % 2 === 0 ? floor : floor + 1;
   }
 
+  // A ch x cw crop of an h x w x 3 array (Float64Array values or Uint8Array pixels, kept as they are).
   function crop(values, h, w, top, left, ch, cw) {
-    const out = new Float64Array(ch * cw * 3);
+    const out = new values.constructor(ch * cw * 3);
     for (let y = 0; y < ch; y++) {
-      for (let x = 0; x < cw; x++) {
-        for (let c = 0; c < 3; c++) out[(y * cw + x) * 3 + c] = values[((y + top) * w + x + left) * 3 + c];
-      }
+      const from = ((y + top) * w + left) * 3;
+      out.set(values.subarray(from, from + cw * 3), y * cw * 3);
     }
     return out;
   }
 
-  // The net's view of the photo: (H x W x 3 RGB values in 0..255 units, geometry to place maps back).
+  // The net's view of the photo (explain/views.py): with caffe.io's resize, values (H x W x 3 RGB floats in
+  // 0..255 units); with a Pillow filter, pixels (H x W x 3 RGB uint8); and the geometry to place maps back.
   function viewOf(photo) {
     const [, , inH, inW] = config.input.shape;
     const mode = config.preprocess.resize;
+    const filter = config.preprocess.resize_filter;
+    const pil = filter && filter !== 'caffe' ? filter.slice('pil-'.length) : null;
     const { width, height, rgb } = photo;
     if (mode === 'warp') {
+      if (pil) return { pixels: pilResize(rgb, height, width, inH, inW, pil), geometry: { mode } };
       const values = width === inW && height === inH ? rgb : caffeResize(rgb, height, width, inH, inW);
       return { values, geometry: { mode } };
     }
     if (mode === 'crop') {
       const base = config.preprocess.crop_base;
-      const resized = caffeResize(rgb, height, width, base, base);
       const top = Math.floor((base - inH) / 2);
       const left = Math.floor((base - inW) / 2);
-      return { values: crop(resized, base, base, top, left, inH, inW), geometry: { mode, canvas: [base, base], top, left } };
+      const geometry = { mode, canvas: [base, base], top, left };
+      if (pil) {
+        const resized = pilResize(rgb, height, width, base, base, pil);
+        return { pixels: crop(resized, base, base, top, left, inH, inW), geometry };
+      }
+      const resized = caffeResize(rgb, height, width, base, base);
+      return { values: crop(resized, base, base, top, left, inH, inW), geometry };
     }
-    if (mode === 'torchvision') {
+    if (mode === 'torchvision' && pil) {
       const base = config.preprocess.crop_base;
       const rh = width <= height ? Math.trunc(base * height / width) : base;
       const rw = width <= height ? base : Math.trunc(base * width / height);
@@ -489,21 +560,45 @@
         throw new Refusal(`${photo.name}: a ${height}x${width} photo resized to ${rh}x${rw} is smaller than the ` +
           `net input ${inH}x${inW}; camcaffe cam refuses it too (use the warp resize).`);
       }
-      const resized = pilResize(rgb, height, width, rh, rw);
+      const resized = pilResize(rgb, height, width, rh, rw, pil);
       const top = roundHalfEven((rh - inH) / 2);
       const left = roundHalfEven((rw - inW) / 2);
-      return { values: crop(resized, rh, rw, top, left, inH, inW), geometry: { mode, canvas: [rh, rw], top, left } };
+      return { pixels: crop(resized, rh, rw, top, left, inH, inW), geometry: { mode, canvas: [rh, rw], top, left } };
     }
-    throw new Refusal(`resize mode '${mode}' is not one the page can reproduce`);
+    throw new Refusal(`resize '${mode}' with filter '${filter}' is not one the page can reproduce`);
   }
 
-  // caffe.io.Transformer.preprocess after the resize: channel swap, raw scale, mean, std, input scale.
-  function netInput(values) {
+  // The net input of a view, as the Transformer computes it after the resize: channel swap, raw scale, mean, std,
+  // input scale. Pillow-resized pixels take Transformer.preprocess_pixels's float32 arithmetic to the bit:
+  // float32(pixel) * float32(raw_scale / 255) (skipped when that is 1), then each step rounded to float32.
+  function netInput(view) {
     const [batch, channels, inH, inW] = config.input.shape;
     const p = config.preprocess;
     const plane = inH * inW;
     const data = new Float32Array(batch * channels * plane);
     const nhwc = config.input.layout === 'nhwc';
+    const store = (c, y, x, v) => { data[nhwc ? (y * inW + x) * channels + c : c * plane + y * inW + x] = v; };
+    if (view.pixels) {
+      const pixels = view.pixels;
+      const scale = Math.fround((p.raw_scale ?? 1.0) / 255);
+      const inputScale = p.input_scale === null ? null : Math.fround(p.input_scale);
+      for (let c = 0; c < channels; c++) {
+        const source = p.channel_swap[c];
+        for (let y = 0; y < inH; y++) {
+          for (let x = 0; x < inW; x++) {
+            let v = pixels[(y * inW + x) * 3 + source];
+            if (scale !== 1) v = Math.fround(v * scale);
+            if (meanImage) v = Math.fround(v - meanImage[c * plane + y * inW + x]);
+            else if (p.mean) v = Math.fround(v - p.mean[c]);
+            if (p.std) v = Math.fround(v / p.std[c]);
+            if (inputScale !== null) v = Math.fround(v * inputScale);
+            store(c, y, x, v);
+          }
+        }
+      }
+      return data; // images after the first of a fixed batch stay zero
+    }
+    const values = view.values;
     for (let c = 0; c < channels; c++) {
       const source = p.channel_swap[c];
       for (let y = 0; y < inH; y++) {
@@ -514,7 +609,7 @@
           else if (p.mean) v -= p.mean[c];
           if (p.std) v /= p.std[c];
           if (p.input_scale !== null) v *= p.input_scale;
-          data[nhwc ? (y * inW + x) * channels + c : c * plane + y * inW + x] = v;
+          store(c, y, x, v);
         }
       }
     }
@@ -787,6 +882,16 @@
   // For tests and benchmarks: the current map (float32, photo H x W) and the decoded photo (uint8 RGB).
   api.mapBase64 = () => base64(new Uint8Array(api.map.buffer, api.map.byteOffset, api.map.byteLength));
   api.photoBase64 = () => base64(current.photo.rgb);
+  // The net input of the current photo (float32, the first image of the batch) and the current photo resized
+  // with one of Pillow's filters (uint8 RGB), to check them against camcaffe's Transformer and pil_resize.
+  api.inputBase64 = () => {
+    const [, channels, inH, inW] = config.input.shape;
+    return base64(new Uint8Array(current.data.buffer, 0, channels * inH * inW * 4));
+  };
+  api.pilResizeBase64 = (name, outH, outW) => {
+    const { rgb, height, width } = current.photo;
+    return base64(pilResize(rgb, height, width, outH, outW, name));
+  };
 
   async function explain(file) {
     const started = performance.now();
@@ -797,7 +902,7 @@
       const photo = await decode(bytes, file.name);
       const decoded = performance.now();
       const view = viewOf(photo);
-      const data = netInput(view.values);
+      const data = netInput(view);
       const prepared = performance.now();
       const outputs = await run(data, 0);
       const inferred = performance.now();
