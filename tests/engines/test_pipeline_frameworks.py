@@ -630,6 +630,15 @@ for name, dims in (("static", (48, 48, 3)), ("variable", (None, None, 3))):
         key = f"{name}_{size[0]}x{size[1]}"
         references[key + "_input"] = x
         references[key + "_cam"] = np.einsum("hwc,ck->khw", np.asarray(features(x))[0], kernel)
+        if name == "static":  # Deep Learning with Python's Grad-CAM: gradient of the class-0 PROBABILITY
+            import tensorflow as tf
+            grad_model = keras.Model(model.inputs, [model.get_layer("block5_conv3").output, model.output])
+            with tf.GradientTape() as tape:
+                conv, predictions = grad_model(x)
+                score = predictions[:, 0]
+            pooled = tf.reduce_mean(tape.gradient(score, conv), axis=(0, 1, 2))
+            heatmap = np.maximum(np.asarray(tf.reduce_mean(conv[0] * pooled, axis=-1)), 0)
+            references[key + "_gradcam"] = heatmap / heatmap.max()
 np.savez(os.path.join(folder, "references.npz"), **references)
 """
 
@@ -643,7 +652,7 @@ def _tf2onnx_python() -> str:
         return given
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None:
         pytest.skip(
-            f"tf2onnx exports need tensorflow-cpu and tf2onnx (not installed by CI: a 274 MB wheel); set "
+            f"tf2onnx exports need tensorflow-cpu and tf2onnx (.ci/run installs them in .venv-tf); set "
             f"{TF2ONNX_PYTHON_ENV} to a Python that has them"
         )
     return sys.executable
@@ -653,7 +662,8 @@ def _tf2onnx_python() -> str:
 def test_tf2onnx_keras_exports_cam_and_layer_names(tmp_path):
     """Keras on TensorFlow exported by tf2onnx (`model.export(format='onnx')`): NHWC input, NCHW inside; the CAM
     equals Keras's Dense kernel . block5_conv3, with the default head and with --feature-layer block5_conv3
-    (its scope is functional_1/block5_conv3_1), fixed size and variable size at the input's own size."""
+    (its scope is functional_1/block5_conv3_1), fixed size and variable size at the input's own size; and the
+    probability-scored Grad-CAM of Deep Learning with Python (tf.GradientTape) at the fixed size."""
     import subprocess
 
     done = subprocess.run(
@@ -670,3 +680,8 @@ def test_tf2onnx_keras_exports_cam_and_layer_names(tmp_path):
             ours = _maps(pipeline, inputs, [0, 1, 2])[0]
             error = _relative_error(ours, references[f"{key}_cam"])
             assert error <= RELATIVE, f"{key} {feature_layer}: relative error {error:.3g}"
+        if f"{key}_gradcam" in references.files:
+            pipeline = _pipeline(model, "gradcam", score="prob")
+            ours = _maps(pipeline, references[f"{key}_input"].transpose(0, 3, 1, 2), [0])[0, 0]
+            error = _relative_error(ours / ours.max(), references[f"{key}_gradcam"])
+            assert error <= RELATIVE, f"{key} Grad-CAM (probability): relative error {error:.3g}"
