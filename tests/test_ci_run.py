@@ -37,7 +37,7 @@ def _ci_run(tmp_path: Path, ci: bool, chromium: bool, apt_ok: bool, ray_ok: bool
     _stub(bin_dir, "apt-get", f'case "$1" in update) exit 0;; esac; {install}')
     _stub(bin_dir, "make", f'echo "make $*" >> "{log}"')
     _stub(venv / "bin", "python", "exit 0" if ray_ok else 'echo "pip: no Ray wheel" >&2; exit 1')
-    env = {"PATH": str(bin_dir), "VENV": str(venv), "HOME": str(tmp_path)}
+    env = {"PATH": str(bin_dir), "VENV": str(venv), "TF_VENV": str(venv), "HOME": str(tmp_path)}
     if ci:
         env["CI"] = "true"
     done = subprocess.run(["/bin/bash", str(RUN)], capture_output=True, text=True, env=env, timeout=60)
