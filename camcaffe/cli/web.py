@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from camcaffe.cli.options import parse_floats, parse_ints
-from camcaffe.runtime.presets import PRESETS, RESIZE_FILTERS
+from camcaffe.cli.options import add_preprocessing_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -37,43 +36,6 @@ def add_parser(subparsers) -> None:
         help="box rule of camcaffe cam (default 0.2 of the maximum)",
     )
     parser.add_argument(
-        "--resize",
-        choices=["warp", "crop", "torchvision"],
-        default=None,
-        help="as camcaffe cam: warp (the default unless the model's metadata says otherwise), crop (256 + centre "
-        "crop), torchvision (shorter side to 256 + centre crop)",
-    )
-    parser.add_argument(
-        "--resize-filter",
-        choices=RESIZE_FILTERS,
-        default=None,
-        help="as camcaffe cam: caffe (caffe.io's resize) or one of Pillow's filters, which the page reproduces "
-        "on the 8-bit pixels (default: the model's metadata, else the resize's own)",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default=None,
-        help="as camcaffe cam: a framework's whole preprocessing recipe, flags given win",
-    )
-    parser.add_argument("--mean", type=lambda t: parse_floats(t, "--mean"), help="override the model's mean")
-    parser.add_argument("--mean-file", type=Path, help="override with a mean image (.binaryproto/.npy)")
-    parser.add_argument("--raw-scale", type=float, help="override raw scale")
-    parser.add_argument(
-        "--channel-swap", type=lambda t: parse_ints(t, "--channel-swap"), help="override channel swap"
-    )
-    parser.add_argument("--input-scale", type=float, help="override input scale")
-    parser.add_argument(
-        "--std", type=lambda t: parse_floats(t, "--std"), help="per-channel divisor after the mean"
-    )
-    parser.add_argument(
-        "--input-size",
-        type=lambda t: parse_ints(t, "--input-size"),
-        metavar="H,W",
-        help="for a variable input size",
-    )
-    parser.add_argument("--layout", choices=["nchw", "nhwc"], default=None, help="as camcaffe cam")
-    parser.add_argument(
         "--ort-web",
         type=Path,
         metavar="DIR",
@@ -92,6 +54,7 @@ def add_parser(subparsers) -> None:
         help="leave out the WebGPU build (a 27 MB smaller site)",
     )
     parser.add_argument("--title", help="page title (default: the model's file name)")
+    add_preprocessing_arguments(parser)
     parser.set_defaults(run=run)
 
 

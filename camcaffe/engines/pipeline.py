@@ -108,6 +108,25 @@ class PreparedBatch:
     errors: list[str | None]
 
 
+def transformer_for_settings(name: str, shape: Sequence[int], preprocess: Preprocess) -> Transformer:
+    """caffe.io's Transformer of net input `name` (N, C, H, W) with the settled preprocessing."""
+    transformer = Transformer({name: tuple(shape)})
+    transformer.set_transpose(name, (2, 0, 1))
+    if preprocess.channel_swap is not None:
+        transformer.set_channel_swap(name, preprocess.channel_swap)
+    if preprocess.raw_scale is not None:
+        transformer.set_raw_scale(name, preprocess.raw_scale)
+    if preprocess.mean_image is not None:
+        transformer.set_mean(name, preprocess.mean_image)
+    elif preprocess.mean is not None:
+        transformer.set_mean(name, np.asarray(preprocess.mean, dtype=np.float32))
+    if preprocess.std is not None:
+        transformer.set_std(name, preprocess.std)
+    if preprocess.input_scale is not None:
+        transformer.set_input_scale(name, preprocess.input_scale)
+    return transformer
+
+
 PIXEL_SETTINGS = ("mean", "raw_scale", "channel_swap", "input_scale", "std")
 """The keys of `camcaffe.preprocess` that say how pixel values become net input values."""
 
@@ -285,21 +304,7 @@ class CamPipeline:
         transformer = self._transformers.get(key)
         if transformer is not None:
             return transformer
-        preprocess, name = self.preprocess, self.input_name
-        transformer = Transformer({name: (1, self.input_shape[1], *key)})
-        transformer.set_transpose(name, (2, 0, 1))
-        if preprocess.channel_swap is not None:
-            transformer.set_channel_swap(name, preprocess.channel_swap)
-        if preprocess.raw_scale is not None:
-            transformer.set_raw_scale(name, preprocess.raw_scale)
-        if preprocess.mean_image is not None:
-            transformer.set_mean(name, preprocess.mean_image)
-        elif preprocess.mean is not None:
-            transformer.set_mean(name, np.asarray(preprocess.mean, dtype=np.float32))
-        if preprocess.std is not None:
-            transformer.set_std(name, preprocess.std)
-        if preprocess.input_scale is not None:
-            transformer.set_input_scale(name, preprocess.input_scale)
+        transformer = transformer_for_settings(self.input_name, (1, self.input_shape[1], *key), self.preprocess)
         if len(self._transformers) >= TRANSFORMERS_KEPT:  # (a mean image is held resized for each size)
             self._transformers.pop(next(k for k in self._transformers if k != self.feed_hw))
         self._transformers[key] = transformer

@@ -118,23 +118,9 @@ def _check_page_reproduces(views) -> None:
 def _preprocessing(settled, views, name: str, shape: list[int]) -> tuple[dict, np.ndarray | None]:
     """(page settings, mean image or None) of the settled preprocessing, through the same Transformer checks
     as `camcaffe cam`."""
-    from camcaffe.runtime.preprocess import Transformer
+    from camcaffe.engines.pipeline import transformer_for_settings
 
-    settings = settled.preprocess
-    transformer = Transformer({name: (1, *shape[1:])})
-    transformer.set_transpose(name, (2, 0, 1))
-    if settings.channel_swap is not None:
-        transformer.set_channel_swap(name, settings.channel_swap)
-    if settings.raw_scale is not None:
-        transformer.set_raw_scale(name, settings.raw_scale)
-    if settings.mean_image is not None:
-        transformer.set_mean(name, settings.mean_image)
-    elif settings.mean is not None:
-        transformer.set_mean(name, np.asarray(settings.mean, dtype=np.float32))
-    if settings.std is not None:
-        transformer.set_std(name, settings.std)
-    if settings.input_scale is not None:
-        transformer.set_input_scale(name, settings.input_scale)
+    transformer = transformer_for_settings(name, (1, *shape[1:]), settled.preprocess)
     mean = transformer.mean.get(name)
     mean_image = None
     mean_vector = None
