@@ -37,12 +37,12 @@ import numpy as np
 
 from camcaffe.atomic import write_atomic
 from camcaffe.errors import CamcaffeError, CamHeadError, InputFileError
-from camcaffe.explain.cam_head import CamHead
+from camcaffe.explain.cam_head import EXPORTED_CAM_KEY, EXPORTED_CAM_PREFIX, CamHead
 
 if TYPE_CHECKING:
     import onnx
 
-METADATA_KEY = "camcaffe.cam_outputs"
+METADATA_KEY = EXPORTED_CAM_KEY  # "camcaffe.cam_outputs"
 FORMAT_VERSION = 2  # 2: records the layouts; a version-1 record is of a channels-first feature map
 MIN_OPSET, MAX_OPSET = 11, 28  # default-domain opsets whose forms of the ops written here are known
 TOP_CLASSES = "cam_top_classes"
@@ -129,10 +129,9 @@ class _Builder:
         from onnx import helper
 
         self._count += 1
-        out = output or f"cam/{op_type.lower()}_{self._count}"
-        self.nodes.append(
-            helper.make_node(op_type, inputs, [out], name=f"cam/{op_type}_{self._count}", **attrs)
-        )
+        out = output or f"{EXPORTED_CAM_PREFIX}{op_type.lower()}_{self._count}"
+        name = f"{EXPORTED_CAM_PREFIX}{op_type}_{self._count}"  # the prefix keeps them out of head detection
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
         return out
 
     def dims(self, tensor: str, start: int, end: int) -> str:

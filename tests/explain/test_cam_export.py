@@ -525,3 +525,15 @@ def test_a_class_conv_head_on_a_channels_last_map_gathers_its_class_channels(tmp
     np.testing.assert_array_equal(got["cam_top_classes"], classes)
     np.testing.assert_array_equal(got["cam_maps"], np.take_along_axis(features, classes[:, :, None, None], 1))
     np.testing.assert_array_equal(got["cam_class_maps"], features[:, [5, 1, 2]])
+
+
+def test_head_detection_on_an_exported_model_leaves_export_cams_own_nodes_out(tmp_path):
+    """A model without a Softmax gets cam_probabilities, a Softmax of its class scores; found as the model's own
+    probabilities, `camcaffe cam` on the exported torch ResNet ranked with that float32 softmax instead of the
+    plain model's float64 one (results.csv probabilities off in the last bit: 0.42502257 for 0.42502254)."""
+    plain = channels_last_model(tmp_path / "m.onnx", 18, softmax=False)
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2)
+    before, after = find_cam_head(onnx.load(plain)), find_cam_head(onnx.load(exported))
+    assert after.prob_output is None and after.logits == before.logits == "logits"
+    assert (after.feature_blob, after.fc_node, after.layout) == (before.feature_blob, before.fc_node, "nhwc")
