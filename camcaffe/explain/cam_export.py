@@ -205,7 +205,7 @@ def _reuse_or_add(builder: _Builder, model: onnx.ModelProto, head: CamHead) -> s
 def _as_float(builder: _Builder, tensor: str, types: dict[str, int]) -> str:
     """tensor as float32: cast when its known element type is another one (the pipeline reads float32)."""
     elem = types.get(tensor)
-    return tensor if elem in (None, _FLOAT) else builder.op("Cast", [tensor], to=_FLOAT)
+    return tensor if elem in (None, 0, _FLOAT) else builder.op("Cast", [tensor], to=_FLOAT)  # 0: unknown
 
 
 def _spatial(head: CamHead) -> tuple[int, int]:
@@ -241,9 +241,9 @@ def _maps(
     builder: _Builder, head: CamHead, feature: str, weights: str | None, classes: str, output: str
 ) -> str:
     """[N, k, h, w] raw maps of the classes [N or 1, k] from the float32 `feature`. A channels-last feature
-    map (N, h, w, C) is read as it is and the small product transposed: a Transpose of the feature map itself
-    would let onnxruntime cancel it against the model's own Transpose to channels-last and so reorder the
-    model's pooling sums, and the probabilities would no longer equal the plain model's to the last bit."""
+    map (N, h, w, C) is read as it is and the small product transposed: with a Transpose of the feature map
+    itself onnxruntime optimised the model's own channels-last pooling differently (measured on a Keras export:
+    the model's probabilities moved in their last bits, so results.csv differed from the plain model's)."""
     nhwc = head.layout == "nhwc"
     first = _spatial(head)[0]
     hw = builder.dims(feature, first, first + 2)
