@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
         description="Write a copy of an ONNX classifier whose extra outputs are, per image, the top-K classes, "
         "their probabilities and their class activation maps, computed inside the graph with standard ONNX ops: "
         "cam_top_classes int64 [N,K], cam_top_probabilities float [N,K], cam_maps float [N,K,h,w] (raw), "
-        "cam_maps_resized float [N,K,H,W] (bilinear to the input size, min-max normalised).",
+        "cam_maps_resized float [N,K,H,W] (bilinear to the input size, min-max normalised). Channels-last "
+        "(Keras, tf2onnx) heads give the same N,K,h,w maps; the ops take the form of the model's opset (11 to 28).",
     )
     parser.add_argument(
         "model", type=Path, help="ONNX classifier with a CAM head (as 'camcaffe convert' writes)"
@@ -38,6 +39,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, required=True, help="how many classes to map per image")
     parser.add_argument("--feature-layer", help="feature blob of the CAM head (default: detected)")
     parser.add_argument("--fc-layer", help="classifier layer of the CAM head (default: detected)")
+    parser.add_argument(
+        "--layout",
+        choices=["nchw", "nhwc"],
+        default=None,
+        help="the image input's layout, whose H, W cam_maps_resized takes (as camcaffe cam --layout; default: "
+        "nhwc when the input's last dim is 1 or 3 and its second is not)",
+    )
     add_cam_flags(parser, "--top-k")
     parser.set_defaults(run=run)
 
@@ -62,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         resize=not args.no_cam_resize,
         feature_layer=args.feature_layer,
         fc_layer=args.fc_layer,
+        layout=args.layout,
     )
     if not getattr(args, "quiet", False):
         print(describe_record(args.output, record), file=sys.stderr)

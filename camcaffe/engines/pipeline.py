@@ -17,7 +17,7 @@ from camcaffe.explain.cam import softmax
 from camcaffe.explain.cam_export import CamOutputs, record_of
 from camcaffe.explain.cam_head import CamHead
 from camcaffe.explain.methods import MethodBatch, make_method
-from camcaffe.explain.methods.base import from_layout, to_layout
+from camcaffe.explain.methods.base import from_layout, input_layout, nchw_dims, to_layout
 from camcaffe.explain.views import ImageViews, make_views
 from camcaffe.localize.boxes import make_boxer
 from camcaffe.output.render import overlay, write_image_atomic
@@ -198,27 +198,6 @@ def _check_is_classifier(session: ModelSession) -> None:
         )
 
 
-LAYOUTS = ("nchw", "nhwc")
-
-
-def input_layout(dims: Sequence[int | None], given: str | None) -> str:
-    """The layout images are fed in: `given` (--layout), else 'nhwc' for a 4-D input whose last dim is 1 or 3
-    and whose second is not (Keras, tf2onnx), else 'nchw'."""
-    if given is not None:
-        if given not in LAYOUTS:
-            raise CamcaffeError(f"--layout {given}: unknown; choose nchw or nhwc")
-        return given
-    if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
-        return "nhwc"
-    return "nchw"
-
-
-def nchw_dims(dims: Sequence[int | None], layout: str) -> list[int | None]:
-    """An input's dims in N, C, H, W order."""
-    dims = list(dims)
-    return [dims[0], dims[3], dims[1], dims[2]] if layout == "nhwc" and len(dims) == 4 else dims
-
-
 class CamPipeline:
     def __init__(
         self,
@@ -285,6 +264,8 @@ class CamPipeline:
         if record is None or settings.method != "cam" or self.views.count != 1:
             return None
         if record.kind != head.kind or record.num_classes != head.num_classes:
+            return None
+        if record.feature_layout != head.layout:  # a version-1 record is of a channels-first feature map
             return None
         if record.feature_tensor != head.feature_blob or settings.top_k > record.top_k:
             return None
@@ -458,7 +439,7 @@ class CamPipeline:
         in the top-k nor named are NaN: nothing reads them."""
         record, k, n = self.in_graph, self.settings.top_k, len(batch)
         assert record is not None
-        feeds = {self.input_name: batch}
+        feeds = {self.input_name: to_layout(batch, self.layout)}
         fetch = [record.top_classes, record.top_probabilities, record.maps] if k else []
         scores = record.logits if self.head.prob_output is None else None
         if scores is not None:
@@ -470,6 +451,9 @@ class CamPipeline:
             feeds[record.class_input] = np.tile(np.asarray(self.class_indices, np.int64), (n, 1))
             fetch.append(record.class_maps)
         values = self.session.run(feeds, fetch)
+        raw = values[record.maps if k else record.class_maps]
+        if raw.shape[2] == 0 or raw.shape[3] == 0:
+            raise self._empty_feature_map(batch, raw.shape)
         classes, ranks, maps = [], [], []
         probabilities = np.full((n, self.head.num_classes), np.nan, np.float32)
         if scores is not None:
@@ -574,10 +558,7 @@ class CamPipeline:
         batch = np.concatenate(inputs)
         view_probabilities, features = self.infer(batch)
         if features.shape[2] == 0 or features.shape[3] == 0:
-            raise EmptyFeatureMap(
-                f"{self.session.source}: a {batch.shape[2]}x{batch.shape[3]} input gives an empty feature map "
-                f"{features.shape[1:]}; give a larger --input-size"
-            )
+            raise self._empty_feature_map(batch, features.shape)
         # Several views of one image: classes are ranked on the averaged probabilities.
         probabilities = view_probabilities.reshape(len(inputs), views, -1).mean(axis=1)
         classes, ranks = self.select_classes(probabilities)
@@ -586,6 +567,12 @@ class CamPipeline:
         if views == 1:
             raw = raw[:, 0]
         return probabilities, classes, ranks, raw
+
+    def _empty_feature_map(self, batch: np.ndarray, shape: Sequence[int]) -> EmptyFeatureMap:
+        return EmptyFeatureMap(
+            f"{self.session.source}: a {batch.shape[2]}x{batch.shape[3]} input gives an empty feature map "
+            f"{tuple(shape[1:])}; give a larger --input-size"
+        )
 
     def process(
         self, paths: Sequence[Path], stems: Sequence[str], out_dir: Path | None

@@ -181,7 +181,9 @@ def _web_model(session, head, top_k: int):
             )
         model = session.model
     else:
-        model = add_cam_outputs(session.model, head, top_k, class_input=True, resize=False)
+        model = add_cam_outputs(
+            session.model, head, top_k, class_input=True, resize=False, source=str(session.source)
+        )
         graph = model.graph
         record = record_of(
             {METADATA_KEY: next(p.value for p in model.metadata_props if p.key == METADATA_KEY)},

@@ -59,6 +59,8 @@ FLOAT_TYPES = {1, 10, 11, 16}
 Layout = Literal["nchw", "nhwc"]
 _CLASS_MAP_ACTIVATIONS = {"Relu", "Identity", "Dropout"}
 _PARAM_SUFFIX = re.compile(r"^[_./:](w|weight|weights|b|bias|biases|kernel|\d+)$", re.IGNORECASE)
+EXPORTED_CAM_KEY = "camcaffe.cam_outputs"  # cam_export.METADATA_KEY: a model with in-graph CAM outputs
+EXPORTED_CAM_PREFIX = "cam/"  # the names of the nodes cam_export adds
 _SMALL_CONSTANT_BYTES = 4096  # constants kept for shape inference (Reshape shapes, Squeeze axes ...)
 
 
@@ -101,6 +103,9 @@ class _Graph:
         graph = model.graph
         self.name = graph.name or "model"
         self.nodes = list(graph.node)
+        if any(entry.key == EXPORTED_CAM_KEY for entry in model.metadata_props):
+            # export-cam's own nodes (the softmax it adds to a model without one, ...) are not the model's head
+            self.nodes = [node for node in self.nodes if not node.name.startswith(EXPORTED_CAM_PREFIX)]
         self.producer, self.consumers = producers_and_consumers(self.nodes)
         self.constants: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
         for node in self.nodes:

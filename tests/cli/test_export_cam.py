@@ -159,3 +159,25 @@ def test_cam_on_a_with_cam_model_gives_the_same_results_csv_googlenet_cam_fixed_
         "281",
         convert_args=["--batch", "1"],
     )
+
+
+def test_export_cam_of_a_channels_last_model_and_an_opset_it_cannot_write_for(tmp_path):
+    from tests.explain.test_cam_export import channels_last_model
+
+    plain = channels_last_model(tmp_path / "m.onnx", 20, size=(6, 8))
+    out = tmp_path / "c.onnx"
+    result = camcaffe("export-cam", plain, "-o", out, "--top-k", "2", "--layout", "nhwc")
+    assert result.returncode == 0, result.stderr
+    recorded = _cam_outputs(out)
+    assert recorded["feature_layout"] == recorded["input_layout"] == "nhwc"
+    shown = json.loads(camcaffe("inspect", out, "--json").stdout)["cam_outputs"]["outputs"]
+    assert shown["cam_maps_resized"] == ["batch", 2, 6, 8]
+    old = onnx.load(plain)
+    old.opset_import[0].version = 10
+    onnx.save(old, tmp_path / "old.onnx")
+    assert_one_line_error(
+        camcaffe("export-cam", tmp_path / "old.onnx", "-o", tmp_path / "x.onnx", "--top-k", "1"),
+        "default-domain opset 10",
+        "opsets 11 to 28",
+    )
+    assert not (tmp_path / "x.onnx").exists()

@@ -258,6 +258,8 @@ def test_without_a_softmax_the_graph_ranking_is_checked_and_a_disagreeing_batch_
         assert [o.rows for o in fast.process(paths, stems, None)] == [o.rows for o in want]
     finally:
         del with_cam.run
+
+
 @pytest.mark.parametrize(
     ("dims", "given", "layout"),
     [
@@ -281,3 +283,71 @@ def test_unknown_layout_is_refused():
 
     with pytest.raises(CamcaffeError, match="--layout nwhc: unknown"):
         input_layout([1, 3, 8, 8], "nwhc")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"top_k": 2},  # each image at its own size (the input's H, W are variable)
+        {
+            "top_k": 3,
+            "classes": ["2"],
+            "resize_filter": "pil-nearest",
+            "input_size": (20, 28),
+        },  # Pillow's resize
+        {"top_k": 0, "classes": ["1", "3"], "resize": "crop", "crop_base": 24, "input_size": (20, 20)},
+    ],
+)
+def test_in_graph_outputs_of_a_channels_last_model_are_fed_channels_last(tmp_path, settings):
+    """A Keras-style model (N, H, W, C input, channels-last feature map): the in-graph path feeds the batch in the
+    model's layout, as the feature-map path does (before: onnxruntime refused the N, C, H, W batch), and gives
+    its rows and maps."""
+    from camcaffe.explain.cam_export import export_cam_file
+    from tests.explain.test_cam_export import channels_last_model
+
+    plain_path = channels_last_model(tmp_path / "m.onnx", 20, size=("height", "width"))
+    export_cam_file(plain_path, tmp_path / "c.onnx", 3, class_input=True)
+    plain, with_cam = ModelSession(plain_path, "cpu"), ModelSession(tmp_path / "c.onnx", "cpu")
+    preprocess = Preprocess(mean=[104, 117, 123], raw_scale=255, channel_swap=[2, 1, 0])
+    options = CamSettings(**settings, write_overlays=False)
+    slow, fast = (CamPipeline(s, preprocess, options) for s in (plain, with_cam))
+    assert fast.layout == "nhwc" and fast.in_graph is not None and slow.in_graph is None
+    assert (fast.feed_hw is None) == ("input_size" not in settings)
+    paths = _images(tmp_path)  # 30, 37 and 44 rows high: three sizes at their own size
+    stems = [p.stem for p in paths]
+    fetched: list[list[str]] = []
+    original = with_cam.run
+
+    def recording(feeds, outputs=None):
+        fetched.append(list(outputs or []))
+        return original(feeds, outputs)
+
+    with_cam.run = recording  # type: ignore[method-assign]
+    try:
+        got = fast.process(paths, stems, None)
+    finally:
+        del with_cam.run
+    want = slow.process(paths, stems, None)
+    assert fetched and all("feat" not in names for names in fetched)
+    for a, b in zip(got, want, strict=True):
+        assert a.error is None and a.rows == b.rows
+        np.testing.assert_allclose(a.cams, b.cams, rtol=1e-5, atol=1e-5 * np.abs(b.cams).max())
+
+
+def test_an_empty_in_graph_map_is_an_empty_feature_map_as_on_the_feature_path(with_cam, tmp_path):
+    from camcaffe.engines.pipeline import EmptyFeatureMap
+
+    fast = _pipeline(with_cam, top_k=2)
+    original = with_cam.run
+
+    def empty(feeds, outputs=None):
+        values = original(feeds, outputs)
+        values["cam_maps"] = values["cam_maps"][:, :, :0]
+        return values
+
+    with_cam.run = empty  # type: ignore[method-assign]
+    try:
+        with pytest.raises(EmptyFeatureMap, match="32x32 input gives an empty feature map"):
+            fast.infer_in_graph(fast.load(_images(tmp_path, 1)[0])[1])
+    finally:
+        del with_cam.run

@@ -109,7 +109,8 @@ def test_in_graph_maps_top_k_and_resized_maps_equal_the_pipeline(tmp_path, text)
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17 and model.ir_version == 8
     meta = json.loads({p.key: p.value for p in model.metadata_props}[cam_export.METADATA_KEY])
-    assert meta["version"] == 1 and meta["maps"] == "cam_maps" and meta["class_input"] is None
+    assert meta["version"] == 2 and meta["maps"] == "cam_maps" and meta["class_input"] is None
+    assert meta["feature_layout"] == meta["input_layout"] == "nchw"
     assert record.kind == ("class_conv" if "classes" in text else "gap_linear")
     # the plain model's metadata and outputs are all still there
     assert {o.name for o in onnx.load(plain).graph.output} < {o.name for o in model.graph.output}
@@ -284,3 +285,255 @@ def test_real_squeezenet_v1_0_in_graph_maps_within_1e5(tmp_path):
     assert record.kind == "class_conv" and record.logits is not None  # no Softmax: the graph adds one
     x = np.random.default_rng(123).uniform(-128, 128, (3, 3, 227, 227)).astype(np.float32)
     _check(plain, exported, x, 5)
+
+
+# --- the model's own opset -----------------------------------------------------------------------------------
+
+OPSETS = list(range(cam_export.MIN_OPSET, cam_export.MAX_OPSET + 1))
+
+
+@pytest.fixture(scope="module")
+def plain_models(tmp_path_factory) -> dict[str, onnx.ModelProto]:
+    models = {}
+    for kind, text in (("gap_linear", GAP_NET), ("class_conv", CLASS_CONV_NET)):
+        models[kind] = onnx.load(_convert(tmp_path_factory.mktemp(kind), text))
+    return models
+
+
+def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The model importing the default domain at `opset` (its Conv/Relu/GAP/Gemm/Softmax read the same there)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for entry in copy.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    if opset <= onnx.defs.onnx_opset_version():
+        copy.ir_version = max(copy.ir_version, onnx.helper.find_min_ir_version_for(list(copy.opset_import)))
+    return copy
+
+
+def _ort_loads(model: onnx.ModelProto) -> bool:
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - an opset newer than this onnxruntime: the checker alone then
+        assert "opset" in str(exc).lower() or "ir version" in str(exc).lower(), exc
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["gap_linear", "class_conv"])
+@pytest.mark.parametrize("opset", OPSETS)
+def test_every_op_takes_the_form_of_the_models_opset(tmp_path, plain_models, kind, opset):
+    """ReduceMin/Max with axes as an input from opset 18 (an attribute is an invalid graph there), Unsqueeze's
+    axes an input from 13, Resize's roi and scales given before 13: the full checker accepts the model at every
+    opset export-cam writes for, and onnxruntime (where it knows the opset) gives the pipeline's maps."""
+    plain = tmp_path / "m.onnx"
+    onnx.save(_at_opset(plain_models[kind], opset), plain)
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2, class_input=True)
+    model = onnx.load(exported)
+    assert cam_export.default_opset(model) == opset
+    onnx.checker.check_model(model, full_check=True)
+    ours = [n for n in model.graph.node if n.name.startswith("cam/")]
+    for node in ours:
+        attributes = {a.name for a in node.attribute}
+        if node.op_type in ("ReduceMin", "ReduceMax", "ReduceMean"):
+            assert ("axes" in attributes) == (opset < 18) and (len(node.input) == 2) == (opset >= 18)
+        if node.op_type == "Unsqueeze":
+            assert ("axes" in attributes) == (opset < 13)
+        if node.op_type == "Resize":
+            assert all(node.input[1:3]) == (opset < 13)
+    if _ort_loads(model):
+        x = RNG.uniform(-100, 100, (2, 3, 20, 24)).astype(np.float32)
+        _check(plain, exported, x, 2)
+    else:
+        assert opset > 21  # onnxruntime 1.31 runs up to opset 26
+
+
+@pytest.mark.parametrize("opset", [cam_export.MIN_OPSET - 1, cam_export.MAX_OPSET + 1])
+def test_an_opset_export_cam_cannot_write_for_is_refused_in_one_line(tmp_path, plain_models, opset):
+    plain = tmp_path / "m.onnx"
+    onnx.save(_at_opset(plain_models["gap_linear"], opset), plain)
+    with pytest.raises(
+        CamcaffeError, match=f"default-domain opset {opset}; in-graph CAM outputs are written"
+    ) as info:
+        cam_export.export_cam_file(plain, tmp_path / "cam.onnx", 2)
+    assert "\n" not in str(info.value) and "version_converter" in str(info.value)
+    assert not (tmp_path / "cam.onnx").exists()
+
+
+# --- channels-last heads (Keras, tf2onnx) and other float types -------------------------------------------
+
+CHANNELS = 6  # = the feature map's height: a channels-last map read as N, C, h, w would still multiply
+
+
+def channels_last_model(
+    path: Path, opset: int, softmax: bool = True, size: tuple = (6, 6), half: bool = False
+) -> Path:
+    """A Keras-style classifier: NHWC input -> Transpose -> 3x3 Conv -> Relu -> Transpose back to NHWC -> Cast
+    -> ReduceMean over axes 1, 2 -> Cast -> MatMul -> Cast -> Add -> [Softmax] (Keras 3 on the torch backend
+    wraps ops in float casts; `half`: the feature map is float16, cast back before the classifier)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    weights = {
+        "W": rng.normal(0, 0.4, (CHANNELS, 3, 3, 3)).astype(np.float32),
+        "kernel": rng.normal(0, 1.0, (CHANNELS, 4)).astype(np.float32),
+        "bias": rng.normal(0, 0.1, 4).astype(np.float32),
+    }
+    feature_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    if opset >= 18:
+        weights["axes"] = np.array([1, 2], np.int64)
+        mean = helper.make_node("ReduceMean", ["feat", "axes"], ["gap"], keepdims=0)
+    else:
+        mean = helper.make_node("ReduceMean", ["feat"], ["gap"], axes=[1, 2], keepdims=0)
+    nodes = [
+        helper.make_node("Transpose", ["data"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "W"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Cast", ["nhwc"], ["feat"], to=feature_type),
+        mean,
+        helper.make_node("Cast", ["gap"], ["gap32"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["gap32", "kernel"], ["product"]),
+        helper.make_node("Cast", ["product"], ["product32"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["product32", "bias"], ["logits"]),
+    ]
+    outputs = ["logits"]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["prob"], axis=-1))
+        outputs = ["prob"]
+    graph = helper.make_graph(
+        nodes,
+        "channels_last",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", *size, 3])],
+        [helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    onnx.save(model, path)
+    return path
+
+
+def _check_channels_last(
+    plain: Path, exported: Path, x: np.ndarray, k: int, probability_rtol: float = 1e-6
+) -> dict[str, np.ndarray]:
+    """The exported outputs of a channels-last model against explain.cam on its feature map read as N, C, h, w
+    (the pipeline's from_layout), on an NHWC input x."""
+    model = onnx.load(plain)
+    head = find_cam_head(model)
+    assert head.layout == "nhwc"
+    scores = head.prob_output or head.logits
+    reference = _run_with(plain, {"data": x}, [head.feature_blob, scores])
+    features = reference[head.feature_blob].astype(np.float32).transpose(0, 3, 1, 2)
+    probabilities = reference[scores] if head.prob_output else softmax(reference[scores], axis=1)
+    names = ["cam_top_classes", "cam_top_probabilities", "cam_maps", "cam_maps_resized"]
+    got = _run(exported, {"data": x}, names)
+    classes, values = top_k(probabilities, k)
+    np.testing.assert_array_equal(got["cam_top_classes"], classes)
+    np.testing.assert_allclose(got["cam_top_probabilities"], values, rtol=probability_rtol)
+    maps = compute_cams(features, head.weights, classes)
+    assert got["cam_maps"].shape == maps.shape == (len(x), k, *x.shape[1:3])
+    assert np.abs(got["cam_maps"] - maps).max() <= 1e-5 * np.abs(maps).max()
+    assert got["cam_maps_resized"].shape == (len(x), k, *x.shape[1:3])  # H, W of an NHWC input: dims 1, 2
+    np.testing.assert_allclose(got["cam_maps_resized"], normalize(upsample(maps, x.shape[1:3])), atol=1e-5)
+    return got
+
+
+def _run_with(path: Path, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Run with inner tensors added as outputs."""
+    model = onnx.load(path)
+    declared = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in declared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@pytest.mark.parametrize("softmax_in_model", [True, False], ids=["softmax", "logits"])
+@pytest.mark.parametrize("opset", [13, 17, 18, 20])
+def test_channels_last_head_maps_equal_the_pipelines(tmp_path, opset, softmax_in_model):
+    """Before: the NHWC feature map was reshaped as if N, C, h, w; with h == C the graph ran and its maps were
+    wrong (max difference 6.8 on maps of magnitude 8.5), and cam_maps_resized took the input's W, C as H, W."""
+    plain = channels_last_model(tmp_path / "m.onnx", opset, softmax=softmax_in_model)
+    exported = tmp_path / "cam.onnx"
+    record = cam_export.export_cam_file(plain, exported, 3, class_input=True)
+    assert record.feature_layout == record.input_layout == "nhwc"
+    onnx.checker.check_model(onnx.load(exported), full_check=True)
+    x = RNG.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)
+    _check_channels_last(plain, exported, x, 3)
+    asked = np.array([[3, 0], [1, 1]], np.int64)
+    got = _run(exported, {"data": x, "cam_class": asked}, ["cam_class_maps", "cam_class_maps_resized"])
+    head = find_cam_head(onnx.load(plain))
+    features = _run_with(plain, {"data": x}, [head.feature_blob])[head.feature_blob].transpose(0, 3, 1, 2)
+    maps = compute_cams(features, head.weights, asked)
+    np.testing.assert_allclose(got["cam_class_maps"], maps, rtol=1e-5, atol=1e-5 * np.abs(maps).max())
+    assert got["cam_class_maps_resized"].shape == (2, 2, 6, 6)
+
+
+def test_channels_last_declared_shapes_and_the_run_time_input_size(tmp_path):
+    """A variable H, W: the maps and resized maps follow each input's own size (dims 1, 2 of the NHWC input)."""
+    plain = channels_last_model(tmp_path / "m.onnx", 20, size=("height", "width"))
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2)
+    model = onnx.load(exported)
+    declared = {
+        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in model.graph.output
+    }
+    assert declared["cam_maps"][1] == 2 and declared["cam_maps_resized"] == ["batch", 2, "height", "width"]
+    for size in ((6, 6), (9, 13), (16, 5)):
+        _check_channels_last(plain, exported, RNG.uniform(-1, 1, (1, *size, 3)).astype(np.float32), 2)
+
+
+def test_a_float16_feature_map_is_cast_to_float32_as_the_pipeline_reads_it(tmp_path):
+    """(onnxruntime runs float16 nodes on the CPU in float32 between casts it places by the graph's shape: one
+    more reader of the float16 map moves the model's own probabilities by ~1e-5, hence their tolerance.)"""
+    plain = channels_last_model(tmp_path / "m.onnx", 17, half=True)
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2)
+    onnx.checker.check_model(onnx.load(exported), full_check=True)
+    assert any(n.op_type == "Cast" and n.name.startswith("cam/") for n in onnx.load(exported).graph.node)
+    x = RNG.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)
+    _check_channels_last(plain, exported, x, 2, probability_rtol=1e-4)
+
+
+def test_a_class_conv_head_on_a_channels_last_map_gathers_its_class_channels(tmp_path):
+    """(Head detection finds class-conv heads channels-first; a head named so channels-last is mapped too.)"""
+    plain = channels_last_model(tmp_path / "m.onnx", 18)
+    model = onnx.load(plain)
+    head = cam_export.CamHead(
+        "feat",
+        np.eye(CHANNELS, dtype=np.float32),
+        None,
+        "class_conv",
+        "conv",
+        CHANNELS,
+        None,
+        logits="gap",
+        layout="nhwc",
+    )
+    exported = tmp_path / "cam.onnx"
+    onnx.save(cam_export.add_cam_outputs(model, head, 2, class_input=True), exported)
+    onnx.checker.check_model(onnx.load(exported), full_check=True)
+    x = RNG.uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)
+    asked = np.array([[5, 1, 2]], np.int64)
+    got = _run(exported, {"data": x, "cam_class": asked}, ["cam_top_classes", "cam_maps", "cam_class_maps"])
+    features = _run_with(plain, {"data": x}, ["feat"])["feat"].transpose(0, 3, 1, 2)
+    classes, _ = top_k(softmax(features.mean(axis=(2, 3)), axis=1), 2)
+    np.testing.assert_array_equal(got["cam_top_classes"], classes)
+    np.testing.assert_array_equal(got["cam_maps"], np.take_along_axis(features, classes[:, :, None, None], 1))
+    np.testing.assert_array_equal(got["cam_class_maps"], features[:, [5, 1, 2]])
+
+
+def test_head_detection_on_an_exported_model_leaves_export_cams_own_nodes_out(tmp_path):
+    """A model without a Softmax gets cam_probabilities, a Softmax of its class scores; found as the model's own
+    probabilities, `camcaffe cam` on the exported torch ResNet ranked with that float32 softmax instead of the
+    plain model's float64 one (results.csv probabilities off in the last bit: 0.42502257 for 0.42502254)."""
+    plain = channels_last_model(tmp_path / "m.onnx", 18, softmax=False)
+    exported = tmp_path / "cam.onnx"
+    cam_export.export_cam_file(plain, exported, 2)
+    before, after = find_cam_head(onnx.load(plain)), find_cam_head(onnx.load(exported))
+    assert after.prob_output is None and after.logits == before.logits == "logits"
+    assert (after.feature_blob, after.fc_node, after.layout) == (before.feature_blob, before.fc_node, "nhwc")

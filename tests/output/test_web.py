@@ -557,6 +557,22 @@ def test_pillow_filters_with_a_mean_image_std_input_scale_crop_and_channels_last
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
+def test_a_channels_last_feature_map_at_opset_20(browser_env):
+    """A Keras-style head (N, h, w, C feature map, ReduceMean over axes 1, 2, MatMul + Add, float casts) in a
+    model at opset 20: the page's model gets its CAM outputs in opset-20 form and maps as camcaffe cam does."""
+    from tests.explain.test_cam_export import channels_last_model
+
+    page, _, _, _, scratch = browser_env
+    model = channels_last_model(scratch / "nhwc_feature.onnx", 20, size=(48, 40))
+    photos = [DEMO / "images" / "caffe_cat.jpg", DEMO / "images" / "skimage_chelsea.png"]
+    build(browser_env, "nhwc_feature", model, "--top-k", "2")
+    rows, maps, _ = camcaffe_cam(browser_env, photos, "cam-nhwc_feature", model)
+    check_against_cam(page, photos, rows, maps)
+    assert page.errors() == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("web-browser")  # one Chromium and one demo conversion per worker
 def test_a_cross_origin_isolated_page_runs_webassembly_threads_with_the_same_maps(browser_env):
     page, _, sites, _, _ = browser_env
     build(browser_env, "isolated")

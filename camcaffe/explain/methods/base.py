@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from camcaffe.errors import CamcaffeError
 
 
 @dataclass
@@ -61,3 +63,24 @@ def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
 def from_layout(values: np.ndarray, layout: str) -> np.ndarray:
     """Values in a net's layout as N, C, h, w."""
     return np.ascontiguousarray(values.transpose(0, 3, 1, 2)) if layout == "nhwc" else values
+
+
+LAYOUTS = ("nchw", "nhwc")
+
+
+def input_layout(dims: Sequence[int | None], given: str | None) -> str:
+    """The layout images are fed in: `given` (--layout), else 'nhwc' for a 4-D input whose last dim is 1 or 3
+    and whose second is not (Keras, tf2onnx), else 'nchw'."""
+    if given is not None:
+        if given not in LAYOUTS:
+            raise CamcaffeError(f"--layout {given}: unknown; choose nchw or nhwc")
+        return given
+    if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+        return "nhwc"
+    return "nchw"
+
+
+def nchw_dims(dims: Sequence[int | None], layout: str) -> list[int | None]:
+    """An input's dims in N, C, H, W order."""
+    dims = list(dims)
+    return [dims[0], dims[3], dims[1], dims[2]] if layout == "nhwc" and len(dims) == 4 else dims
