@@ -75,7 +75,7 @@ def settle_preprocessing(options: Any, session: ModelSession) -> SettledPreproce
         preprocess, assumed = preprocess_from_metadata(session, given)
     stored = session.info.preprocess  # convert --preset / camcaffe meta: how this model wants its images
     resize = options.resize or stored.get("resize") or "warp"
-    same_resize = options.resize is None or options.resize == stored.get("resize")
+    same_resize = options.resize is None or options.resize == (stored.get("resize") or "warp")
     resize_filter = options.resize_filter or (stored.get("resize_filter") if same_resize else None)
     return SettledPreprocessing(preprocess, resize, resize_filter, assumed)
 
@@ -220,6 +220,19 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
     return job, session, workers, assumed
 
 
+def unscaled_mean_warning(preprocess) -> str | None:
+    """A likely slip: a 0-255 mean subtracted from pixels left in 0-1 (no raw scale); None when it is not."""
+    if preprocess.raw_scale is not None or preprocess.mean is None or preprocess.std is not None:
+        return None
+    largest = max(abs(float(v)) for v in preprocess.mean)
+    if largest <= 2.0:
+        return None
+    return (
+        f"the mean goes up to {largest:g} but no raw scale is set, so pixels stay in 0-1 (caffe.io's default); "
+        "if the model takes 0-255 pixels give --raw-scale 255 (or record it: camcaffe meta MODEL --raw-scale 255)"
+    )
+
+
 def run_cam(options: CamOptions) -> int:
     """The `cam` job end to end: check the options, build the job, run an engine, write the tables."""
     quiet = options.quiet
@@ -233,6 +246,9 @@ def run_cam(options: CamOptions) -> int:
             "(BGR, 0-255, mean 104,117,123); override with --mean/--raw-scale/--channel-swap",
             file=sys.stderr,
         )
+    unscaled = unscaled_mean_warning(job.preprocess)
+    if unscaled and not quiet:
+        print(f"camcaffe: warning: {unscaled}", file=sys.stderr)
     if not quiet:
         print(
             f"camcaffe: {len(job.paths)} image(s), provider {session.provider_used}, "

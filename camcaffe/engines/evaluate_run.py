@@ -128,7 +128,12 @@ def run_evaluate(options: EvaluateOptions) -> int:
             pre.get("input_scale"),
             pre.get("std"),
         )
-        preprocess, _ = preprocess_from_metadata(session, overrides)
+        if pre.get("settled"):  # the run recorded its whole recipe: use it, whatever the model's metadata says
+            if pre.get("model_mean_image"):
+                overrides.mean_image = session.info.mean_image()
+            preprocess = overrides
+        else:  # a run written before cam_settings.json held the settled recipe: flags over the metadata
+            preprocess, _ = preprocess_from_metadata(session, overrides)
         resize = options.resize or (run.get("resize") if run.get("resize") in ("warp", "crop", "torchvision") else "warp")
         pipeline = CamPipeline(
             session,

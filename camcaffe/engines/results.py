@@ -88,6 +88,8 @@ def write_settings(job: CamJob, mean_file: Path | None) -> None:
             "layout": job.settings.layout,
             "score": job.settings.score,
             "preprocess": {
+                "settled": True,  # the whole recipe cam used (None: not used), not flags to merge with metadata
+                "model_mean_image": pre.mean_image is not None and mean_file is None,
                 "mean": None if pre.mean is None else [float(v) for v in pre.mean],
                 "mean_file": None if mean_file is None else str(mean_file),
                 "raw_scale": pre.raw_scale,

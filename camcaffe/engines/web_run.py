@@ -67,7 +67,7 @@ def _check_options(options: WebOptions) -> None:
         raise CamcaffeError(f"--input-size must be two positive integers H,W, got {options.input_size}")
 
 
-def _input_geometry(session, options: WebOptions) -> tuple[str, str, list[int]]:
+def _input_geometry(session, options: WebOptions, resize: str) -> tuple[str, str, list[int]]:
     """(input name, layout, [N, C, H, W]) as the page feeds it; refusals as `camcaffe cam` words them."""
     from camcaffe.engines.pipeline import input_layout, nchw_dims
 
@@ -93,13 +93,26 @@ def _input_geometry(session, options: WebOptions) -> tuple[str, str, list[int]]:
             )
         height, width = size
     elif dims[2] is None or dims[3] is None:
-        raise CamcaffeError(
-            f"{session.source}: input '{name}' has a variable height/width; give the size to feed the images at "
-            "with --input-size H,W (e.g. --input-size 224,224)"
-        )
+        height, width = _variable_size(session, name, dims, resize)
     else:
         height, width = dims[2], dims[3]
     return name, layout, [dims[0] or 1, 3, int(height), int(width)]
+
+
+def _variable_size(session, name: str, dims: list, resize: str) -> tuple[int, int]:
+    """The size a page feeds a model of variable height/width at, as `camcaffe cam` would settle it (the
+    metadata's input_size, else torchvision's 224 crop); the page itself runs one fixed size."""
+    from camcaffe.engines.pipeline import TORCHVISION_CROP, metadata_input_size
+
+    stored = metadata_input_size(session)
+    if stored is not None and all(d is None or d == s for d, s in zip(dims[2:], stored, strict=True)):
+        return stored
+    if dims[2] is None and dims[3] is None and resize == "torchvision":
+        return TORCHVISION_CROP
+    raise CamcaffeError(
+        f"{session.source}: input '{name}' has a variable height/width; the page feeds one size: give it with "
+        "--input-size H,W (e.g. --input-size 224,224) or record it with camcaffe meta --input-size"
+    )
 
 
 def _check_page_reproduces(views) -> None:
@@ -216,7 +229,7 @@ def _web_model(session, head, top_k: int):
 def build_site(options: WebOptions) -> Path:
     """Check everything, then write the site; returns its folder."""
     from camcaffe import __version__
-    from camcaffe.engines.cam_run import apply_preset, settle_preprocessing
+    from camcaffe.engines.cam_run import apply_preset, settle_preprocessing, unscaled_mean_warning
     from camcaffe.engines.pipeline import _check_is_classifier
     from camcaffe.explain.cam_export import head_of
     from camcaffe.explain.views import make_views
@@ -235,8 +248,8 @@ def build_site(options: WebOptions) -> Path:
         options = replace(options, top_k=min(5, head.num_classes))
     if options.top_k > head.num_classes:
         raise CamcaffeError(f"--top-k {options.top_k} must lie between 1 and {head.num_classes}")
-    name, layout, shape = _input_geometry(session, options)
     settled = settle_preprocessing(options, session)  # the very settlement of camcaffe cam
+    name, layout, shape = _input_geometry(session, options, settled.resize)
     # the view refuses what camcaffe cam refuses (an input over 256 for --resize crop, caffe for torchvision)
     views = make_views(settled.resize, shape[2:], options.crop_base, settled.resize_filter)
     _check_page_reproduces(views)
@@ -277,6 +290,9 @@ def build_site(options: WebOptions) -> Path:
                 "0-255, mean 104,117,123), as camcaffe cam does",
                 file=sys.stderr,
             )
+        unscaled = unscaled_mean_warning(settled.preprocess)
+        if unscaled:
+            print(f"camcaffe: warning: {unscaled}", file=sys.stderr)
         print(
             f"wrote {out}/ ({len(model_bytes) / 1e6:.1f} MB model, {web_vendor.PACKAGE} {web_vendor.VERSION}); "
             f"serve it over HTTP, e.g. python3 -m http.server -d {out} 8000, and open http://localhost:8000/",

@@ -13,6 +13,7 @@ import pytest
 import camcaffe
 from camcaffe.convert.random_model import write_random_caffemodel
 from camcaffe.errors import CamcaffeError
+from tests.cli.test_cli import camcaffe as camcaffe_cli
 from tests.engines.test_pipeline import NET
 
 
@@ -137,7 +138,9 @@ def test_ctrl_c_at_random_moments_keeps_table_and_folder_in_agreement(model, tmp
 def test_score_prob_is_for_the_gradient_methods(model, tmp_path):
     photos = _photos(tmp_path / "photos", 1)
     options = camcaffe.CamOptions(model, [str(photos)], tmp_path / "out", method="cam", score="prob")
-    with pytest.raises(CamcaffeError, match="--score prob applies to the gradient methods .* not --method cam"):
+    with pytest.raises(
+        CamcaffeError, match="--score prob applies to the gradient methods .* not --method cam"
+    ):
         camcaffe.run_cam(options)
     assert not (tmp_path / "out").exists()
 
@@ -171,10 +174,51 @@ def test_presets_fill_only_the_flags_not_given(model, tmp_path):
     from camcaffe.engines.cam_run import apply_preset
 
     filled = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="torchvision", raw_scale=255.0))
-    assert filled.raw_scale == 255.0 and filled.std == [0.229, 0.224, 0.225] and filled.resize == "torchvision"
+    assert (
+        filled.raw_scale == 255.0 and filled.std == [0.229, 0.224, 0.225] and filled.resize == "torchvision"
+    )
     caffe = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="caffe"))
-    assert caffe.mean == [104.0, 117.0, 123.0] and caffe.channel_swap == [2, 1, 0] and caffe.resize_filter == "caffe"
-    keras = apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras-vgg", mean_file=tmp_path / "m.npy"))
+    assert (
+        caffe.mean == [104.0, 117.0, 123.0]
+        and caffe.channel_swap == [2, 1, 0]
+        and caffe.resize_filter == "caffe"
+    )
+    keras = apply_preset(
+        camcaffe.CamOptions(model, [], tmp_path, preset="keras-vgg", mean_file=tmp_path / "m.npy")
+    )
     assert keras.mean is None and keras.resize_filter == "pil-nearest"  # --mean-file is the user's mean
     with pytest.raises(CamcaffeError, match="--preset keras: unknown"):
         apply_preset(camcaffe.CamOptions(model, [], tmp_path, preset="keras"))
+
+
+def test_a_filter_recorded_without_a_resize_holds_for_an_explicit_warp(model, tmp_path):
+    """`meta --resize-filter pil-bicubic` records no resize (warp by default): `--resize warp` keeps the
+    recorded filter, another resize takes its own unless --resize-filter names one."""
+    from camcaffe.convert.meta import metadata_changes, update_metadata
+    from camcaffe.engines.cam_run import settle_preprocessing
+    from camcaffe.runtime.session import ModelSession
+
+    annotated = tmp_path / "bicubic.onnx"
+    annotated.write_bytes(model.read_bytes())
+    update_metadata(annotated, metadata_changes(annotated, settings={"resize_filter": "pil-bicubic"}))
+    session = ModelSession(annotated, "cpu")
+    for resize, expected in ((None, "pil-bicubic"), ("warp", "pil-bicubic"), ("crop", None)):
+        settled = settle_preprocessing(camcaffe.CamOptions(annotated, [], tmp_path, resize=resize), session)
+        assert (settled.resize, settled.resize_filter) == (resize or "warp", expected), resize
+
+
+def test_a_0_255_mean_on_0_1_pixels_is_warned(model, tmp_path):
+    from camcaffe.engines.cam_run import unscaled_mean_warning
+    from camcaffe.engines.pipeline import Preprocess
+
+    assert "--raw-scale 255" in unscaled_mean_warning(Preprocess(mean=[104.0, 117.0, 123.0]))
+    assert unscaled_mean_warning(Preprocess(mean=[104.0, 117.0, 123.0], raw_scale=255.0)) is None
+    assert unscaled_mean_warning(Preprocess(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])) is None
+    result = camcaffe_cli(
+        "cam", model, _photos(tmp_path / "photos", 1), "--out", tmp_path / "out", "--raw-scale", "1"
+    )
+    assert result.returncode == 0 and "warning" not in result.stderr  # 104 on 0-1 pixels *with* a raw scale
+    result = camcaffe_cli(
+        "cam", model, tmp_path / "photos", "--out", tmp_path / "out2", "--mean", "104,117,123"
+    )
+    assert result.returncode == 0 and "no raw scale is set" not in result.stderr  # the model records 255

@@ -343,6 +343,27 @@ def test_a_variable_input_size_needs_input_size(tmp_path, vendor):
     assert config_of(site)["input"]["shape"] == [1, 3, 40, 30]
 
 
+def test_a_variable_input_size_takes_the_size_camcaffe_cam_would(tmp_path, vendor):
+    """The metadata's input_size (camcaffe meta --input-size) and the torchvision preset's 224 crop settle a
+    variable size as they do for camcaffe cam; --input-size still wins."""
+    from camcaffe.convert.meta import metadata_changes, update_metadata
+    from tests.engines.test_model_inputs import _cam_model
+
+    model = _cam_model(tmp_path / "var.onnx", ["n", 3, "h", "w"])
+    update_metadata(model, metadata_changes(model, input_size=[36, 28]))
+    site = build_site(WebOptions(model=model, out=tmp_path / "a", ort_web=vendor, top_k=2, quiet=True))
+    assert config_of(site)["input"]["shape"] == [1, 3, 36, 28]
+    site = build_site(
+        WebOptions(model=model, out=tmp_path / "b", ort_web=vendor, top_k=2, input_size=[40, 30], quiet=True)
+    )
+    assert config_of(site)["input"]["shape"] == [1, 3, 40, 30]
+    plain = _cam_model(tmp_path / "plain.onnx", ["n", 3, "h", "w"])
+    site = build_site(
+        WebOptions(model=plain, out=tmp_path / "c", ort_web=vendor, top_k=2, preset="torchvision", quiet=True)
+    )
+    assert config_of(site)["input"]["shape"] == [1, 3, 224, 224]
+
+
 def test_the_cli_prints_how_to_serve_the_site(tmp_path, model, vendor):
     result = camcaffe("web", model, "-o", tmp_path / "site", "--ort-web", vendor, "--no-webgpu")
     assert result.returncode == 0, result.stderr

@@ -177,6 +177,23 @@ def test_evaluate_command_with_model(tmp_path, tiny_run):
     assert code == 2
 
 
+def test_evaluate_recomputes_with_the_recipe_cam_used_not_the_models_metadata(tmp_path, tiny_run):
+    """cam --preset caffe on a model whose metadata says torchvision: evaluate --model must use caffe's recipe
+    (as cam_settings.json records it), the same figures as on the model without that metadata."""
+    out, model, gt = tiny_run
+    annotated = tmp_path / "annotated.onnx"
+    annotated.write_bytes(model.read_bytes())
+    assert main(["-q", "meta", str(annotated), "--preset", "torchvision", "--resize", "warp"]) == 0
+    figures = {}
+    for name, path in (("plain", model), ("annotated", annotated)):
+        run = tmp_path / name
+        cam = ["-q", "cam", str(path), str(out.parent / "photos"), "--out", str(run), "--preset", "caffe"]
+        assert main([*cam, "--top-k", "2", "--no-overlays"]) == 0
+        assert main(["-q", "evaluate", str(run), "--gt", str(gt), "--model", str(path), "--steps", "4"]) == 0
+        figures[name] = json.loads((run / "evaluation.json").read_text())["saliency"]
+    assert figures["annotated"] == figures["plain"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny random CAM net, two photos, `cam --top-k 2`, and a ground-truth CSV for them."""
