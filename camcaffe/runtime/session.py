@@ -98,6 +98,7 @@ class ModelInfo:
     """What camcaffe's converter recorded in the ONNX metadata (empty for foreign files)."""
 
     metadata: dict[str, str] = field(default_factory=dict)
+    source: str = "the model"  # the file, for error messages
 
     def json(self, key: str, default=None):
         value = self.metadata.get(f"camcaffe.{key}")
@@ -107,7 +108,7 @@ class ModelInfo:
             return json.loads(value)
         except json.JSONDecodeError:
             raise OnnxModelError(
-                f"metadata camcaffe.{key} is not valid JSON; convert the model again"
+                f"{self.source}: metadata camcaffe.{key} is not valid JSON; convert the model again"
             ) from None
 
     @property
@@ -120,7 +121,23 @@ class ModelInfo:
 
     @property
     def preprocess(self) -> dict:
-        return self.json("preprocess", {})
+        """The recorded preprocessing, its settings checked (a bad value fails the run once, in one line,
+        rather than each image)."""
+        from camcaffe.runtime.presets import SETTINGS, check_settings
+
+        stored = self.json("preprocess", {})
+        if not isinstance(stored, dict):
+            raise OnnxModelError(
+                f"{self.source}: metadata camcaffe.preprocess is not a JSON object; write it again (camcaffe meta "
+                f"{self.source} --preset ...)"
+            )
+        try:
+            check_settings({key: stored.get(key) for key in SETTINGS})
+        except CamcaffeError as exc:
+            raise OnnxModelError(
+                f"{self.source}: metadata camcaffe.preprocess: {exc}; write it again (camcaffe meta {self.source} ...)"
+            ) from None
+        return stored
 
     @property
     def cam_head(self) -> dict | None:
@@ -213,7 +230,7 @@ class ModelSession:
             self._path = model
             if any(t.data_location == EXTERNAL for t in self.lite.graph.initializer):
                 self._serialized = None  # weights in a .data file: ONNX Runtime gets the full model
-        self.info = ModelInfo({p.key: p.value for p in self.lite.metadata_props})
+        self.info = ModelInfo({p.key: p.value for p in self.lite.metadata_props}, self.source)
         self.providers = choose_providers(provider)
         self.threads = threads
         # IO binding (device buffers reused between batches) on the CUDA path; optional on CPU.

@@ -95,3 +95,29 @@ def test_io_binding_follows_a_variable_input_size():
         (y,) = session.run({"x": x}, ["y"]).values()
         assert y.shape == shape
         np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        ('{"mean": "abc"}', "--mean takes comma-separated numbers"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"std": [0, 1, 1]}', "every value must be positive"),
+        ('{"channel_swap": [0, 0, 1]}', "must be an order of 0..2"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
+def test_bad_recorded_preprocessing_is_one_error_naming_the_file(tmp_path, stored, message):
+    """Metadata that cannot be a recipe fails when read, once, naming the file (it used to fail each image of
+    a variable-size model, or end in an internal error)."""
+    import onnx
+
+    from tests.engines.test_model_inputs import _cam_model
+
+    path = _cam_model(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    model = onnx.load(path)
+    onnx.helper.set_model_props(model, {"camcaffe.preprocess": stored})
+    onnx.save(model, path)
+    with pytest.raises(OnnxModelError, match=message) as caught:
+        ModelSession(path, "cpu").info.preprocess  # noqa: B018
+    assert str(caught.value).startswith(str(path))
