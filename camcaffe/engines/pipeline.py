@@ -497,7 +497,8 @@ class CamPipeline:
             except CamcaffeError as exc:
                 prepared.images.append(None)
                 prepared.inputs.append(None)
-                prepared.errors.append(str(exc))
+                message = str(exc)  # decoder errors name the file; a view's refusal does not
+                prepared.errors.append(message if message.startswith(str(path)) else f"{path}: {message}")
                 continue
             prepared.images.append(image)
             prepared.inputs.append(data)

@@ -20,7 +20,7 @@ import numpy as np
 from camcaffe.errors import CamcaffeError
 from camcaffe.explain.cam import normalize, upsample
 from camcaffe.runtime.pil_resize import centre_crop_offset, pil_resize, torchvision_resize_size
-from camcaffe.runtime.preprocess import oversample, resize_image
+from camcaffe.runtime.preprocess import max_image_pixels, oversample, resize_image
 from camcaffe.runtime.presets import RESIZE_FILTERS
 
 CAFFE_FILTER = "caffe"  # RESIZE_FILTERS is this and "pil-" + each of pil_resize.PIL_FILTERS
@@ -185,6 +185,15 @@ class TorchvisionViews(ImageViews):
             raise CamcaffeError(
                 f"{self.flag}: a {height}x{width} photo resized to {resized[0]}x{resized[1]} is smaller than the "
                 f"net input {self.input_hw}; use --resize warp"
+            )
+        # The exact resize holds 32-bit sums of the whole intermediate (about 12 bytes per pixel and channel),
+        # and a thin strip's intermediate grows with its aspect ratio: bound it by the decoder's pixel limit / 8.
+        limit = max_image_pixels() // 8
+        if resized[0] * resized[1] > limit:
+            raise CamcaffeError(
+                f"{self.flag}: a {height}x{width} photo would be resized to {resized[0]}x{resized[1]} "
+                f"({resized[0] * resized[1]:,} pixels, over {limit:,}) before the crop; use --resize warp for "
+                "photos this thin"
             )
         return resized, centre_crop_offset(resized[0], resized[1], self.input_hw)
 

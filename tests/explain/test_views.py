@@ -88,6 +88,16 @@ def test_torchvision_view_refuses_a_crop_larger_than_the_resize():
         views.inputs(np.zeros((400, 500, 3), np.float32))
 
 
+def test_torchvision_view_refuses_a_strip_whose_resize_would_be_huge(monkeypatch):
+    """A 1 x 1500 strip resizes to 256 x 384000 before the crop (3.6 GB in the exact resize): refused for that
+    image, before anything is allocated, with the remedy."""
+    monkeypatch.delenv("CAMCAFFE_MAX_IMAGE_PIXELS", raising=False)
+    views = make_views("torchvision", (224, 224))
+    with pytest.raises(CamcaffeError, match=r"1x1500 photo would be resized to 256x384000 .* --resize warp"):
+        views.pixels(np.zeros((1, 1500, 3), np.uint8))
+    assert views.geometry(100, 1000)[0] == (256, 2560)  # an ordinary panorama passes
+
+
 def test_resize_filters_each_view_accepts():
     assert make_views("warp", (8, 8)).resize_filter == "caffe"
     assert make_views("torchvision", (8, 8)).resize_filter == "pil-bilinear"
