@@ -306,6 +306,11 @@ class CamPipeline:
             raise CamcaffeError(
                 f"{source}: input '{name}' has a variable channel count; camcaffe cam needs it fixed"
             )
+        if dims[1] != 3:
+            raise CamcaffeError(
+                f"{source}: input '{name}' takes {dims[1]} channel(s); camcaffe cam feeds colour photos (3 "
+                "channels); give the model a 3-channel input"
+            )
         size = self.settings.input_size
         if size is not None:
             if any(d is not None and d != s for d, s in zip(dims[2:], size, strict=True)):

@@ -299,3 +299,16 @@ def test_a_pipeline_keeps_a_bounded_number_of_transformers(tmp_path):
         assert transformer.inputs["data"] == (1, 3, height, 12)
     assert len(pipeline._transformers) == TRANSFORMERS_KEPT
     assert (10 + TRANSFORMERS_KEPT + 4, 12) in pipeline._transformers and (10, 12) not in pipeline._transformers
+
+
+def test_a_one_channel_input_is_refused_in_one_line(tmp_path, photos):
+    """A grey-scale net (1 channel) used to end in an internal error from onnxruntime (colour photos fed)."""
+    model = _cam_model(tmp_path / "m.onnx", ["N", 3, 16, 16])
+    graph = onnx.load(model)
+    graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    weights = next(t for t in graph.graph.initializer if t.name == "W")
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights)[:, :1], "W"))
+    onnx.save(graph, tmp_path / "grey.onnx")
+    result = camcaffe("cam", tmp_path / "grey.onnx", photos, "--out", tmp_path / "out")
+    assert_one_line_error(result, "takes 1 channel(s)", "3-channel")
+    assert not (tmp_path / "out" / "results.csv").exists()
