@@ -34,7 +34,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 
 import numpy as np
@@ -508,6 +508,8 @@ class Net:
         self._stale = False
         # forward(start=/end=) ranges: (first, last, fed shapes) -> the converted part of the net
         self._subnets: dict[tuple, tuple[SubnetPlan, _Compiled]] = {}
+        # backward(start=) ranges: (layers kept, input shapes) -> the net converted up to that layer
+        self._prefixes: dict[tuple, _Compiled] = {}
         # blobs a script read after a forward: fetched with the outputs from then on (lazy.py)
         self._read_lazily: set[str] = set()
         self._compiled = self._initial_conversion(weights)
@@ -598,13 +600,16 @@ class Net:
             )
         return arrays
 
-    def _convert(self, source: ParamSource, shapes: dict[str, tuple[int, ...]] | None) -> _Compiled:
+    def _convert(
+        self, source: ParamSource, shapes: dict[str, tuple[int, ...]] | None, net: CaffeNet | None = None
+    ) -> _Compiled:
         """Convert for the given input shapes (None: as declared). A net whose layers bake the batch in
         (no symbolic batch) is converted for the exact batch of the inputs."""
         overrides = {n: list(s) for n, s in shapes.items()} if shapes else None
         fixed = overrides is not None and not self._compiled.converted.symbolic_batch
         batch = next(iter(overrides.values()))[0] if fixed and overrides else None
-        converted = convert_net(self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides))
+        options = ConvertOptions(batch=batch, input_shapes=overrides)
+        converted = convert_net(net or self._caffe_net, source, options)
         # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
         converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
         for message in converted.warnings:
@@ -626,6 +631,7 @@ class Net:
         if changed:
             self._stale = True
             self._subnets.clear()
+            self._prefixes.clear()
 
     def _prepare(self) -> _Compiled:
         """Convert again when an input's non-batch shape (or a fixed batch) or a parameter changed."""
@@ -655,6 +661,20 @@ class Net:
             compiled = _Compiled(converted, model, {n: tuple(s) for n, s in converted.inputs})
             held = self._subnets[key] = (plan, compiled)
         return held
+
+    def _prepare_prefix(self, count: int) -> _Compiled:
+        """The net's first `count` layers converted for the current input shapes: Caffe's BackwardFromTo
+        touches (and reshapes) only the layers of its range, so layers above it must not be converted (a
+        deep-dream octave feeds inputs smaller than the later layers accept)."""
+        self._sync_params()
+        shapes = self._input_shapes()
+        key = (count, tuple(shapes.items()))
+        compiled = self._prefixes.get(key)
+        if compiled is None:
+            layers = self._caffe_net.layers[:count]
+            prefix = replace(self._caffe_net, layers=layers, outputs=list(layers[-1].top))
+            compiled = self._prefixes[key] = self._convert(self._current_params, shapes, prefix)
+        return compiled
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes to every other blob (converting again if needed)."""
@@ -881,12 +901,23 @@ class Net:
 
     def _backward_range(self, first: int, last: int) -> None:
         table = self._table
-        compiled = self._prepare()  # the net for the current input shapes and parameters
-        records = layer_records(table, compiled.converted.layers)
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if real and real[0] <= last < real[-1]:  # only the layers up to the range's top one
+            kept = table[: last + 1]
+            compiled = self._prepare_prefix(sum(entry.param is not None for entry in kept))
+            records = layer_records(kept, compiled.converted.layers)
+        else:
+            compiled = self._prepare()  # the net for the current input shapes and parameters
+            records = layer_records(table, compiled.converted.layers)
         versions = BlobVersions(table)
         seeded = frozenset(blob for blob in versions.range_seeds(first, last) if self.blobs[blob].diff.any())
         fed_at, fed_values = self._forward_fed
-        fed = {versions.tensor_before(fed_at, blob, records): value for blob, value in fed_values.items()}
+        fed = {}
+        for blob, value in fed_values.items():
+            try:
+                fed[versions.tensor_before(fed_at, blob, records)] = value
+            except KeyError:  # a write above the range (not converted): no layer of the range reads it
+                continue
         with_params = {
             i
             for i in range(first, last + 1)
@@ -1007,6 +1038,7 @@ class Net:
             raise WeightsError(f"{weights}: has weights for none of the layers of {self._source}")
         self._stale = True
         self._subnets.clear()
+        self._prefixes.clear()
 
     def save(self, filename: str | os.PathLike) -> None:
         """Write the current parameters as a caffemodel."""
