@@ -253,6 +253,30 @@ def test_maxpool_overlapping_windows_add_up(tmp_path):
     assert grad[0, 0, 1, 1] == 2.0 and grad.sum() == 2.0
 
 
+def test_global_maxpool_tie_sends_the_gradient_to_the_first_maximum(tmp_path):
+    """Caffe's max pooling (global_pooling: a kernel over the whole map) scans with a strict `>`: of tied
+    maxima only the first in row-major order gets the gradient."""
+    session = _tail_model(
+        tmp_path,
+        _pool("p", "data", "pool: MAX global_pooling: true") + _layer("f", "Flatten", ["p"], ["fc"]),
+        (2, 2, 3, 4),
+    )
+    features = np.zeros((2, 2, 3, 4), np.float32)  # map (0, 0): all tied at 0
+    features[0, 1, 1, 2] = features[0, 1, 2, 3] = 3.0
+    features[1] = -1.0
+    features[1, 0, 2, 1] = features[1, 0, 0, 3] = 2.0
+    tail = build_tail(session.model, "data", "fc")
+    run = ModelSession(tail.model, "cpu")
+    seed = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    grad = run.run({"data": features, tail.seed: seed}, [tail.gradient])[tail.gradient]
+    expected = np.zeros_like(features)
+    expected[0, 0, 0, 0] = 1.0
+    expected[0, 1, 1, 2] = 2.0
+    expected[1, 0, 0, 3] = 3.0
+    expected[1, 1, 0, 0] = 4.0
+    np.testing.assert_array_equal(grad, expected)
+
+
 def test_tail_reads_only_the_layers_after_the_feature(tmp_path):
     layers = _layer(
         "c", "Convolution", ["data"], ["feat"], "convolution_param { num_output: 4 kernel_size: 3 }"

@@ -512,14 +512,18 @@ def _global_average(e, node, dys, need):
 
 @_rule("GlobalMaxPool")
 def _global_max(e, node, dys, need):
-    """Every position equal to the maximum gets the gradient (ties are measure-zero for real data)."""
+    """The gradient goes to the first maximum of each map in row-major order, as Caffe's max pooling (a
+    global one is a kernel over the whole map) keeps the first of tied values (a strict `>` scan)."""
     x = node.input[0]
-    return [
-        e.op(
-            "Where",
-            [e.op("Equal", [x, node.output[0]]), e.op("Expand", [dys[0], e.op("Shape", [x])]), e.zero],
-        )
-    ]
+    flat = e.op("Reshape", [x, e.ints([0, 0, -1])])
+    first = e.op("ArgMax", [flat], axis=2, keepdims=1, select_last_index=0)
+    area = e.op("Gather", [e.op("Shape", [flat]), e.const(np.int64(2), "axis", np.int64)], axis=0)
+    positions = e.op(
+        "Range", [e.const(np.int64(0), "start", np.int64), area, e.const(np.int64(1), "step", np.int64)]
+    )
+    hit = e.op("Equal", [positions, first])
+    dy = e.op("Reshape", [dys[0], e.ints([0, 0, 1])])
+    return [e.reshape_like(e.op("Where", [hit, dy, e.zero]), x)]
 
 
 def _check_pool(node: onnx.NodeProto) -> dict:
