@@ -184,6 +184,22 @@ TAILS = {
     "Eltwise_PROD": _layer("r", "Sigmoid", ["data"])
     + _layer("e", "Eltwise", ["data", "r"], param="eltwise_param { operation: PROD }")
     + _fc("e"),
+    "Clip": _layer("c", "Clip", ["data"], param="clip_param { min: -0.5 max: 0.5 }") + _fc("c"),
+    "ReLU6": _layer("s", "Power", ["data"], param="power_param { scale: 8 }")
+    + _layer("r", "ReLU6", ["s"])
+    + _fc("r"),
+    "ReLU6_slope": _layer("s", "Power", ["data"], param="power_param { scale: 8 }")
+    + _layer("r", "ReLU6", ["s"], param="relu6_param { negative_slope: 0.1 }")
+    + _fc("r"),
+    "Tile": _layer("t", "Tile", ["data"], param="tile_param { axis: 2 tiles: 3 }") + _fc("t"),
+    "Reduction_ASUM": _layer(
+        "r", "Reduction", ["data"], param="reduction_param { operation: ASUM axis: 2 coeff: 0.5 }"
+    )
+    + _fc("r"),
+    "Reduction_SUMSQ": _layer(
+        "r", "Reduction", ["data"], param="reduction_param { operation: SUMSQ axis: 2 }"
+    )
+    + _fc("r"),
     "Eltwise_MAX": _layer("t", "TanH", ["data"])
     + _layer("e", "Eltwise", ["data", "t"], param="eltwise_param { operation: MAX }")
     + _fc("e"),
@@ -395,7 +411,10 @@ def test_reduce_mean_over_axes_of_opset_13_attribute():
 
 
 def test_cast_to_an_integer_type_is_refused():
-    nodes = [op_node("Cast", ["x"], "ints", to=onnx.TensorProto.INT64), op_node("Cast", ["ints"], "back", to=1)]
+    nodes = [
+        op_node("Cast", ["x"], "ints", to=onnx.TensorProto.INT64),
+        op_node("Cast", ["ints"], "back", to=1),
+    ]
     nodes.append(op_node("ReduceMean", ["back", "axes"], "pooled", keepdims=0))
     dense, inits = dense_head("pooled", FEATURE[1])
     with pytest.raises(GradientError, match=r"'ints' \(Cast\) casts to a non-float type"):

@@ -230,3 +230,25 @@ def test_backward_start_touches_only_layers_up_to_start(tmp_path: Path) -> None:
     expected = _numeric_gradient(truncated, weights, x.astype(np.float64), "conv1", seed, points)
     np.testing.assert_allclose([float(gradient[p]) for p in points], expected, rtol=2e-3, atol=1e-5)
     assert np.abs(gradient).max() > 0
+
+
+BOUNDS_NET = """force_backward: true
+name: "bounds"
+input: "data" input_shape { dim: 1 dim: 1 dim: 1 dim: 9 }
+layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: -1 max: 1 } }
+layer { name: "relu6" type: "ReLU6" bottom: "data" top: "relu6" }
+"""
+
+
+def test_clip_and_relu6_pass_the_gradient_as_caffe_at_their_bounds(tmp_path: Path) -> None:
+    """Caffe's clip_layer.cpp passes the diff where min <= x <= max; the forks' ReLU6 where 0 < x < 6."""
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(BOUNDS_NET)
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    x = np.array([-2, -1, -0.5, 0, 0.5, 1, 2, 6, 7], np.float32).reshape(1, 1, 1, 9)
+    net.forward(data=x)
+    seed = np.arange(1, 10, dtype=np.float32).reshape(x.shape)
+    clip = net.backward(clip=seed, relu6=np.zeros_like(seed))["data"].copy()
+    relu6 = net.backward(clip=np.zeros_like(seed), relu6=seed)["data"].copy()
+    np.testing.assert_array_equal(clip, seed * ((x >= -1) & (x <= 1)))
+    np.testing.assert_array_equal(relu6, seed * ((x > 0) & (x < 6)))

@@ -317,6 +317,57 @@ def _reduce_max(e, node, dys, need):
     )
 
 
+@_rule("ReduceL1")
+def _reduce_l1(e, node, dys, need):
+    """sign(x) times the spread gradient (Caffe's Reduction ASUM backward)."""
+    _only_first(node, need)
+    spread = _spread_reduced(e, node, dys[0], _reduce_axes(e, node))
+    return [e.op("Mul", [spread, e.op("Sign", [node.input[0]])])] + [None] * (len(node.input) - 1)
+
+
+@_rule("ReduceSumSquare")
+def _reduce_sum_square(e, node, dys, need):
+    """2x times the spread gradient (Caffe's Reduction SUMSQ backward)."""
+    _only_first(node, need)
+    spread = _spread_reduced(e, node, dys[0], _reduce_axes(e, node))
+    twice = e.op("Add", [node.input[0], node.input[0]])
+    return [e.op("Mul", [spread, twice])] + [None] * (len(node.input) - 1)
+
+
+@_rule("Tile")
+def _tile(e, node, dys, need):
+    """The sum over the tiles: dy seen as (r0, d0, r1, d1, ...) summed over the repeat axes."""
+    _only_first(node, need, "the tiled input, not the repeats")
+    x = node.input[0]
+    repeats = e.net.array(node.input[1])
+    shape = e.shape(x)
+    if repeats is None:
+        raise _Refusal("has repeats that are not a constant")
+    if shape is None or sum(d is None for d in shape) > 1:
+        raise _Refusal(f"needs the shape of '{x}' (at most one axis unknown)")
+    split: list[int] = []
+    for repeat, size in zip(repeats.tolist(), shape, strict=True):
+        split += [int(repeat), -1 if size is None else int(size)]
+    grouped = e.op("Reshape", [dys[0], e.ints(split)])
+    summed = e.op("ReduceSum", [grouped, e.ints(list(range(0, len(split), 2)))], keepdims=0)
+    return [summed, None]
+
+
+@_rule("Clip")
+def _clip(e, node, dys, need):
+    """The gradient passes where min < x < max, strictly: the converter emits Clip for the forks' ReLU6,
+    whose backward is zero at 0 and at the cap (Caffe's Clip layer becomes Min and Max instead)."""
+    _only_first(node, need, "its input, not its bounds")
+    x = node.input[0]
+    inside: str | None = None
+    for position, compare in ((1, "Greater"), (2, "Less")):
+        if len(node.input) > position and node.input[position]:
+            bound = e.op(compare, [x, node.input[position]])
+            inside = bound if inside is None else e.op("And", [inside, bound])
+    gradient = dys[0] if inside is None else e.op("Where", [inside, dys[0], e.zero])
+    return [gradient] + [None] * (len(node.input) - 1)
+
+
 def _mask(e: _Emitter, x: str) -> str:
     return e.op("Greater", [x, e.zero])
 
@@ -429,9 +480,10 @@ def _div(e, node, dys, need):
     return [e.unbroadcast(e.op("Div", [dys[0], b]), a, node.output[0]) if need[0] else None, grad_b]
 
 
-@_rule("Max")
+@_rule("Max", "Min")
 def _max(e, node, dys, need):
-    """The gradient goes to the first input holding the maximum (Caffe's Eltwise MAX backward)."""
+    """The gradient goes to the first input holding the result (Caffe's Eltwise MAX backward; Caffe's Clip,
+    converted to Min then Max, passes it where min <= x <= max, as the bound comes second)."""
     y = node.output[0]
     taken: str | None = None
     grads: list[str | None] = []
