@@ -146,7 +146,15 @@ class BackwardModel:
                 self.model, provider, source=f"backward of {source}"
             )
         names = [*self.slot_gradients.values(), *self.values.values()]
-        return session.run(feeds, names) if names else {}  # type: ignore[attr-defined]
+        if not names:
+            return {}
+        try:
+            return session.run(feeds, names)  # type: ignore[attr-defined]
+        except CamcaffeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackwardError(f"{source}: backward failed in ONNX Runtime ({provider}): {detail}") from None
 
 
 class _SlotChooser:

@@ -901,6 +901,13 @@ class Net:
 
     def _backward_range(self, first: int, last: int) -> None:
         table = self._table
+        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
+        reshaped = [name for name, value in inputs.items() if value.shape != self.blobs[name].shape]
+        if reshaped:  # Caffe would run on stale blob memory; the blob values here are the last forward's
+            raise PycaffeError(
+                f"backward(): input blob '{reshaped[0]}' was reshaped to {self.blobs[reshaped[0]].shape} since "
+                f"the last forward (of shape {inputs[reshaped[0]].shape}); call net.forward() first"
+            )
         real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
         if real and real[0] <= last < real[-1]:  # only the layers up to the range's top one
             kept = table[: last + 1]
@@ -938,7 +945,6 @@ class Net:
                 self._source,
                 list(fed),
             )
-        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
         tensors = compiled.converted.blob_tensors
         feeds = {tensors[name]: value for name, value in inputs.items() if tensors[name] in model.inputs}
         feeds.update({model.seeds[blob]: self.blobs[blob].diff.copy() for blob in model.seeds})

@@ -252,3 +252,29 @@ def test_clip_and_relu6_pass_the_gradient_as_caffe_at_their_bounds(tmp_path: Pat
     relu6 = net.backward(clip=np.zeros_like(seed), relu6=seed)["data"].copy()
     np.testing.assert_array_equal(clip, seed * ((x >= -1) & (x <= 1)))
     np.testing.assert_array_equal(relu6, seed * ((x > 0) & (x < 6)))
+
+
+def test_backward_after_reshape_without_forward_is_refused_in_one_line(forced) -> None:
+    prototxt, caffemodel, _ = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=31))
+    net.blobs["data"].reshape(3, 3, 8, 8)
+    net.reshape()
+    with pytest.raises(caffe.PycaffeError, match=r"reshaped to \(3, 3, 8, 8\).*call net.forward\(\) first"):
+        net.backward(prob=np.ones((3, 5), np.float32))
+    net.forward(data=random_input((3, 3, 8, 8), seed=32))
+    assert net.backward(prob=np.ones((3, 5), np.float32))["data"].shape == (3, 3, 8, 8)
+
+
+def test_onnxruntime_failures_in_backward_are_one_line_errors(forced) -> None:
+    from camcaffe.pycaffe.backward import BackwardError
+
+    prototxt, caffemodel, _ = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=33))
+    net.backward(prob=np.ones((2, 5), np.float32))
+    (model,) = net._compiled.gradients.values()
+    feeds = {name: np.zeros((1, 1), np.float32) for name in [*model.inputs, *model.seeds.values()]}
+    with pytest.raises(BackwardError, match="backward failed in ONNX Runtime") as caught:
+        model.run("cpu", str(prototxt), feeds)
+    assert "\n" not in str(caught.value)
