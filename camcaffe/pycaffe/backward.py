@@ -61,6 +61,8 @@ class BlobVersions:
     most once Split layers are in the table)."""
 
     table: Sequence[LayerEntry]
+    # (entry, bottom) -> whether Backward writes that bottom's diff (need_backward.py); None: every one
+    flows: Callable[[int, int], bool] | None = None
     reads: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     reader: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
@@ -74,6 +76,9 @@ class BlobVersions:
                     self.reader[version] = (i, j)
             for j, blob in enumerate(entry.tops):
                 current[blob] = (i, j)
+
+    def passes(self, index: int, bottom: int) -> bool:
+        return propagates(self.table[index], bottom) and (self.flows is None or self.flows(index, bottom))
 
     def tensor_before(self, index: int, blob: str, records: dict[int, LayerRecord]) -> str:
         """The ONNX tensor of the write of `blob` that is current when table entry `index` runs."""
@@ -105,7 +110,7 @@ class BlobVersions:
             return [self.table[version[0]].tops[version[1]]]
         index, bottom = reading
         entry = self.table[index]
-        if index > last or not propagates(entry, bottom):
+        if index > last or not self.passes(index, bottom):
             return [entry.bottoms[bottom]]
         if entry.param is None:  # an inserted Split inside the range: the sum of its tops' diffs
             return [blob for k in range(len(entry.tops)) for blob in self.seed_blobs((index, k), last)]
@@ -208,6 +213,7 @@ def build_backward(
     value_entries: set[int],
     source: str,
     fed: Sequence[str] = (),
+    flows: Callable[[int, int], bool] | None = None,
 ) -> BackwardModel:
     """The model for Caffe's BackwardFromTo(last, first) over the table: seeds for the stored diffs that
     `seeded` accepts (non-zero ones), bottom values for the entries in `value_entries`; the `fed` tensors
@@ -221,7 +227,7 @@ def build_backward(
 
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
     stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    versions = BlobVersions(table)
+    versions = BlobVersions(table, flows)
     in_range = [i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"]
     owner: dict[int, int] = {}  # node index -> table entry
     first_node: dict[int, int] = {}  # node index -> entry whose slots go right before it
@@ -256,7 +262,7 @@ def build_backward(
                 copy.input[position] = _slot_name(owner[k], bottom) if bottom is not None else renamed(tensor)
             node = copy
         rewired.append(node)
-    live_slots = {key: name for key, name in slots.items() if propagates(table[key[0]], key[1])}
+    live_slots = {key: name for key, name in slots.items() if versions.passes(*key)}
     live = _descendants(rewired, set(live_slots.values()))
     live |= {records[i].bottom_tensors[j] for i, j in live_slots}
     # a slot reading a value taken from blob memory passes its gradient to the write that value stands for

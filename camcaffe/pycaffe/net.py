@@ -8,8 +8,8 @@ its other dimensions converts again on the next `forward()` / `reshape()`.
 Where it deliberately differs from pycaffe:
 
 * Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` is Caffe's
-  BackwardFromTo when the prototxt has `force_backward: true` (else, as in Caffe for a net without loss,
-  nothing is computed): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
+  BackwardFromTo when the prototxt has `force_backward: true` or a top with a `loss_weight` (as in Caffe,
+  else nothing is computed; the layers that run are those net.cpp picks, need_backward.py): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
   param_grads.py); the blob values it differentiates at are recomputed from the inputs of the last forward
   that ran the first layers, and taken from the blobs a later forward(start=) read. Differences: parameters
   of layers without a numpy rule raise on `.diff`; a layer whose converted nodes use one blob a different
@@ -49,8 +49,9 @@ from camcaffe.convert.onnx_io import build_model
 from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
-from camcaffe.pycaffe.backward import BackwardModel, BlobVersions, build_backward, layer_records, propagates
+from camcaffe.pycaffe.backward import BackwardModel, BlobVersions, build_backward, layer_records
 from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
+from camcaffe.pycaffe.need_backward import backward_needs
 from camcaffe.pycaffe.param_grads import NoParamGradient, has_rule
 from camcaffe.pycaffe.param_grads import gradients as param_gradients
 from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
@@ -533,6 +534,10 @@ class Net:
             if not has_rule(layer_type):
                 for blob in blobs:
                     blob.no_gradient = f"camcaffe has no parameter gradient rule for {layer_type} layers"
+        counts = {name: len(blobs) for name, blobs in self.params.items()}
+        self._needs = backward_needs(self._table, counts, self._force_backward)
+        for blob_name, weight in self._needs.loss_diffs.items():  # Layer::SetLossWeights
+            self.blobs[blob_name].diff[...] = weight
 
     # -- structure (Caffe's runtime tables, inserted Split layers included)
 
@@ -783,7 +788,7 @@ class Net:
             fed, written = [], []
         if written:
             self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
-        if self._force_backward:
+        if self._needs.any:
             starts_inside = bool(real) and first > real[0]
             if not starts_inside:  # layers below a start= keep the values of the forward that ran them
                 self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
@@ -895,7 +900,7 @@ class Net:
         else:  # pycaffe returns the blob named like the end layer (a layer usually names its top after itself)
             returned = [end] if end in self.blobs else list(table[first].bottoms)
         returned = list(dict.fromkeys([*returned, *(diffs or [])]))
-        if self._force_backward:
+        if self._needs.any:
             self._backward_range(first, last)
         return {name: self.blobs[name].diff for name in returned}
 
@@ -916,7 +921,8 @@ class Net:
         else:
             compiled = self._prepare()  # the net for the current input shapes and parameters
             records = layer_records(table, compiled.converted.layers)
-        versions = BlobVersions(table)
+        needs = self._needs
+        versions = BlobVersions(table, lambda i, j: (i, j) in needs.bottoms)
         seeded = frozenset(blob for blob in versions.range_seeds(first, last) if self.blobs[blob].diff.any())
         fed_at, fed_values = self._forward_fed
         fed = {}
@@ -928,7 +934,8 @@ class Net:
         with_params = {
             i
             for i in range(first, last + 1)
-            if table[i].param is not None
+            if i in needs.layers
+            and table[i].param is not None
             and any(blob.no_gradient is None for blob in self.params.get(table[i].name, []))
         }
         key = (first, last, seeded, frozenset(fed))
@@ -944,6 +951,7 @@ class Net:
                 with_params,
                 self._source,
                 list(fed),
+                versions.flows,
             )
         tensors = compiled.converted.blob_tensors
         feeds = {tensors[name]: value for name, value in inputs.items() if tensors[name] in model.inputs}
@@ -952,6 +960,8 @@ class Net:
         results = model.run("cuda" if _mode_key()[0] else "cpu", self._source, feeds)
         for i in range(last, first - 1, -1):  # Caffe's order: each layer reads what the ones above wrote
             entry = table[i]
+            if i not in needs.layers:
+                continue
             if entry.param is None:  # an inserted Split: the sum of its tops' diffs
                 total = self.blobs[entry.tops[0]].diff.copy()
                 for top in entry.tops[1:]:
@@ -964,7 +974,7 @@ class Net:
                 values = [results[model.values[(i, j)]] for j in range(len(entry.bottoms))]
                 self._add_param_diffs(entry, values)
             for j, blob in enumerate(entry.bottoms):
-                if not propagates(entry, j):
+                if not versions.passes(i, j):
                     continue
                 output = model.slot_gradients.get((i, j))
                 target = self.blobs[blob].diff
