@@ -164,24 +164,48 @@ class BackwardModel:
 
 class _SlotChooser:
     """Which bottom a layer's node input stands for. A tensor read through several bottoms (x + x: two
-    Split tops in Caffe) maps its uses, in node order, to those bottoms in order when it is used as many
-    times as it is a bottom (Eltwise, Concat); otherwise every use reads the first of them."""
+    Split tops in Caffe) maps its uses to those bottoms in order when it is used as many times as it is a
+    bottom (Eltwise, Concat), the uses ordered by where they sit in the expression of the tops (the
+    converters build it from the bottoms in order: Sum(x, Mul(x, 3)) reads bottom 0, then bottom 1, even
+    though the Mul node comes first); otherwise every use reads the first of them."""
 
-    def __init__(self, bottoms: Sequence[str], nodes: Sequence[onnx.NodeProto]):
+    def __init__(self, bottoms: Sequence[str], nodes: dict[int, onnx.NodeProto], tops: Sequence[str]):
         self.first = {tensor: bottoms.index(tensor) for tensor in bottoms}
-        uses = {tensor: sum(list(node.input).count(tensor) for node in nodes) for tensor in bottoms}
-        self.queues = {
-            tensor: [j for j, t in enumerate(bottoms) if t == tensor]
-            for tensor in bottoms
-            if bottoms.count(tensor) > 1 and uses[tensor] == bottoms.count(tensor)
-        }
+        uses: dict[str, list[tuple[int, int]]] = {tensor: [] for tensor in bottoms}
+        for k in sorted(nodes):
+            for position, tensor in enumerate(nodes[k].input):
+                if tensor in uses:
+                    uses[tensor].append((k, position))
+        repeated = len(set(bottoms)) < len(bottoms)
+        keys = _expression_keys(nodes, tops) if repeated else {}
+        self.chosen: dict[tuple[int, int], int] = {}
+        for tensor, found in uses.items():
+            readers = [j for j, t in enumerate(bottoms) if t == tensor]
+            if len(readers) > 1 and len(found) == len(readers):
+                ordered = sorted(found, key=lambda use: (*keys.get(use[0], (len(tops),)), use[1]))
+                self.chosen.update(zip(ordered, readers, strict=True))
 
     def __contains__(self, tensor: str) -> bool:
         return tensor in self.first
 
-    def pop(self, tensor: str) -> int:
-        queue = self.queues.get(tensor)
-        return queue.pop(0) if queue else self.first[tensor]
+    def bottom(self, node: int, position: int, tensor: str) -> int:
+        return self.chosen.get((node, position), self.first[tensor])
+
+
+def _expression_keys(nodes: dict[int, onnx.NodeProto], tops: Sequence[str]) -> dict[int, tuple[int, ...]]:
+    """Per node, its place in the expression of the tops: (top index, input position, input position, ...)
+    down from the top's node (the smallest such path where the node's output is read more than once)."""
+    keys: dict[int, tuple[int, ...]] = {}
+    for k in sorted(nodes, reverse=True):
+        candidates = [(tops.index(out),) for out in nodes[k].output if out in tops]
+        for m, consumer in nodes.items():
+            if m in keys:
+                candidates.extend(
+                    (*keys[m], p) for p, tensor in enumerate(consumer.input) if tensor in nodes[k].output
+                )
+        if candidates:
+            keys[k] = min(candidates)
+    return keys
 
 
 def _layer_nodes(
@@ -238,7 +262,11 @@ def build_backward(
         if found:
             first_node[found[0]] = i
     readers = {
-        i: _SlotChooser(records[i].bottom_tensors, [nodes[k] for k in sorted(owner) if owner[k] == i])
+        i: _SlotChooser(
+            records[i].bottom_tensors,
+            {k: nodes[k] for k in owner if owner[k] == i},
+            records[i].top_tensors,
+        )
         for i in in_range
     }
     # forward nodes with each in-range layer reading its bottoms through slots of its own
@@ -258,7 +286,8 @@ def build_backward(
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for position, tensor in enumerate(copy.input):
-                bottom = readers[owner[k]].pop(tensor) if k in owner and tensor in readers[owner[k]] else None
+                reader = readers[owner[k]] if k in owner else None
+                bottom = reader.bottom(k, position, tensor) if reader and tensor in reader else None
                 copy.input[position] = _slot_name(owner[k], bottom) if bottom is not None else renamed(tensor)
             node = copy
         rewired.append(node)
