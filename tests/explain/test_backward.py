@@ -184,6 +184,10 @@ TAILS = {
     "Eltwise_PROD": _layer("r", "Sigmoid", ["data"])
     + _layer("e", "Eltwise", ["data", "r"], param="eltwise_param { operation: PROD }")
     + _fc("e"),
+    "Im2col": _layer("i", "Im2col", ["data"], param="convolution_param { kernel_size: 3 stride: 2 }")
+    + _fc("i"),
+    "Im2col_pad": _layer("i", "Im2col", ["data"], param="convolution_param { kernel_size: 3 pad: 1 }")
+    + _fc("i"),
     "Clip": _layer("c", "Clip", ["data"], param="clip_param { min: -0.5 max: 0.5 }") + _fc("c"),
     "ReLU6": _layer("s", "Power", ["data"], param="power_param { scale: 8 }")
     + _layer("r", "ReLU6", ["s"])

@@ -353,6 +353,32 @@ def _tile(e, node, dys, need):
     return [summed, None]
 
 
+@_rule("Gather")
+def _gather(e, node, dys, need):
+    """Scatter-add dy back along the gathered axis (constant indices, as Im2col's): a position read by
+    several outputs sums their gradients."""
+    _only_first(node, need, "its data, not the indices")
+    data = node.input[0]
+    index = e.net.array(node.input[1])
+    if index is None:
+        raise _Refusal("has indices that are not a constant")
+    shape = e.shape(data)
+    axis = int(_attrs(node).get("axis", 0))
+    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis % len(shape)] is None:
+        raise _Refusal(f"needs the size of the gathered axis of '{data}'")
+    rank = len(shape)
+    axis %= rank
+    flat = np.asarray(index, np.int64).reshape(-1) % int(shape[axis])
+    data_shape = e.op("Shape", [data])
+    before = e.op("Slice", [data_shape, e.ints([0]), e.ints([axis])])
+    after = e.op("Slice", [data_shape, e.ints([axis + 1]), e.ints([rank])])
+    grouped = e.op("Reshape", [dys[0], e.op("Concat", [before, e.ints([flat.size]), after], axis=0)])
+    positions = e.ints(flat.reshape([1] * axis + [flat.size] + [1] * (rank - axis - 1)).tolist())
+    spread = e.op("Expand", [positions, e.op("Shape", [grouped])])
+    zeros = e.op("ConstantOfShape", [data_shape], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    return [e.op("ScatterElements", [zeros, spread, grouped], axis=axis, reduction="add"), None]
+
+
 @_rule("Clip")
 def _clip(e, node, dys, need):
     """The gradient passes where min < x < max, strictly: the converter emits Clip for the forks' ReLU6,
