@@ -992,9 +992,10 @@ class Net:
             for blob in blobs:
                 blob.no_gradient = f"layer '{entry.name}' ({entry.type}) {why}"
             return
-        for blob, gradient in zip(blobs, found, strict=False):
-            if gradient.value is None:
-                continue
+        specs = entry.param.param if entry.param is not None else []
+        for k, (blob, gradient) in enumerate(zip(blobs, found, strict=False)):
+            if gradient.value is None or (k < len(specs) and specs[k].lr_mult == 0):
+                continue  # lr_mult 0: Caffe's param_propagate_down is off, the diff is left as it is
             if gradient.accumulate:
                 blob.diff[...] += gradient.value.reshape(blob.diff.shape)
             else:

@@ -85,3 +85,16 @@ layer { name: "red" type: "Reduction" bottom: "ip" top: "loss" loss_weight: 1 }
     else:  # relu: nothing below learns; side: not under the loss
         assert ran == {"ip", "red"}
         assert (names.index("ip"), 0) not in needs.bottoms and (names.index("red"), 0) in needs.bottoms
+
+
+def test_frozen_parameters_keep_their_diff_under_force_backward(tmp_path: Path) -> None:
+    """Caffe sets param_propagate_down from lr_mult != 0 whatever force_backward says."""
+    net = _net(tmp_path, force=True, ip_param="param { lr_mult: 0 } param { lr_mult: 1 }")
+    net.forward(data=X)
+    net.clear_param_diffs()
+    got = net.backward()["data"]
+    w = net.params["ip"][0].data.astype(np.float64)
+    ip = X @ w.T + net.params["ip"][1].data
+    assert not net.params["ip"][0].diff.any()
+    np.testing.assert_allclose(net.params["ip"][1].diff, 2 * 2 * ip.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, 2 * 2 * ip @ w, rtol=1e-5, atol=1e-6)
