@@ -252,7 +252,14 @@ def build_backward(
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
     stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
     versions = BlobVersions(table, flows)
-    in_range = [i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"]
+    # a layer that writes no bottom diff (none propagates, or it does not run backward) is not differentiated
+    in_range = [
+        i
+        for i in range(first, last + 1)
+        if table[i].param is not None
+        and table[i].type != "Input"
+        and any(versions.passes(i, j) for j in range(len(table[i].bottoms)))
+    ]
     owner: dict[int, int] = {}  # node index -> table entry
     first_node: dict[int, int] = {}  # node index -> entry whose slots go right before it
     for i in in_range:
@@ -300,7 +307,8 @@ def build_backward(
         tensor = records[i].bottom_tensors[j]
         if tensor in fed_inputs:
             aliases.setdefault(tensor, []).append(name)
-    differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(slots.values())
+    # a slot of a bottom without diff (Crop's reference, propagate_down: false) passes nothing upstream
+    differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(live_slots.values())
 
     # seeds: the stored diffs of the tops whose readers do not run
     seed_inputs: dict[str, str] = {}

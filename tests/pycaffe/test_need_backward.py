@@ -98,3 +98,43 @@ def test_frozen_parameters_keep_their_diff_under_force_backward(tmp_path: Path) 
     assert not net.params["ip"][0].diff.any()
     np.testing.assert_allclose(net.params["ip"][1].diff, 2 * 2 * ip.sum(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got, 2 * 2 * ip @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_top_read_by_another_layer_carries_its_weight_on_the_first_split_top(tmp_path: Path) -> None:
+    """insert_splits.cpp gives the loss weight to the Split's first top; the other reader is under no loss."""
+    prototxt = tmp_path / "split.prototxt"
+    prototxt.write_text(
+        'name: "ls"\ninput: "data" input_shape { dim: 2 dim: 3 }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 4 } }\n'
+        'layer { name: "red" type: "Reduction" bottom: "ip" top: "loss" loss_weight: 2 reduction_param { axis: 1 } }\n'
+        'layer { name: "sc" type: "Power" bottom: "loss" top: "out" power_param { scale: 3 } }\n'
+    )
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    np.testing.assert_array_equal(net.blobs["loss_red_0_split_0"].diff, [2.0, 2.0])
+    net.forward(data=X)
+    net.clear_param_diffs()
+    net.backward(out=np.ones(2, np.float32))
+    np.testing.assert_array_equal(net.blobs["loss_red_0_split_1"].diff, [0.0, 0.0])  # sc does not run
+    np.testing.assert_array_equal(net.blobs["ip"].diff, np.full((2, 4), 2.0, np.float32))
+    np.testing.assert_allclose(net.params["ip"][0].diff, np.tile(2 * X.sum(0), (4, 1)), rtol=1e-6)
+
+
+def test_propagate_down_false_keeps_the_diff_from_that_bottom_and_above(tmp_path: Path) -> None:
+    """Without force_backward, `propagate_down: false` leaves a bottom's diff unwritten: the layer that
+    wrote it runs backward from the diff its top holds (zero), so nothing reaches x through y."""
+    prototxt = tmp_path / "pd.prototxt"
+    prototxt.write_text(
+        'name: "pd"\ninput: "data" input_shape { dim: 2 dim: 3 }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "x" inner_product_param { num_output: 4 } }\n'
+        'layer { name: "pow" type: "Power" bottom: "x" top: "y" power_param { scale: 3 } }\n'
+        'layer { name: "e" type: "Eltwise" bottom: "x" bottom: "y" top: "z" propagate_down: true '
+        "propagate_down: false }\n"
+        'layer { name: "red" type: "Reduction" bottom: "z" top: "loss" loss_weight: 1 }\n'
+    )
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    net.forward(data=X)
+    net.clear_param_diffs()
+    net.backward()
+    assert not net.blobs["y"].diff.any()
+    np.testing.assert_array_equal(net.blobs["x"].diff, np.ones((2, 4), np.float32))
+    np.testing.assert_allclose(net.params["ip"][0].diff, np.tile(X.sum(0), (4, 1)), rtol=1e-6)
