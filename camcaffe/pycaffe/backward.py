@@ -61,6 +61,8 @@ class BlobVersions:
     most once Split layers are in the table)."""
 
     table: Sequence[LayerEntry]
+    # (entry, bottom) -> whether Backward writes that bottom's diff (need_backward.py); None: every one
+    flows: Callable[[int, int], bool] | None = None
     reads: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     reader: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
@@ -74,6 +76,9 @@ class BlobVersions:
                     self.reader[version] = (i, j)
             for j, blob in enumerate(entry.tops):
                 current[blob] = (i, j)
+
+    def passes(self, index: int, bottom: int) -> bool:
+        return propagates(self.table[index], bottom) and (self.flows is None or self.flows(index, bottom))
 
     def tensor_before(self, index: int, blob: str, records: dict[int, LayerRecord]) -> str:
         """The ONNX tensor of the write of `blob` that is current when table entry `index` runs."""
@@ -105,7 +110,7 @@ class BlobVersions:
             return [self.table[version[0]].tops[version[1]]]
         index, bottom = reading
         entry = self.table[index]
-        if index > last or not propagates(entry, bottom):
+        if index > last or not self.passes(index, bottom):
             return [entry.bottoms[bottom]]
         if entry.param is None:  # an inserted Split inside the range: the sum of its tops' diffs
             return [blob for k in range(len(entry.tops)) for blob in self.seed_blobs((index, k), last)]
@@ -146,29 +151,61 @@ class BackwardModel:
                 self.model, provider, source=f"backward of {source}"
             )
         names = [*self.slot_gradients.values(), *self.values.values()]
-        return session.run(feeds, names) if names else {}  # type: ignore[attr-defined]
+        if not names:
+            return {}
+        try:
+            return session.run(feeds, names)  # type: ignore[attr-defined]
+        except CamcaffeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackwardError(f"{source}: backward failed in ONNX Runtime ({provider}): {detail}") from None
 
 
 class _SlotChooser:
     """Which bottom a layer's node input stands for. A tensor read through several bottoms (x + x: two
-    Split tops in Caffe) maps its uses, in node order, to those bottoms in order when it is used as many
-    times as it is a bottom (Eltwise, Concat); otherwise every use reads the first of them."""
+    Split tops in Caffe) maps its uses to those bottoms in order when it is used as many times as it is a
+    bottom (Eltwise, Concat), the uses ordered by where they sit in the expression of the tops (the
+    converters build it from the bottoms in order: Sum(x, Mul(x, 3)) reads bottom 0, then bottom 1, even
+    though the Mul node comes first); otherwise every use reads the first of them."""
 
-    def __init__(self, bottoms: Sequence[str], nodes: Sequence[onnx.NodeProto]):
+    def __init__(self, bottoms: Sequence[str], nodes: dict[int, onnx.NodeProto], tops: Sequence[str]):
         self.first = {tensor: bottoms.index(tensor) for tensor in bottoms}
-        uses = {tensor: sum(list(node.input).count(tensor) for node in nodes) for tensor in bottoms}
-        self.queues = {
-            tensor: [j for j, t in enumerate(bottoms) if t == tensor]
-            for tensor in bottoms
-            if bottoms.count(tensor) > 1 and uses[tensor] == bottoms.count(tensor)
-        }
+        uses: dict[str, list[tuple[int, int]]] = {tensor: [] for tensor in bottoms}
+        for k in sorted(nodes):
+            for position, tensor in enumerate(nodes[k].input):
+                if tensor in uses:
+                    uses[tensor].append((k, position))
+        repeated = len(set(bottoms)) < len(bottoms)
+        keys = _expression_keys(nodes, tops) if repeated else {}
+        self.chosen: dict[tuple[int, int], int] = {}
+        for tensor, found in uses.items():
+            readers = [j for j, t in enumerate(bottoms) if t == tensor]
+            if len(readers) > 1 and len(found) == len(readers):
+                ordered = sorted(found, key=lambda use: (*keys.get(use[0], (len(tops),)), use[1]))
+                self.chosen.update(zip(ordered, readers, strict=True))
 
     def __contains__(self, tensor: str) -> bool:
         return tensor in self.first
 
-    def pop(self, tensor: str) -> int:
-        queue = self.queues.get(tensor)
-        return queue.pop(0) if queue else self.first[tensor]
+    def bottom(self, node: int, position: int, tensor: str) -> int:
+        return self.chosen.get((node, position), self.first[tensor])
+
+
+def _expression_keys(nodes: dict[int, onnx.NodeProto], tops: Sequence[str]) -> dict[int, tuple[int, ...]]:
+    """Per node, its place in the expression of the tops: (top index, input position, input position, ...)
+    down from the top's node (the smallest such path where the node's output is read more than once)."""
+    keys: dict[int, tuple[int, ...]] = {}
+    for k in sorted(nodes, reverse=True):
+        candidates = [(tops.index(out),) for out in nodes[k].output if out in tops]
+        for m, consumer in nodes.items():
+            if m in keys:
+                candidates.extend(
+                    (*keys[m], p) for p, tensor in enumerate(consumer.input) if tensor in nodes[k].output
+                )
+        if candidates:
+            keys[k] = min(candidates)
+    return keys
 
 
 def _layer_nodes(
@@ -200,6 +237,7 @@ def build_backward(
     value_entries: set[int],
     source: str,
     fed: Sequence[str] = (),
+    flows: Callable[[int, int], bool] | None = None,
 ) -> BackwardModel:
     """The model for Caffe's BackwardFromTo(last, first) over the table: seeds for the stored diffs that
     `seeded` accepts (non-zero ones), bottom values for the entries in `value_entries`; the `fed` tensors
@@ -213,8 +251,15 @@ def build_backward(
 
     producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
     stops = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    versions = BlobVersions(table)
-    in_range = [i for i in range(first, last + 1) if table[i].param is not None and table[i].type != "Input"]
+    versions = BlobVersions(table, flows)
+    # a layer that writes no bottom diff (none propagates, or it does not run backward) is not differentiated
+    in_range = [
+        i
+        for i in range(first, last + 1)
+        if table[i].param is not None
+        and table[i].type != "Input"
+        and any(versions.passes(i, j) for j in range(len(table[i].bottoms)))
+    ]
     owner: dict[int, int] = {}  # node index -> table entry
     first_node: dict[int, int] = {}  # node index -> entry whose slots go right before it
     for i in in_range:
@@ -224,7 +269,11 @@ def build_backward(
         if found:
             first_node[found[0]] = i
     readers = {
-        i: _SlotChooser(records[i].bottom_tensors, [nodes[k] for k in sorted(owner) if owner[k] == i])
+        i: _SlotChooser(
+            records[i].bottom_tensors,
+            {k: nodes[k] for k in owner if owner[k] == i},
+            records[i].top_tensors,
+        )
         for i in in_range
     }
     # forward nodes with each in-range layer reading its bottoms through slots of its own
@@ -244,11 +293,12 @@ def build_backward(
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             for position, tensor in enumerate(copy.input):
-                bottom = readers[owner[k]].pop(tensor) if k in owner and tensor in readers[owner[k]] else None
+                reader = readers[owner[k]] if k in owner else None
+                bottom = reader.bottom(k, position, tensor) if reader and tensor in reader else None
                 copy.input[position] = _slot_name(owner[k], bottom) if bottom is not None else renamed(tensor)
             node = copy
         rewired.append(node)
-    live_slots = {key: name for key, name in slots.items() if propagates(table[key[0]], key[1])}
+    live_slots = {key: name for key, name in slots.items() if versions.passes(*key)}
     live = _descendants(rewired, set(live_slots.values()))
     live |= {records[i].bottom_tensors[j] for i, j in live_slots}
     # a slot reading a value taken from blob memory passes its gradient to the write that value stands for
@@ -257,7 +307,8 @@ def build_backward(
         tensor = records[i].bottom_tensors[j]
         if tensor in fed_inputs:
             aliases.setdefault(tensor, []).append(name)
-    differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(slots.values())
+    # a slot of a bottom without diff (Crop's reference, propagate_down: false) passes nothing upstream
+    differentiated = {node.output[0] for k, node in enumerate(nodes) if k in owner} | set(live_slots.values())
 
     # seeds: the stored diffs of the tops whose readers do not run
     seed_inputs: dict[str, str] = {}

@@ -8,8 +8,8 @@ its other dimensions converts again on the next `forward()` / `reshape()`.
 Where it deliberately differs from pycaffe:
 
 * Inference only: `TRAIN` raises `PycaffeError`, a deploy net runs in TEST phase. `backward()` is Caffe's
-  BackwardFromTo when the prototxt has `force_backward: true` (else, as in Caffe for a net without loss,
-  nothing is computed): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
+  BackwardFromTo when the prototxt has `force_backward: true` or a top with a `loss_weight` (as in Caffe,
+  else nothing is computed; the layers that run are those net.cpp picks, need_backward.py): every blob's diff as Caffe leaves it and parameter diffs added to (backward.py,
   param_grads.py); the blob values it differentiates at are recomputed from the inputs of the last forward
   that ran the first layers, and taken from the blobs a later forward(start=) read. Differences: parameters
   of layers without a numpy rule raise on `.diff`; a layer whose converted nodes use one blob a different
@@ -34,7 +34,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 
 import numpy as np
@@ -49,8 +49,9 @@ from camcaffe.convert.onnx_io import build_model
 from camcaffe.convert.registry import is_supported, supported_types
 from camcaffe.convert.weights import CaffemodelWeights, RandomWeights
 from camcaffe.errors import CamcaffeError, WeightsError
-from camcaffe.pycaffe.backward import BackwardModel, BlobVersions, build_backward, layer_records, propagates
+from camcaffe.pycaffe.backward import BackwardModel, BlobVersions, build_backward, layer_records
 from camcaffe.pycaffe.lazy import DeferredValues, held_elsewhere
+from camcaffe.pycaffe.need_backward import backward_needs
 from camcaffe.pycaffe.param_grads import NoParamGradient, has_rule
 from camcaffe.pycaffe.param_grads import gradients as param_gradients
 from camcaffe.pycaffe.splits import LayerEntry, blob_order, insert_splits, split_sources
@@ -508,6 +509,8 @@ class Net:
         self._stale = False
         # forward(start=/end=) ranges: (first, last, fed shapes) -> the converted part of the net
         self._subnets: dict[tuple, tuple[SubnetPlan, _Compiled]] = {}
+        # backward(start=) ranges: (layers kept, input shapes) -> the net converted up to that layer
+        self._prefixes: dict[tuple, _Compiled] = {}
         # blobs a script read after a forward: fetched with the outputs from then on (lazy.py)
         self._read_lazily: set[str] = set()
         self._compiled = self._initial_conversion(weights)
@@ -531,6 +534,10 @@ class Net:
             if not has_rule(layer_type):
                 for blob in blobs:
                     blob.no_gradient = f"camcaffe has no parameter gradient rule for {layer_type} layers"
+        counts = {name: len(blobs) for name, blobs in self.params.items()}
+        self._needs = backward_needs(self._table, counts, self._force_backward)
+        for blob_name, weight in self._needs.loss_diffs.items():  # Layer::SetLossWeights
+            self.blobs[blob_name].diff[...] = weight
 
     # -- structure (Caffe's runtime tables, inserted Split layers included)
 
@@ -598,13 +605,16 @@ class Net:
             )
         return arrays
 
-    def _convert(self, source: ParamSource, shapes: dict[str, tuple[int, ...]] | None) -> _Compiled:
+    def _convert(
+        self, source: ParamSource, shapes: dict[str, tuple[int, ...]] | None, net: CaffeNet | None = None
+    ) -> _Compiled:
         """Convert for the given input shapes (None: as declared). A net whose layers bake the batch in
         (no symbolic batch) is converted for the exact batch of the inputs."""
         overrides = {n: list(s) for n, s in shapes.items()} if shapes else None
         fixed = overrides is not None and not self._compiled.converted.symbolic_batch
         batch = next(iter(overrides.values()))[0] if fixed and overrides else None
-        converted = convert_net(self._caffe_net, source, ConvertOptions(batch=batch, input_shapes=overrides))
+        options = ConvertOptions(batch=batch, input_shapes=overrides)
+        converted = convert_net(net or self._caffe_net, source, options)
         # pycaffe converts again when the batch changes, so the deploy batch is no limitation here
         converted.warnings = [w for w in converted.warnings if "keeps the deploy batch" not in w]
         for message in converted.warnings:
@@ -626,6 +636,7 @@ class Net:
         if changed:
             self._stale = True
             self._subnets.clear()
+            self._prefixes.clear()
 
     def _prepare(self) -> _Compiled:
         """Convert again when an input's non-batch shape (or a fixed batch) or a parameter changed."""
@@ -655,6 +666,20 @@ class Net:
             compiled = _Compiled(converted, model, {n: tuple(s) for n, s in converted.inputs})
             held = self._subnets[key] = (plan, compiled)
         return held
+
+    def _prepare_prefix(self, count: int) -> _Compiled:
+        """The net's first `count` layers converted for the current input shapes: Caffe's BackwardFromTo
+        touches (and reshapes) only the layers of its range, so layers above it must not be converted (a
+        deep-dream octave feeds inputs smaller than the later layers accept)."""
+        self._sync_params()
+        shapes = self._input_shapes()
+        key = (count, tuple(shapes.items()))
+        compiled = self._prefixes.get(key)
+        if compiled is None:
+            layers = self._caffe_net.layers[:count]
+            prefix = replace(self._caffe_net, layers=layers, outputs=list(layers[-1].top))
+            compiled = self._prefixes[key] = self._convert(self._current_params, shapes, prefix)
+        return compiled
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes to every other blob (converting again if needed)."""
@@ -763,7 +788,7 @@ class Net:
             fed, written = [], []
         if written:
             self._fill(compiled, fed, list(dict.fromkeys(written)), [*outputs, *(blobs or [])])
-        if self._force_backward:
+        if self._needs.any:
             starts_inside = bool(real) and first > real[0]
             if not starts_inside:  # layers below a start= keep the values of the forward that ran them
                 self._forward_inputs = {name: self.blobs[name].data.copy() for name in self.inputs}
@@ -875,22 +900,42 @@ class Net:
         else:  # pycaffe returns the blob named like the end layer (a layer usually names its top after itself)
             returned = [end] if end in self.blobs else list(table[first].bottoms)
         returned = list(dict.fromkeys([*returned, *(diffs or [])]))
-        if self._force_backward:
+        if self._needs.any:
             self._backward_range(first, last)
         return {name: self.blobs[name].diff for name in returned}
 
     def _backward_range(self, first: int, last: int) -> None:
         table = self._table
-        compiled = self._prepare()  # the net for the current input shapes and parameters
-        records = layer_records(table, compiled.converted.layers)
-        versions = BlobVersions(table)
+        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
+        reshaped = [name for name, value in inputs.items() if value.shape != self.blobs[name].shape]
+        if reshaped:  # Caffe would run on stale blob memory; the blob values here are the last forward's
+            raise PycaffeError(
+                f"backward(): input blob '{reshaped[0]}' was reshaped to {self.blobs[reshaped[0]].shape} since "
+                f"the last forward (of shape {inputs[reshaped[0]].shape}); call net.forward() first"
+            )
+        real = [i for i, entry in enumerate(table) if entry.param is not None and entry.type != "Input"]
+        if real and real[0] <= last < real[-1]:  # only the layers up to the range's top one
+            kept = table[: last + 1]
+            compiled = self._prepare_prefix(sum(entry.param is not None for entry in kept))
+            records = layer_records(kept, compiled.converted.layers)
+        else:
+            compiled = self._prepare()  # the net for the current input shapes and parameters
+            records = layer_records(table, compiled.converted.layers)
+        needs = self._needs
+        versions = BlobVersions(table, lambda i, j: (i, j) in needs.bottoms)
         seeded = frozenset(blob for blob in versions.range_seeds(first, last) if self.blobs[blob].diff.any())
         fed_at, fed_values = self._forward_fed
-        fed = {versions.tensor_before(fed_at, blob, records): value for blob, value in fed_values.items()}
+        fed = {}
+        for blob, value in fed_values.items():
+            try:
+                fed[versions.tensor_before(fed_at, blob, records)] = value
+            except KeyError:  # a write above the range (not converted): no layer of the range reads it
+                continue
         with_params = {
             i
             for i in range(first, last + 1)
-            if table[i].param is not None
+            if i in needs.layers
+            and table[i].param is not None
             and any(blob.no_gradient is None for blob in self.params.get(table[i].name, []))
         }
         key = (first, last, seeded, frozenset(fed))
@@ -906,8 +951,8 @@ class Net:
                 with_params,
                 self._source,
                 list(fed),
+                versions.flows,
             )
-        inputs = self._forward_inputs or {name: self.blobs[name].data.copy() for name in self.inputs}
         tensors = compiled.converted.blob_tensors
         feeds = {tensors[name]: value for name, value in inputs.items() if tensors[name] in model.inputs}
         feeds.update({model.seeds[blob]: self.blobs[blob].diff.copy() for blob in model.seeds})
@@ -915,6 +960,8 @@ class Net:
         results = model.run("cuda" if _mode_key()[0] else "cpu", self._source, feeds)
         for i in range(last, first - 1, -1):  # Caffe's order: each layer reads what the ones above wrote
             entry = table[i]
+            if i not in needs.layers:
+                continue
             if entry.param is None:  # an inserted Split: the sum of its tops' diffs
                 total = self.blobs[entry.tops[0]].diff.copy()
                 for top in entry.tops[1:]:
@@ -927,7 +974,7 @@ class Net:
                 values = [results[model.values[(i, j)]] for j in range(len(entry.bottoms))]
                 self._add_param_diffs(entry, values)
             for j, blob in enumerate(entry.bottoms):
-                if not propagates(entry, j):
+                if not versions.passes(i, j):
                     continue
                 output = model.slot_gradients.get((i, j))
                 target = self.blobs[blob].diff
@@ -945,9 +992,10 @@ class Net:
             for blob in blobs:
                 blob.no_gradient = f"layer '{entry.name}' ({entry.type}) {why}"
             return
-        for blob, gradient in zip(blobs, found, strict=False):
-            if gradient.value is None:
-                continue
+        specs = entry.param.param if entry.param is not None else []
+        for k, (blob, gradient) in enumerate(zip(blobs, found, strict=False)):
+            if gradient.value is None or (k < len(specs) and specs[k].lr_mult == 0):
+                continue  # lr_mult 0: Caffe's param_propagate_down is off, the diff is left as it is
             if gradient.accumulate:
                 blob.diff[...] += gradient.value.reshape(blob.diff.shape)
             else:
@@ -1007,6 +1055,7 @@ class Net:
             raise WeightsError(f"{weights}: has weights for none of the layers of {self._source}")
         self._stale = True
         self._subnets.clear()
+        self._prefixes.clear()
 
     def save(self, filename: str | os.PathLike) -> None:
         """Write the current parameters as a caffemodel."""

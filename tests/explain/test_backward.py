@@ -184,6 +184,26 @@ TAILS = {
     "Eltwise_PROD": _layer("r", "Sigmoid", ["data"])
     + _layer("e", "Eltwise", ["data", "r"], param="eltwise_param { operation: PROD }")
     + _fc("e"),
+    "Im2col": _layer("i", "Im2col", ["data"], param="convolution_param { kernel_size: 3 stride: 2 }")
+    + _fc("i"),
+    "Im2col_pad": _layer("i", "Im2col", ["data"], param="convolution_param { kernel_size: 3 pad: 1 }")
+    + _fc("i"),
+    "Clip": _layer("c", "Clip", ["data"], param="clip_param { min: -0.5 max: 0.5 }") + _fc("c"),
+    "ReLU6": _layer("s", "Power", ["data"], param="power_param { scale: 8 }")
+    + _layer("r", "ReLU6", ["s"])
+    + _fc("r"),
+    "ReLU6_slope": _layer("s", "Power", ["data"], param="power_param { scale: 8 }")
+    + _layer("r", "ReLU6", ["s"], param="relu6_param { negative_slope: 0.1 }")
+    + _fc("r"),
+    "Tile": _layer("t", "Tile", ["data"], param="tile_param { axis: 2 tiles: 3 }") + _fc("t"),
+    "Reduction_ASUM": _layer(
+        "r", "Reduction", ["data"], param="reduction_param { operation: ASUM axis: 2 coeff: 0.5 }"
+    )
+    + _fc("r"),
+    "Reduction_SUMSQ": _layer(
+        "r", "Reduction", ["data"], param="reduction_param { operation: SUMSQ axis: 2 }"
+    )
+    + _fc("r"),
     "Eltwise_MAX": _layer("t", "TanH", ["data"])
     + _layer("e", "Eltwise", ["data", "t"], param="eltwise_param { operation: MAX }")
     + _fc("e"),
@@ -251,6 +271,30 @@ def test_maxpool_overlapping_windows_add_up(tmp_path):
     seed = np.ones((1, 2), np.float32)
     grad = run.run({"data": features, tail.seed: seed}, [tail.gradient])[tail.gradient]
     assert grad[0, 0, 1, 1] == 2.0 and grad.sum() == 2.0
+
+
+def test_global_maxpool_tie_sends_the_gradient_to_the_first_maximum(tmp_path):
+    """Caffe's max pooling (global_pooling: a kernel over the whole map) scans with a strict `>`: of tied
+    maxima only the first in row-major order gets the gradient."""
+    session = _tail_model(
+        tmp_path,
+        _pool("p", "data", "pool: MAX global_pooling: true") + _layer("f", "Flatten", ["p"], ["fc"]),
+        (2, 2, 3, 4),
+    )
+    features = np.zeros((2, 2, 3, 4), np.float32)  # map (0, 0): all tied at 0
+    features[0, 1, 1, 2] = features[0, 1, 2, 3] = 3.0
+    features[1] = -1.0
+    features[1, 0, 2, 1] = features[1, 0, 0, 3] = 2.0
+    tail = build_tail(session.model, "data", "fc")
+    run = ModelSession(tail.model, "cpu")
+    seed = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    grad = run.run({"data": features, tail.seed: seed}, [tail.gradient])[tail.gradient]
+    expected = np.zeros_like(features)
+    expected[0, 0, 0, 0] = 1.0
+    expected[0, 1, 1, 2] = 2.0
+    expected[1, 0, 0, 3] = 3.0
+    expected[1, 1, 0, 0] = 4.0
+    np.testing.assert_array_equal(grad, expected)
 
 
 def test_tail_reads_only_the_layers_after_the_feature(tmp_path):
@@ -371,7 +415,10 @@ def test_reduce_mean_over_axes_of_opset_13_attribute():
 
 
 def test_cast_to_an_integer_type_is_refused():
-    nodes = [op_node("Cast", ["x"], "ints", to=onnx.TensorProto.INT64), op_node("Cast", ["ints"], "back", to=1)]
+    nodes = [
+        op_node("Cast", ["x"], "ints", to=onnx.TensorProto.INT64),
+        op_node("Cast", ["ints"], "back", to=1),
+    ]
     nodes.append(op_node("ReduceMean", ["back", "axes"], "pooled", keepdims=0))
     dense, inits = dense_head("pooled", FEATURE[1])
     with pytest.raises(GradientError, match=r"'ints' \(Cast\) casts to a non-float type"):

@@ -189,3 +189,92 @@ def test_golden_net_blob_and_param_diffs_match_finite_differences(folder: str, t
         numeric, norm = directional(param_diffs[(layer, index)], original, from_param, step)
         net.params[layer][index].data[...] = original
         assert norm > 0 and abs(numeric - norm) <= 1e-2 * norm, (layer, index, numeric, norm)
+
+
+# The late pooling's kernel (6) is larger than the conv output of a 4x4 input: converting the whole net for
+# that input fails, as Caffe's Reshape of that layer would, but Caffe's BackwardFromTo never touches it.
+OCTAVE = """force_backward: true
+name: "octave"
+input: "data"
+input_dim: 1
+input_dim: 3
+input_dim: 8
+input_dim: 8
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool_big" type: "Pooling" bottom: "conv1" top: "pool_big"
+  pooling_param { pool: MAX kernel_size: 6 stride: 1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool_big" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_backward_start_touches_only_layers_up_to_start(tmp_path: Path) -> None:
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(OCTAVE)
+    caffemodel = tmp_path / "weights.caffemodel"
+    write_random_caffemodel(prototxt, caffemodel, seed=21)
+    weights = {k: [np.asarray(a, np.float64) for a in v] for k, v in caffemodel_arrays(caffemodel).items()}
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    x = random_input((1, 3, 4, 4), seed=22)
+    net.blobs["data"].reshape(*x.shape)
+    net.blobs["data"].data[...] = x
+    net.forward(end="relu1")
+    dst = net.blobs["conv1"]
+    dst.diff[:] = dst.data
+    net.backward(start="relu1")
+    gradient = net.blobs["data"].diff
+    truncated = OCTAVE.split('layer { name: "pool_big"')[0].replace("input_dim: 8", "input_dim: 4")
+    points = _points(x.shape, 10, seed=23)
+    seed = dst.data.astype(np.float64)
+    expected = _numeric_gradient(truncated, weights, x.astype(np.float64), "conv1", seed, points)
+    np.testing.assert_allclose([float(gradient[p]) for p in points], expected, rtol=2e-3, atol=1e-5)
+    assert np.abs(gradient).max() > 0
+
+
+BOUNDS_NET = """force_backward: true
+name: "bounds"
+input: "data" input_shape { dim: 1 dim: 1 dim: 1 dim: 9 }
+layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: -1 max: 1 } }
+layer { name: "relu6" type: "ReLU6" bottom: "data" top: "relu6" }
+"""
+
+
+def test_clip_and_relu6_pass_the_gradient_as_caffe_at_their_bounds(tmp_path: Path) -> None:
+    """Caffe's clip_layer.cpp passes the diff where min <= x <= max; the forks' ReLU6 where 0 < x < 6."""
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(BOUNDS_NET)
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    x = np.array([-2, -1, -0.5, 0, 0.5, 1, 2, 6, 7], np.float32).reshape(1, 1, 1, 9)
+    net.forward(data=x)
+    seed = np.arange(1, 10, dtype=np.float32).reshape(x.shape)
+    clip = net.backward(clip=seed, relu6=np.zeros_like(seed))["data"].copy()
+    relu6 = net.backward(clip=np.zeros_like(seed), relu6=seed)["data"].copy()
+    np.testing.assert_array_equal(clip, seed * ((x >= -1) & (x <= 1)))
+    np.testing.assert_array_equal(relu6, seed * ((x > 0) & (x < 6)))
+
+
+def test_backward_after_reshape_without_forward_is_refused_in_one_line(forced) -> None:
+    prototxt, caffemodel, _ = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=31))
+    net.blobs["data"].reshape(3, 3, 8, 8)
+    net.reshape()
+    with pytest.raises(caffe.PycaffeError, match=r"reshaped to \(3, 3, 8, 8\).*call net.forward\(\) first"):
+        net.backward(prob=np.ones((3, 5), np.float32))
+    net.forward(data=random_input((3, 3, 8, 8), seed=32))
+    assert net.backward(prob=np.ones((3, 5), np.float32))["data"].shape == (3, 3, 8, 8)
+
+
+def test_onnxruntime_failures_in_backward_are_one_line_errors(forced) -> None:
+    from camcaffe.pycaffe.backward import BackwardError
+
+    prototxt, caffemodel, _ = forced
+    net = caffe.Net(str(prototxt), str(caffemodel), caffe.TEST)
+    net.forward(data=random_input((2, 3, 8, 8), seed=33))
+    net.backward(prob=np.ones((2, 5), np.float32))
+    (model,) = net._compiled.gradients.values()
+    feeds = {name: np.zeros((1, 1), np.float32) for name in [*model.inputs, *model.seeds.values()]}
+    with pytest.raises(BackwardError, match="backward failed in ONNX Runtime") as caught:
+        model.run("cpu", str(prototxt), feeds)
+    assert "\n" not in str(caught.value)

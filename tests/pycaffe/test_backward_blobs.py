@@ -356,3 +356,30 @@ def test_a_blob_read_twice_by_one_layer_gives_each_split_top_its_diff(tmp_path: 
     for top in tops:  # Eltwise PROD: each bottom's diff is the top diff times the other bottom
         np.testing.assert_allclose(top, seed * conv1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.blobs["conv1"].diff, 2 * seed * conv1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [
+        ('type: "Eltwise" eltwise_param { operation: SUM coeff: 1 coeff: 3 }', (1.0, 3.0)),
+        ('type: "Eltwise" eltwise_param { operation: SUM coeff: 3 coeff: 1 }', (3.0, 1.0)),
+        ('type: "Eltwise" eltwise_param { operation: SUM coeff: 2 coeff: -1 }', (2.0, -1.0)),
+    ],
+)
+def test_a_blob_read_twice_gives_each_split_top_its_own_bottom_diff(tmp_path: Path, layer, expected) -> None:
+    """Caffe's EltwiseLayer::Backward writes coeff_i * top_diff into bottom i: the Split tops of a blob read
+    twice by one layer get the coefficient of the bottom they feed, in order."""
+    prototxt = tmp_path / "twice.prototxt"
+    prototxt.write_text(
+        'name: "t"\nforce_backward: true\ninput: "data" input_shape { dim: 1 dim: 2 dim: 2 dim: 2 }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "x" '
+        "convolution_param { num_output: 2 kernel_size: 1 } }\n"
+        f'layer {{ name: "e" {layer} bottom: "x" bottom: "x" top: "y" }}\n'
+    )
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    net.forward(data=np.random.default_rng(0).normal(size=(1, 2, 2, 2)).astype(np.float32))
+    seed = np.arange(1, 9, dtype=np.float32).reshape(1, 2, 2, 2)
+    net.backward(y=seed)
+    np.testing.assert_array_equal(net.blobs["x_c_0_split_0"].diff, expected[0] * seed)
+    np.testing.assert_array_equal(net.blobs["x_c_0_split_1"].diff, expected[1] * seed)
+    np.testing.assert_array_equal(net.blobs["x"].diff, sum(expected) * seed)

@@ -317,6 +317,83 @@ def _reduce_max(e, node, dys, need):
     )
 
 
+@_rule("ReduceL1")
+def _reduce_l1(e, node, dys, need):
+    """sign(x) times the spread gradient (Caffe's Reduction ASUM backward)."""
+    _only_first(node, need)
+    spread = _spread_reduced(e, node, dys[0], _reduce_axes(e, node))
+    return [e.op("Mul", [spread, e.op("Sign", [node.input[0]])])] + [None] * (len(node.input) - 1)
+
+
+@_rule("ReduceSumSquare")
+def _reduce_sum_square(e, node, dys, need):
+    """2x times the spread gradient (Caffe's Reduction SUMSQ backward)."""
+    _only_first(node, need)
+    spread = _spread_reduced(e, node, dys[0], _reduce_axes(e, node))
+    twice = e.op("Add", [node.input[0], node.input[0]])
+    return [e.op("Mul", [spread, twice])] + [None] * (len(node.input) - 1)
+
+
+@_rule("Tile")
+def _tile(e, node, dys, need):
+    """The sum over the tiles: dy seen as (r0, d0, r1, d1, ...) summed over the repeat axes."""
+    _only_first(node, need, "the tiled input, not the repeats")
+    x = node.input[0]
+    repeats = e.net.array(node.input[1])
+    shape = e.shape(x)
+    if repeats is None:
+        raise _Refusal("has repeats that are not a constant")
+    if shape is None or sum(d is None for d in shape) > 1:
+        raise _Refusal(f"needs the shape of '{x}' (at most one axis unknown)")
+    split: list[int] = []
+    for repeat, size in zip(repeats.tolist(), shape, strict=True):
+        split += [int(repeat), -1 if size is None else int(size)]
+    grouped = e.op("Reshape", [dys[0], e.ints(split)])
+    summed = e.op("ReduceSum", [grouped, e.ints(list(range(0, len(split), 2)))], keepdims=0)
+    return [summed, None]
+
+
+@_rule("Gather")
+def _gather(e, node, dys, need):
+    """Scatter-add dy back along the gathered axis (constant indices, as Im2col's): a position read by
+    several outputs sums their gradients."""
+    _only_first(node, need, "its data, not the indices")
+    data = node.input[0]
+    index = e.net.array(node.input[1])
+    if index is None:
+        raise _Refusal("has indices that are not a constant")
+    shape = e.shape(data)
+    axis = int(_attrs(node).get("axis", 0))
+    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis % len(shape)] is None:
+        raise _Refusal(f"needs the size of the gathered axis of '{data}'")
+    rank = len(shape)
+    axis %= rank
+    flat = np.asarray(index, np.int64).reshape(-1) % int(shape[axis])
+    data_shape = e.op("Shape", [data])
+    before = e.op("Slice", [data_shape, e.ints([0]), e.ints([axis])])
+    after = e.op("Slice", [data_shape, e.ints([axis + 1]), e.ints([rank])])
+    grouped = e.op("Reshape", [dys[0], e.op("Concat", [before, e.ints([flat.size]), after], axis=0)])
+    positions = e.ints(flat.reshape([1] * axis + [flat.size] + [1] * (rank - axis - 1)).tolist())
+    spread = e.op("Expand", [positions, e.op("Shape", [grouped])])
+    zeros = e.op("ConstantOfShape", [data_shape], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    return [e.op("ScatterElements", [zeros, spread, grouped], axis=axis, reduction="add"), None]
+
+
+@_rule("Clip")
+def _clip(e, node, dys, need):
+    """The gradient passes where min < x < max, strictly: the converter emits Clip for the forks' ReLU6,
+    whose backward is zero at 0 and at the cap (Caffe's Clip layer becomes Min and Max instead)."""
+    _only_first(node, need, "its input, not its bounds")
+    x = node.input[0]
+    inside: str | None = None
+    for position, compare in ((1, "Greater"), (2, "Less")):
+        if len(node.input) > position and node.input[position]:
+            bound = e.op(compare, [x, node.input[position]])
+            inside = bound if inside is None else e.op("And", [inside, bound])
+    gradient = dys[0] if inside is None else e.op("Where", [inside, dys[0], e.zero])
+    return [gradient] + [None] * (len(node.input) - 1)
+
+
 def _mask(e: _Emitter, x: str) -> str:
     return e.op("Greater", [x, e.zero])
 
@@ -429,9 +506,10 @@ def _div(e, node, dys, need):
     return [e.unbroadcast(e.op("Div", [dys[0], b]), a, node.output[0]) if need[0] else None, grad_b]
 
 
-@_rule("Max")
+@_rule("Max", "Min")
 def _max(e, node, dys, need):
-    """The gradient goes to the first input holding the maximum (Caffe's Eltwise MAX backward)."""
+    """The gradient goes to the first input holding the result (Caffe's Eltwise MAX backward; Caffe's Clip,
+    converted to Min then Max, passes it where min <= x <= max, as the bound comes second)."""
     y = node.output[0]
     taken: str | None = None
     grads: list[str | None] = []
@@ -512,14 +590,18 @@ def _global_average(e, node, dys, need):
 
 @_rule("GlobalMaxPool")
 def _global_max(e, node, dys, need):
-    """Every position equal to the maximum gets the gradient (ties are measure-zero for real data)."""
+    """The gradient goes to the first maximum of each map in row-major order, as Caffe's max pooling (a
+    global one is a kernel over the whole map) keeps the first of tied values (a strict `>` scan)."""
     x = node.input[0]
-    return [
-        e.op(
-            "Where",
-            [e.op("Equal", [x, node.output[0]]), e.op("Expand", [dys[0], e.op("Shape", [x])]), e.zero],
-        )
-    ]
+    flat = e.op("Reshape", [x, e.ints([0, 0, -1])])
+    first = e.op("ArgMax", [flat], axis=2, keepdims=1, select_last_index=0)
+    area = e.op("Gather", [e.op("Shape", [flat]), e.const(np.int64(2), "axis", np.int64)], axis=0)
+    positions = e.op(
+        "Range", [e.const(np.int64(0), "start", np.int64), area, e.const(np.int64(1), "step", np.int64)]
+    )
+    hit = e.op("Equal", [positions, first])
+    dy = e.op("Reshape", [dys[0], e.ints([0, 0, 1])])
+    return [e.reshape_like(e.op("Where", [hit, dy, e.zero]), x)]
 
 
 def _check_pool(node: onnx.NodeProto) -> dict:
