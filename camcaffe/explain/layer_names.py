@@ -65,14 +65,37 @@ def scope_names(nodes: Sequence) -> list[str]:
     return sorted({scope.qualified for node in nodes for scope in node_scopes(node)})
 
 
+def _tensorflow_layer_names(scopes: set[Scope]) -> dict[Scope, str] | None:
+    """tf2onnx writes every Keras layer's scope with TensorFlow's unique-name suffix: `conv2d` is `conv2d_1`,
+    `conv2d_1` is `conv2d_1_2`, `block5_conv3` is `block5_conv3_1`. When every scope carries one and removing it
+    leaves distinct names (per parent), those are the layers' names, and a scope's own name is not: otherwise
+    `conv2d_1` would pick Keras's `conv2d`. None for graphs named otherwise (torch's `layer4.1` has none)."""
+    names: dict[Scope, str] = {}
+    for scope in scopes:
+        suffixed = re.fullmatch(r"(.+)_\d+", scope.last)
+        if suffixed is None:
+            return None
+        names[scope] = suffixed.group(1)
+    parents = {(scope.path.rpartition("/")[0], name) for scope, name in names.items()}
+    return names if len(parents) == len(names) else None
+
+
 def _matching_scopes(nodes: Sequence, name: str) -> list[Scope]:
     scopes = {scope for node in nodes for scope in node_scopes(node)}
-    for matches in (
-        {s for s in scopes if name in (s.qualified, s.path)},
-        {s for s in scopes if s.last == name},
-        # TensorFlow makes scope names unique with a suffix: Keras 3's `block5_conv3` is `block5_conv3_1` there
-        {s for s in scopes if re.fullmatch(re.escape(name) + r"_\d+", s.last)},
-    ):
+    tensorflow = _tensorflow_layer_names(scopes)
+    if tensorflow is not None:
+        candidates = (
+            {s for s in scopes if name in (s.qualified, s.path)},
+            {s for s, layer in tensorflow.items() if layer == name},
+        )
+    else:
+        candidates = (
+            {s for s in scopes if name in (s.qualified, s.path)},
+            {s for s in scopes if s.last == name},
+            # a suffixed scope in a graph not wholly suffixed: Keras's `block5_conv3` as `block5_conv3_1`
+            {s for s in scopes if re.fullmatch(re.escape(name) + r"_\d+", s.last)},
+        )
+    for matches in candidates:
         if matches:
             return sorted(matches, key=lambda s: s.qualified)
     return []

@@ -160,6 +160,25 @@ def test_tf2onnx_keras_scopes_with_the_tensorflow_suffix():
     assert head.fc_node == "functional_1/predictions_1/Gemm"
 
 
+def test_tf2onnx_auto_named_layers_are_told_apart_by_their_suffix():
+    """Keras's auto-named conv2d, conv2d_1 are scopes conv2d_1, conv2d_1_2 in a tf2onnx export (checked on a
+    real one): `conv2d_1` must mean Keras's second conv, not the scope that happens to be called conv2d_1."""
+    spec = [
+        ("functional_1/conv2d_1/convolution", "Conv", ["x", "w0"]),
+        ("functional_1/conv2d_1/Relu", "Relu", ["functional_1/conv2d_1/convolution"]),
+        ("functional_1/conv2d_1_2/convolution", "Conv", ["functional_1/conv2d_1/Relu", "w1"]),
+        ("functional_1/conv2d_1_2/Relu", "Relu", ["functional_1/conv2d_1_2/convolution"]),
+        ("functional_1/global_average_pooling2d_1/Mean", "GlobalAveragePool", ["functional_1/conv2d_1_2/Relu"]),
+        ("functional_1/flatten_1/Flatten", "Flatten", ["functional_1/global_average_pooling2d_1/Mean"]),
+        ("functional_1/dense_1/Gemm", "Gemm", ["functional_1/flatten_1/Flatten", "fcw", "fcb"]),
+        ("functional_1/dense_1/Softmax", "Softmax", ["functional_1/dense_1/Gemm"]),
+    ]
+    model = _model(spec)
+    assert _output(model, "conv2d") == "functional_1/conv2d_1/Relu"
+    assert _output(model, "conv2d_1") == "functional_1/conv2d_1_2/Relu"
+    assert _output(model, "functional_1/conv2d_1") == "functional_1/conv2d_1/Relu"  # a full path is the scope
+
+
 def test_resolve_target_takes_framework_names(tmp_path):
     from camcaffe.explain.methods.target import resolve_target
     from camcaffe.runtime.session import ModelSession
