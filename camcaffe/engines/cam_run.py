@@ -134,6 +134,7 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
     from camcaffe.engines.inputs import expand_inputs, output_stems
     from camcaffe.engines.pipeline import CamSettings
 
+    _check_crops_against_preset(options)
     options = apply_preset(options)
     if options.batch_size <= 0:
         raise CamcaffeError(f"--batch-size must be a positive integer, got {options.batch_size}")
@@ -218,6 +219,24 @@ def build_job(options: CamOptions) -> tuple[CamJob, ModelSession, int, bool]:
         stems=output_stems(paths),
     )
     return job, session, workers, assumed
+
+
+def _check_crops_against_preset(options: CamOptions) -> None:
+    """--crops 10 is the CAM demo's oversampling (caffe.io's 256 resize): a preset that resizes otherwise is
+    refused naming the preset, not the flags it stands for."""
+    if options.crops != 10 or options.preset is None:
+        return
+    from camcaffe.runtime.presets import preset
+
+    recipe = preset(options.preset)
+    resize = options.resize or recipe["resize"]
+    resize_filter = options.resize_filter or recipe["resize_filter"]
+    if resize != "warp" or resize_filter != "caffe":
+        raise CamcaffeError(
+            f"--crops 10 cuts its crops from caffe.io's 256 resize, but --preset {options.preset} resizes with "
+            f"--resize {resize} --resize-filter {resize_filter}; drop --crops 10, or give the preset's pixel "
+            "settings as flags (--mean, --std, --raw-scale, --channel-swap) instead of --preset"
+        )
 
 
 def unscaled_mean_warning(preprocess) -> str | None:

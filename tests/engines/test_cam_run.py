@@ -222,3 +222,19 @@ def test_a_0_255_mean_on_0_1_pixels_is_warned(model, tmp_path):
         "cam", model, tmp_path / "photos", "--out", tmp_path / "out2", "--mean", "104,117,123"
     )
     assert result.returncode == 0 and "no raw scale is set" not in result.stderr  # the model records 255
+
+
+@pytest.mark.parametrize("preset", ["torchvision", "keras-vgg"])
+def test_ten_crops_with_a_preset_that_resizes_otherwise_names_the_preset(model, tmp_path, preset):
+    options = camcaffe.CamOptions(
+        model, [str(_photos(tmp_path / "photos", 1))], tmp_path / "out", crops=10, preset=preset
+    )
+    with pytest.raises(CamcaffeError, match=f"--crops 10 cuts its crops .* but --preset {preset} resizes"):
+        camcaffe.run_cam(options)
+    assert not (tmp_path / "out").exists()
+    camcaffe.run_cam(
+        camcaffe.CamOptions(
+            model, [str(tmp_path / "photos")], tmp_path / "ok", crops=10, preset="caffe", quiet=True
+        )
+    )
+    assert (tmp_path / "ok" / "results.csv").exists()
