@@ -130,8 +130,9 @@ def update_metadata(path: str | os.PathLike, changes: dict[str, str | None]) -> 
     return metadata
 
 
-def _input_channels(model) -> int | None:
-    """The channel count of the model's image input (NCHW or NHWC), when its shape says so."""
+def _image_input_dims(model) -> tuple[list[int | None], bool] | None:
+    """(N, C, H, W dims of the model's first graph input, None for a variable one; whether it is channels-last),
+    or None when that input is not 4-d."""
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers:
@@ -139,24 +140,24 @@ def _input_channels(model) -> int | None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         if len(dims) != 4:
             return None
-        if dims[1] in (1, 3, 4):
-            return dims[1]
-        return dims[3] if dims[3] in (1, 3, 4) else None
+        if dims[1] not in (1, 3, 4) and dims[3] in (1, 3, 4):
+            return [dims[0], dims[3], dims[1], dims[2]], True
+        return dims, False
     return None
+
+
+def _input_channels(model) -> int | None:
+    """The channel count of the model's image input (NCHW or NHWC), when its shape says so."""
+    found = _image_input_dims(model)
+    if found is None or found[0][1] not in (1, 3, 4):
+        return None
+    return found[0][1]
 
 
 def _input_hw(model) -> tuple[int | None, int | None] | None:
     """(H, W) of the model's image input, None for a variable side; None when it is not a 4-d image input."""
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        if len(dims) != 4:
-            return None
-        channels_last = dims[1] not in (1, 3, 4) and dims[3] in (1, 3, 4)
-        return (dims[1], dims[2]) if channels_last else (dims[2], dims[3])
-    return None
+    found = _image_input_dims(model)
+    return None if found is None else (found[0][2], found[0][3])
 
 
 def _check_input_size(model, size: list[int], path: str | os.PathLike) -> list[int]:

@@ -63,6 +63,14 @@ TEST = 1
 """pycaffe's `caffe.TEST`: the phase of deploy inference (the default)."""
 
 
+def _held_diff(holder, shape: tuple[int, ...]) -> np.ndarray:
+    """The diff array a blob or parameter holds, zeros of `shape` when it has none of that shape yet."""
+    held = getattr(holder, "_diff", None)
+    if held is None or held.shape != shape:
+        held = holder._diff = np.zeros(shape, dtype=np.float32)
+    return held
+
+
 class PycaffeError(CamcaffeError, ValueError):
     """A pycaffe call camcaffe cannot honour (training, gradients, a misfit input or argument).
 
@@ -205,10 +213,7 @@ class Blob:
             shared = owner.diff
             if shared.size == int(np.prod(shape, dtype=np.int64)):
                 return shared.reshape(shape)
-        held = getattr(self, "_diff", None)
-        if held is None or held.shape != shape:
-            held = self._diff = np.zeros(shape, dtype=np.float32)
-        return held
+        return _held_diff(self, shape)
 
     @diff.setter
     def diff(self, value: np.ndarray) -> None:
@@ -331,10 +336,7 @@ class ParamBlob(Blob):
         if self.no_gradient is not None:
             raise PycaffeError(f"parameter '{self.name}': no .diff: {self.no_gradient}")
         shape = self.shape
-        held = getattr(self, "_diff", None)
-        if held is None or held.shape != shape:
-            held = self._diff = np.zeros(shape, dtype=np.float32)
-        return held
+        return _held_diff(self, shape)
 
     @diff.setter
     def diff(self, value: np.ndarray) -> None:
